@@ -1,0 +1,1 @@
+"""The engine: every algorithm, model and dataset; CUDA when present, CPU otherwise."""

@@ -1,0 +1,48 @@
+"""Fully connected ReLU networks.
+
+- ``mlp`` with ``hidden: [40, 40]``: the sinusoid regressor of MAML (Finn et al., 2017), 1-40-40-1.
+- ``mlp`` with ``hidden: [200]``, 784 inputs, 10 outputs: ``mnist_2NN`` of the MOML code
+  (Acar et al., 2021), 159,010 parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+
+class MLPConfig(BaseModel):
+    """A ReLU multilayer perceptron; inputs are flattened."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    name: Literal["mlp"] = "mlp"
+    hidden: tuple[int, ...] = (40, 40)
+    """Widths of the hidden layers."""
+
+
+class MLP(nn.Module):
+    """``Linear -> ReLU`` blocks then a linear head named ``head`` (ANIL/BOIL adapt by that name)."""
+
+    def __init__(self, in_features: int, hidden: tuple[int, ...], out_features: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x.flatten(1)))  # type: ignore[no-any-return]
+
+
+def build(cfg: MLPConfig, in_shape: tuple[int, ...], out_features: int) -> MLP:
+    """An :class:`MLP` for inputs of ``in_shape`` (without the batch axis)."""
+    n_in = 1
+    for d in in_shape:
+        n_in *= d
+    return MLP(n_in, cfg.hidden, out_features)

@@ -1,0 +1,24 @@
+"""One exception family for every error a user can cause.
+
+The CLI catches :class:`MetacliError`, prints its message (which names the cause and the fix)
+and exits with code 2, without a traceback. Engine code raises these instead of printing and
+carrying on.
+"""
+
+
+class MetacliError(Exception):
+    """An error caused by the user's input, with a message that says how to fix it."""
+
+    exit_code = 2
+
+
+class SpecError(MetacliError):
+    """A run spec that does not parse or does not validate."""
+
+
+class DataError(MetacliError):
+    """Missing, corrupt or undownloadable data."""
+
+
+class RunDirError(MetacliError):
+    """A run directory that is missing, incomplete or of an unknown schema version."""

@@ -1,0 +1,37 @@
+"""TensorBoard scalar event files written without torch.
+
+Uses TensorBoard's own ``EventFileWriter`` and protobufs, so the files are exactly what a real
+TensorBoard (or ``tensorboard.backend.event_processing.EventAccumulator``) reads, and ``plot``
+can write them without importing torch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+class ScalarWriter:
+    """Writes ``tag -> value`` scalars at a global step into ``logdir``."""
+
+    def __init__(self, logdir: Path) -> None:
+        logdir.mkdir(parents=True, exist_ok=True)
+        self._writer = EventFileWriter(str(logdir))
+
+    def add_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Write every scalar of one step as one event."""
+        values = [summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars.items()]
+        event = event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values))
+        self._writer.add_event(event)
+
+    def flush(self) -> None:
+        """Push buffered events to disk."""
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the event file."""
+        self._writer.close()
