@@ -152,7 +152,7 @@ def staged_run_dir(final: Path) -> Iterator[Path]:
     Yields the final path, created fresh. If the body raises before completing, the directory is
     removed again unless it already held a checkpoint (then it is a resumable partial run).
     """
-    final.mkdir(parents=True, exist_ok=False)
+    final.mkdir(parents=True, exist_ok=True)
     try:
         yield final
     except BaseException:

@@ -1,1 +1,49 @@
-"""Algorithm registry."""
+"""Algorithm registry: ``ALGORITHMS`` (name -> class) beside the discriminated union ``AlgorithmConfig``.
+
+A typo in ``algorithm.name`` is a pydantic error that lists the valid names. One test asserts that
+the dict and the union name the same algorithms.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from metacli.engine.algorithms.maml import MAML, FOMAMLConfig, MAMLConfig
+from metacli.engine.algorithms.moml import BMOML, MOML, BMOMLConfig, MOMLConfig
+from metacli.engine.algorithms.online_baselines import (
+    FS,
+    FTML,
+    MOGD,
+    TOE,
+    FSConfig,
+    FTMLConfig,
+    MOGDConfig,
+    TOEConfig,
+)
+from metacli.engine.algorithms.reptile import Reptile, ReptileConfig
+
+AlgorithmConfig = Annotated[
+    MAMLConfig
+    | FOMAMLConfig
+    | ReptileConfig
+    | MOMLConfig
+    | BMOMLConfig
+    | FTMLConfig
+    | MOGDConfig
+    | TOEConfig
+    | FSConfig,
+    Field(discriminator="name"),
+]
+
+EPISODIC_ALGORITHMS: dict[str, type[Any]] = {"maml": MAML, "fomaml": MAML, "reptile": Reptile}
+ONLINE_ALGORITHMS: dict[str, type[Any]] = {
+    "moml": MOML,
+    "bmoml": BMOML,
+    "ftml": FTML,
+    "mogd": MOGD,
+    "toe": TOE,
+    "fs": FS,
+}
+ALGORITHMS: dict[str, type[Any]] = {**EPISODIC_ALGORITHMS, **ONLINE_ALGORITHMS}

@@ -1,0 +1,144 @@
+"""The ``metacli`` command line: a thin Typer shell over the engine.
+
+Each command parses its options, loads the spec, calls one function and prints a short summary.
+torch, the engine and matplotlib are imported inside the command bodies so ``metacli --help``,
+``hedge`` and ``plot`` start fast. Errors a user can cause (:class:`MetacliError`) are printed as
+one paragraph and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from metacli import __version__
+from metacli.errors import MetacliError
+
+app = typer.Typer(
+    name="metacli",
+    help="A command-line laboratory for meta-learning research.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+err_console = Console(stderr=True)
+console = Console()
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+SpecArg = Annotated[
+    Path | None, typer.Argument(help="A YAML run spec (see configs/). Omit for a preset or the default.")
+]
+OverrideOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a spec field before validation: --set algorithm.alpha=0.4"),
+]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: the spec's, auto).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Log lines instead of a progress bar.")]
+RunDirArg = Annotated[Path, typer.Argument(help="A run directory written by 'metacli train'.")]
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn :class:`MetacliError` into a clear message and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except MetacliError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: the last checkpoint can be resumed with --resume.")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        console.print(f"metacli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """A command-line laboratory for meta-learning research: MAML family and online meta-learning."""
+
+
+@app.command()
+@handle_errors
+def train(
+    spec_file: SpecArg = None,
+    algo: Annotated[str | None, typer.Option(help="Algorithm of a preset, e.g. maml, moml.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset of a preset, e.g. sinusoid, smnist.")] = None,
+    overrides: OverrideOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (grid: folder of runs).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this run from its last checkpoint.")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Dataset folder (else $METACLI_DATA, a cache).")] = None,
+    device: DeviceOpt = None,
+    quiet: QuietOpt = False,
+    fields: Annotated[bool, typer.Option("--fields", help="List every spec field with its docs and exit.")] = False,
+) -> None:
+    """Train a run spec, a preset (--algo/--dataset), or the default (MAML on sinusoid).
+
+    A spec with a `grid:` section runs every point into results/<spec name>/<point>/.
+    """
+    from metacli.commands import describe_fields, resume_command, train_command
+
+    if fields:
+        console.print(describe_fields(spec_file, algo, dataset, list(overrides or [])))
+        return
+    if resume is not None:
+        summary = resume_command(resume, device, quiet)
+        console.print(f"resumed {resume}: {format_summary(summary)}")
+        return
+    overrides = list(overrides or [])
+    if data_root is not None:
+        overrides.append(f"data_root={data_root.resolve()}")
+    for run_dir, summary in train_command(spec_file, algo, dataset, overrides, out, device, quiet):
+        console.print(f"[green]done[/] {run_dir}: {format_summary(summary)}")
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    run_dir: RunDirArg,
+    tasks: Annotated[int | None, typer.Option(help="Number of test tasks (default: the spec's).")] = None,
+    device: DeviceOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Meta-test a run's checkpoint on held-out tasks; writes eval.json (mean, 95% CI, tasks)."""
+    from metacli.engine.runner import evaluate_run
+
+    out = evaluate_run(run_dir, device=device, tasks=tasks, quiet=quiet)
+    for name, m in out["metrics"].items():
+        console.print(f"{name}: {m['mean']:.4f} ± {m['ci95']:.4f} (n={m['n']})")
+    console.print(f"wrote {run_dir / 'eval.json'}")
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A one-line summary of a finished run."""
+    keys = [k for k in ("ctm_acc_avg", "ltm_acc_avg", "steps", "rounds") if k in summary]
+    parts = [f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys]
+    seconds = summary.get("train_seconds")
+    if isinstance(seconds, float) and math.isfinite(seconds):
+        parts.append(f"time={time.strftime('%H:%M:%S', time.gmtime(seconds))}")
+    return " ".join(parts)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,98 @@
+"""Bodies of the ``train`` command: resolve the spec, expand grids, choose run directories."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from metacli.errors import RunDirError
+from metacli.runs import SUMMARY_FILE, checkpoint_path, read_json
+
+
+def default_run_dir(algo: str, dataset: str) -> Path:
+    """``runs/<algo>-<dataset>-<time>``."""
+    return Path("runs") / f"{algo}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train_command(spec_file: Path | None, algo: str | None, dataset: str | None, overrides: list[str],
+                  out: Path | None, device: str | None, quiet: bool) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Train one spec, or every point of its grid; yields (run directory, summary) per run."""
+    from metacli.spec import grid_points, load_spec
+
+    spec, raw = load_spec(spec_file, overrides, algo=algo, dataset=dataset)
+    if spec.grid is None:
+        run_dir = out or default_run_dir(spec.algorithm.name, spec.data.name)
+        refuse_existing(run_dir)
+        yield run_dir, train_one(spec, run_dir, device, quiet)
+        return
+    points = grid_points(raw, spec.grid)  # validate every point before running any
+    folder = out or Path("results") / (spec_file.stem if spec_file else f"{spec.algorithm.name}-grid")
+    for name, point in points:
+        yield from train_point(point, folder / name, device, quiet)
+
+
+def train_point(spec: Any, run_dir: Path, device: str | None, quiet: bool) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """One grid point: skipped when complete, resumed when checkpointed, else trained fresh."""
+    if (run_dir / SUMMARY_FILE).is_file():
+        yield run_dir, {**read_json(run_dir / SUMMARY_FILE), "skipped": True}
+    elif checkpoint_path(run_dir).is_file():
+        yield run_dir, resume_command(run_dir, device, quiet)
+    else:
+        refuse_existing(run_dir)
+        yield run_dir, train_one(spec, run_dir, device, quiet)
+
+
+def train_one(spec: Any, run_dir: Path, device: str | None, quiet: bool) -> dict[str, Any]:
+    """Train a validated spec into ``run_dir``."""
+    from metacli.engine.runner import train_run
+
+    return train_run(spec, run_dir, device=device, quiet=quiet)
+
+
+def resume_command(run_dir: Path, device: str | None, quiet: bool) -> dict[str, Any]:
+    """Continue ``run_dir`` from its checkpoint."""
+    from metacli.engine.runner import resume_run
+
+    if not run_dir.is_dir():
+        raise RunDirError(f"--resume {run_dir}: no such run directory. Pass a folder written by 'metacli train'.")
+    return resume_run(run_dir, device=device, quiet=quiet)
+
+
+def refuse_existing(run_dir: Path) -> None:
+    """Never overwrite a run: an existing, non-empty directory is an error with the two ways out."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunDirError(
+            f"{run_dir} already exists and is not empty. Choose another --out, delete it, "
+            f"or continue it with --resume {run_dir}."
+        )
+
+
+def field_rows(model: Any, prefix: str = "") -> Iterator[tuple[str, str, str]]:
+    """(dotted path, value, documentation) of every field of a spec, sections recursively."""
+    from pydantic import BaseModel
+
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        path = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            yield path, "", info.description or ""
+            yield from field_rows(value, prefix=f"{path}.")
+        else:
+            yield path, repr(value), info.description or ""
+
+
+def describe_fields(spec_file: Path | None, algo: str | None, dataset: str | None, overrides: list[str]) -> Any:
+    """A rich table of every field of the resolved spec, with its value and documentation."""
+    from rich.table import Table
+
+    from metacli.spec import load_spec
+
+    spec, _ = load_spec(spec_file, overrides, algo=algo, dataset=dataset)
+    table = Table(title=f"run spec fields ({spec.algorithm.name} on {spec.data.name})")
+    for col in ("field", "value", "documentation"):
+        table.add_column(col, overflow="fold")
+    for path, value, doc in field_rows(spec):
+        table.add_row(path, value, doc)
+    return table

@@ -1,0 +1,280 @@
+"""MOML and B-MOML: memory-efficient online meta-learning (Acar, Zhu, Saligrama, ICML 2021).
+
+Specification: ``docs/reference/moml.md`` §2 (the official code, ``utils_methods.py::train_MOML`` and
+``utils_general.py::train_MOML_model``). The state is three flat-size vectors (θ, λ, ω); θ₀ = ω₀, λ₀ = 0.
+Round t runs K warm-started outer SGD steps on the regularised meta-objective (§2.3-2.4)::
+
+    (S, Q)  <- two disjoint random batches of B from the task's train set   (fresh every step)
+    φ <- θ ;  n_inner times: φ <- φ - η_in (∇CE(φ; S) + wd φ)              (differentiable)
+    g <- ∇_θ CE(φ; Q) - λ + α (θ - ω)                                       (full second order)
+    θ <- θ - η_out (clip(g, 3) + wd θ)                                      (SGD, decay after clipping)
+
+then the λ-recursion of the official code (§2.5, using the new λ in ω)::
+
+    λ <- λ - α (θ - ω) ;   ω <- ½ (θ + ω) - λ / (2α)
+
+B-MOML (§2.7) draws the task of every outer step uniformly from a buffer of task indices that always
+holds the current task ('random': append until full, then overwrite a uniformly random slot; 'last':
+sliding window). α = 0 switches the regulariser off and freezes λ and ω: that is MOGD (§3).
+
+Training and evaluation adaptation differ on purpose (§10 item 5): training adapts on 10-image support
+batches with weight decay and no clipping; the CTM/LTM evaluation (:mod:`metacli.engine.online`)
+adapts full-batch on all train images with clipping and no weight decay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from metacli.engine.functional import Learner, clip_by_global_norm, tensor_bytes
+from metacli.engine.types import Batch, OnlineStream, Params
+
+
+class MetaSGDConfig(BaseModel):
+    """Settings shared by the second-order online meta-learners (MOML, B-MOML, FTML, MOGD)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    K: int = Field(10, ge=1)
+    """Outer SGD steps per round (grid {10, 20}; the released script's first value, 10)."""
+    outer_lr: float = Field(0.1, gt=0)
+    """Outer (meta) SGD learning rate (0.1, constant)."""
+    weight_decay: float = Field(1e-4, ge=0)
+    """Weight decay of the outer SGD step and of the differentiable inner step (1e-4)."""
+    clip_norm: float = Field(3.0, gt=0)
+    """Global L2 norm the total outer gradient, and each evaluation fine-tune gradient, is clipped to."""
+    inner_lr: float = Field(0.01, gt=0)
+    """learning_rate_ft: inner and evaluation fine-tune lr (grid {0.1, 0.01}; default 0.01, the only
+    value the released main.py actually runs for MOML, moml.md §6 fault 5)."""
+    inner_steps: int = Field(1, ge=1)
+    """num_grad_step: inner and evaluation fine-tune steps (grid {1, 5}; default 1)."""
+    batch_size: int = Field(10, ge=1)
+    """Size of the support batch and of the disjoint query batch (10)."""
+
+    def eval_variants(self) -> dict[str, tuple[float, int]]:
+        """Evaluation fine-tune (lr, steps) per metric-key suffix: the training inner loop's (§5.1)."""
+        return {"": (self.inner_lr, self.inner_steps)}
+
+
+class MOMLConfig(MetaSGDConfig):
+    """MOML (moml.md §2): regularised warm-started meta-SGD with a constant-size state."""
+
+    name: Literal["moml"] = "moml"
+    """Selects MOML."""
+    alpha: float = Field(1.0, ge=0)
+    """α of the proximal term (grid {1, 5, 10}; default 1). 0 switches the regulariser off (= MOGD)."""
+
+
+class BMOMLConfig(MetaSGDConfig):
+    """B-MOML (moml.md §2.7): MOML whose outer steps sample their task from a small task buffer."""
+
+    name: Literal["bmoml"] = "bmoml"
+    """Selects B-MOML."""
+    alpha: float = Field(1.0, ge=0)
+    """α of the proximal term (grid {1, 5, 10}; default 1). 0 switches the regulariser off."""
+    buffer_size: int = Field(10, ge=1)
+    """B, the number of task indices kept for training (10)."""
+    buffer_policy: Literal["random", "last"] = "random"
+    """'random' (the released default): append until full, then overwrite a uniformly random slot with
+    the current task (not reservoir sampling); 'last': sliding window of the last B tasks."""
+
+
+class MOMLState(NamedTuple):
+    """MOML's state (moml.md §2.1): meta-parameters θ, dual λ ("lambda_model"), anchor ω ("omega_model")."""
+
+    theta: Params
+    lam: Params
+    omega: Params
+
+
+class BMOMLState(NamedTuple):
+    """B-MOML's state: MOML's (θ, λ, ω) plus the task indices of the buffer."""
+
+    theta: Params
+    lam: Params
+    omega: Params
+    buffer: tuple[int, ...]
+
+
+class Regulariser(NamedTuple):
+    """The linear-plus-proximal term −⟨λ, θ⟩ + (α/2)‖θ − ω‖² of the round objective (§2.3)."""
+
+    lam: Params
+    omega: Params
+    alpha: float
+
+
+def sample_support_query(
+    stream: OnlineStream, task: int, batch_size: int, generator: torch.Generator
+) -> tuple[Batch, Batch]:
+    """Two disjoint random batches of ``batch_size`` from ``task``'s train set (a fresh shuffle, §2.2)."""
+    x, y = stream.train.x[task], stream.train.y[task]
+    perm = torch.randperm(x.shape[0], generator=generator)[: 2 * batch_size].to(x.device)
+    s, q = perm[:batch_size], perm[batch_size:]
+    return Batch(x[s], y[s]), Batch(x[q], y[q])
+
+
+def meta_gradient(
+    learner: Learner, theta: Params, support: Batch, query: Batch, cfg: MetaSGDConfig
+) -> tuple[Params, Tensor]:
+    """∇_θ CE(U(θ; S); Q), second order through ``cfg.inner_steps`` differentiable SGD steps (§2.2)."""
+    leaves = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
+    phi: Params = leaves
+    for _ in range(cfg.inner_steps):
+        grads = torch.autograd.grad(learner.loss(phi, support), list(phi.values()), create_graph=True)
+        phi = {
+            k: p - cfg.inner_lr * (g + cfg.weight_decay * p) for (k, p), g in zip(phi.items(), grads)
+        }
+    loss = learner.loss(phi, query)
+    meta_grads = torch.autograd.grad(loss, list(leaves.values()))
+    return dict(zip(leaves, meta_grads)), loss.detach()
+
+
+def outer_step(theta: Params, g: Params, cfg: MetaSGDConfig) -> Params:
+    """θ ← θ − η_out (clip(g) + wd θ): PyTorch SGD adds the decay after clipping (§2.4 step 4)."""
+    g = clip_by_global_norm(g, cfg.clip_norm)
+    return {k: (p - cfg.outer_lr * (g[k] + cfg.weight_decay * p)).detach() for k, p in theta.items()}
+
+
+def meta_sgd_round(
+    learner: Learner,
+    theta: Params,
+    stream: OnlineStream,
+    draw_task: Callable[[], int],
+    cfg: MetaSGDConfig,
+    generator: torch.Generator,
+    reg: Regulariser | None,
+) -> Params:
+    """K warm-started outer steps from θ; each step's task is ``draw_task()`` (drawn before (S, Q))."""
+    for _ in range(cfg.K):
+        support, query = sample_support_query(stream, draw_task(), cfg.batch_size, generator)
+        g, _ = meta_gradient(learner, theta, support, query, cfg)
+        if reg is not None:
+            g = {k: g[k] - reg.lam[k] + reg.alpha * (p - reg.omega[k]) for k, p in theta.items()}
+        theta = outer_step(theta, g, cfg)
+    return theta
+
+
+def update_state(theta: Params, lam: Params, omega: Params, alpha: float) -> tuple[Params, Params]:
+    """λ ← λ − α(θ − ω); ω ← ½(θ + ω) − λ/(2α) with the new λ (§2.5). α = 0 leaves λ, ω unchanged."""
+    if alpha == 0:
+        return lam, omega
+    new_lam = {k: lam[k] - alpha * (theta[k] - omega[k]) for k in theta}
+    new_omega = {k: 0.5 * (theta[k] + omega[k]) - new_lam[k] / (2 * alpha) for k in theta}
+    return new_lam, new_omega
+
+
+def task_bytes(stream: OnlineStream) -> int:
+    """Bytes of one task's training data (inputs and labels)."""
+    return tensor_bytes([stream.train.x[0], stream.train.y[0]])
+
+
+def params_to_cpu(p: Params) -> dict[str, Tensor]:
+    """Detached CPU copies, for ``torch.save``."""
+    return {k: v.detach().cpu().clone() for k, v in p.items()}
+
+
+class MOML:
+    """MOML (moml.md §2.6). Memory: the current task's data plus 3d."""
+
+    ctm_after_update = False
+
+    def __init__(self, cfg: MOMLConfig, learner: Learner) -> None:
+        self.cfg = cfg
+        self.learner = learner
+        self.eval_variants = cfg.eval_variants()
+        self.eval_clip_norm = cfg.clip_norm
+
+    def init_state(self, theta0: Params) -> MOMLState:
+        """θ = ω = θ₀, λ = 0 (§2.1)."""
+        theta = {k: v.detach().clone() for k, v in theta0.items()}
+        return MOMLState(theta, {k: torch.zeros_like(v) for k, v in theta.items()}, dict(theta))
+
+    def round(self, state: MOMLState, t: int, stream: OnlineStream, generator: torch.Generator) -> MOMLState:
+        """K regularised outer steps on task t only, then the λ/ω recursion."""
+        reg = Regulariser(state.lam, state.omega, self.cfg.alpha)
+        theta = meta_sgd_round(self.learner, state.theta, stream, lambda: t, self.cfg, generator, reg)
+        lam, omega = update_state(theta, state.lam, state.omega, self.cfg.alpha)
+        return MOMLState(theta, lam, omega)
+
+    def eval_model(self, state: MOMLState) -> Params:
+        """θ_t, the model CTM/LTM fine-tune from."""
+        return state.theta
+
+    def held_bytes(self, state: MOMLState, t: int, stream: OnlineStream) -> tuple[int, int]:
+        """(current task's train data, θ + λ + ω): constant over rounds."""
+        return task_bytes(stream), sum(tensor_bytes(p) for p in (state.theta, state.lam, state.omega))
+
+    def state_dict(self, state: MOMLState) -> dict[str, Any]:
+        """θ, λ, ω as CPU tensors."""
+        return {k: params_to_cpu(getattr(state, k)) for k in ("theta", "lam", "omega")}
+
+    def load_state(self, d: dict[str, Any]) -> MOMLState:
+        """Inverse of :meth:`state_dict` (tensors stay on CPU; move them with the stream if needed)."""
+        return MOMLState(dict(d["theta"]), dict(d["lam"]), dict(d["omega"]))
+
+
+def update_buffer(
+    buffer: tuple[int, ...], t: int, size: int, policy: str, generator: torch.Generator
+) -> tuple[int, ...]:
+    """Insert task t (§2.7): append while not full; then 'last' slides, 'random' overwrites a random slot."""
+    if len(buffer) < size:
+        return (*buffer, t)
+    if policy == "last":
+        return (*buffer[1:], t)
+    slot = int(torch.randint(size, (1,), generator=generator).item())
+    return (*buffer[:slot], t, *buffer[slot + 1 :])
+
+
+class BMOML:
+    """B-MOML (moml.md §2.7). Memory: the buffer's tasks' data plus 3d."""
+
+    ctm_after_update = False
+
+    def __init__(self, cfg: BMOMLConfig, learner: Learner) -> None:
+        self.cfg = cfg
+        self.learner = learner
+        self.eval_variants = cfg.eval_variants()
+        self.eval_clip_norm = cfg.clip_norm
+
+    def init_state(self, theta0: Params) -> BMOMLState:
+        """θ = ω = θ₀, λ = 0, empty buffer."""
+        theta = {k: v.detach().clone() for k, v in theta0.items()}
+        return BMOMLState(theta, {k: torch.zeros_like(v) for k, v in theta.items()}, dict(theta), ())
+
+    def round(
+        self, state: BMOMLState, t: int, stream: OnlineStream, generator: torch.Generator
+    ) -> BMOMLState:
+        """Insert task t into the buffer; K regularised outer steps, each on a uniform buffer task."""
+        buffer = update_buffer(state.buffer, t, self.cfg.buffer_size, self.cfg.buffer_policy, generator)
+
+        def draw_task() -> int:
+            return buffer[int(torch.randint(len(buffer), (1,), generator=generator).item())]
+
+        reg = Regulariser(state.lam, state.omega, self.cfg.alpha)
+        theta = meta_sgd_round(self.learner, state.theta, stream, draw_task, self.cfg, generator, reg)
+        lam, omega = update_state(theta, state.lam, state.omega, self.cfg.alpha)
+        return BMOMLState(theta, lam, omega, buffer)
+
+    def eval_model(self, state: BMOMLState) -> Params:
+        """θ_t."""
+        return state.theta
+
+    def held_bytes(self, state: BMOMLState, t: int, stream: OnlineStream) -> tuple[int, int]:
+        """(the buffered tasks' train data, θ + λ + ω): bounded by B tasks."""
+        state_b = sum(tensor_bytes(p) for p in (state.theta, state.lam, state.omega))
+        return len(state.buffer) * task_bytes(stream), state_b
+
+    def state_dict(self, state: BMOMLState) -> dict[str, Any]:
+        """θ, λ, ω as CPU tensors and the buffer as a list of ints."""
+        d = {k: params_to_cpu(getattr(state, k)) for k in ("theta", "lam", "omega")}
+        return {**d, "buffer": list(state.buffer)}
+
+    def load_state(self, d: dict[str, Any]) -> BMOMLState:
+        """Inverse of :meth:`state_dict`."""
+        return BMOMLState(dict(d["theta"]), dict(d["lam"]), dict(d["omega"]), tuple(d["buffer"]))

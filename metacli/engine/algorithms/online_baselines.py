@@ -1,0 +1,261 @@
+"""Baselines of the online protocol: FTML, MOGD, TOE and FS (moml.md §3, official MOML code).
+
+- **FTML** (follow the meta leader, Finn, Rajeswaran, Kakade, Levine, ICML 2019), as approximated by the
+  MOML code: K warm-started second-order meta-SGD steps per round, each on a task drawn uniformly from
+  all seen tasks 0..t (current included). Memory: all t+1 tasks' data plus d.
+- **MOGD** (meta online gradient descent): the same K steps on the current task only; MOML with the
+  regulariser removed (α = 0, λ ≡ 0). Memory: one task plus d.
+- **TOE** (train on everything): every round re-initialises to θ₀ (kept as in the reference, moml.md
+  §10 item 4) and runs K plain SGD steps (batch 10, lr 0.1, wd 1e-4, clip 3, cross-entropy) on the pooled
+  train data of tasks 0..t. Memory: all data plus θ₀ and θ.
+- **FS** (from scratch): no training; θ₀ is evaluated every round. Memory: θ₀.
+
+TOE and FS measure CTM **after** the round's training (``ctm_after_update``; the reference's
+"Evaluation of TOE is a bit different", moml.md §5.2) and are evaluated three ways (§5.1): fine-tuned
+(lr 0.1, 1 step), fine-tuned (lr 0.1, 5 steps) and not fine-tuned. ``eval_variant`` picks the primary
+one; the others are logged under suffixed keys (``_ft1``, ``_ft5``, ``_noft``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from metacli.engine.algorithms.moml import (
+    MetaSGDConfig,
+    meta_sgd_round,
+    params_to_cpu,
+    task_bytes,
+)
+from metacli.engine.functional import Learner, clip_by_global_norm, tensor_bytes
+from metacli.engine.types import Batch, OnlineStream, Params
+
+EvalVariant = Literal["ft1", "ft5", "noft"]
+
+
+class FTMLConfig(MetaSGDConfig):
+    """FTML (Finn et al. 2019) as in the MOML code: meta-SGD on tasks drawn from all seen tasks."""
+
+    name: Literal["ftml"] = "ftml"
+    """Selects FTML."""
+
+
+class MOGDConfig(MetaSGDConfig):
+    """MOGD: warm-started meta-SGD on the current task (MOML without the regulariser)."""
+
+    name: Literal["mogd"] = "mogd"
+    """Selects MOGD."""
+
+
+class ThetaState(NamedTuple):
+    """The state of FTML and MOGD: the meta-parameters θ only."""
+
+    theta: Params
+
+
+class _MetaSGDBaseline:
+    """Shared body of FTML and MOGD: state θ, K second-order outer steps per round, no regulariser."""
+
+    ctm_after_update = False
+
+    def __init__(self, cfg: MetaSGDConfig, learner: Learner) -> None:
+        self.cfg = cfg
+        self.learner = learner
+        self.eval_variants = cfg.eval_variants()
+        self.eval_clip_norm = cfg.clip_norm
+
+    def init_state(self, theta0: Params) -> ThetaState:
+        """θ = θ₀."""
+        return ThetaState({k: v.detach().clone() for k, v in theta0.items()})
+
+    def _draw_task(self, t: int, generator: torch.Generator) -> int:
+        raise NotImplementedError
+
+    def round(self, state: ThetaState, t: int, stream: OnlineStream, generator: torch.Generator) -> ThetaState:
+        """K warm-started outer steps; each step's task comes from :meth:`_draw_task`."""
+        theta = meta_sgd_round(
+            self.learner, state.theta, stream, lambda: self._draw_task(t, generator), self.cfg, generator, None
+        )
+        return ThetaState(theta)
+
+    def eval_model(self, state: ThetaState) -> Params:
+        """θ_t."""
+        return state.theta
+
+    def state_dict(self, state: ThetaState) -> dict[str, Any]:
+        """θ as CPU tensors."""
+        return {"theta": params_to_cpu(state.theta)}
+
+    def load_state(self, d: dict[str, Any]) -> ThetaState:
+        """Inverse of :meth:`state_dict`."""
+        return ThetaState(dict(d["theta"]))
+
+
+class FTML(_MetaSGDBaseline):
+    """FTML: each outer step samples a task uniformly from 0..t (perfect recall)."""
+
+    def _draw_task(self, t: int, generator: torch.Generator) -> int:
+        return int(torch.randint(t + 1, (1,), generator=generator).item())
+
+    def held_bytes(self, state: ThetaState, t: int, stream: OnlineStream) -> tuple[int, int]:
+        """(all t+1 tasks' train data, θ): linear in t."""
+        return (t + 1) * task_bytes(stream), tensor_bytes(state.theta)
+
+
+class MOGD(_MetaSGDBaseline):
+    """MOGD: every outer step uses the current task; equals MOML with α = 0 (λ ≡ 0, ω frozen)."""
+
+    def _draw_task(self, t: int, generator: torch.Generator) -> int:
+        return t
+
+    def held_bytes(self, state: ThetaState, t: int, stream: OnlineStream) -> tuple[int, int]:
+        """(current task's train data, θ): constant."""
+        return task_bytes(stream), tensor_bytes(state.theta)
+
+
+class _ScratchConfig(BaseModel):
+    """Evaluation settings shared by TOE and FS (moml.md §5.1)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    eval_lr: float = Field(0.1, gt=0)
+    """Learning rate of the evaluation fine-tune (0.1)."""
+    eval_steps: tuple[int, int] = (1, 5)
+    """Step counts of the two fine-tuned variants ft1 and ft5 ((1, 5))."""
+    eval_variant: EvalVariant = "ft1"
+    """Primary evaluation (unsuffixed metric keys): ft1, ft5 or noft; the others get key suffixes."""
+    clip_norm: float = Field(3.0, gt=0)
+    """Global L2 clip norm of the training steps (TOE) and of the evaluation fine-tune steps (3)."""
+
+    def eval_variants(self) -> dict[str, tuple[float, int]]:
+        """(lr, steps) per key suffix; the primary variant has the empty suffix."""
+        all_v = {"ft1": (self.eval_lr, self.eval_steps[0]), "ft5": (self.eval_lr, self.eval_steps[1])}
+        all_v["noft"] = (self.eval_lr, 0)
+        return {("" if k == self.eval_variant else f"_{k}"): v for k, v in all_v.items()}
+
+
+class TOEConfig(_ScratchConfig):
+    """TOE: re-initialise to θ₀ each round and train K SGD steps on all data seen so far."""
+
+    name: Literal["toe"] = "toe"
+    """Selects TOE."""
+    K: int = Field(10, ge=1)
+    """Plain SGD steps per round, from θ₀ (grid {10, 20}; default 10)."""
+    lr: float = Field(0.1, gt=0)
+    """SGD learning rate (0.1)."""
+    weight_decay: float = Field(1e-4, ge=0)
+    """SGD weight decay (1e-4), added after clipping."""
+    batch_size: int = Field(10, ge=1)
+    """Mini-batch size (10)."""
+
+
+class FSConfig(_ScratchConfig):
+    """FS: no training; θ₀ fine-tuned on each task (evaluation only)."""
+
+    name: Literal["fs"] = "fs"
+    """Selects FS."""
+
+
+class TOEState(NamedTuple):
+    """TOE's state: θ₀ (re-initialisation point) and θ_t (the round's trained model)."""
+
+    theta0: Params
+    theta: Params
+
+
+class TOE:
+    """TOE (moml.md §3): from θ₀ every round, K SGD steps on the pooled data of tasks 0..t.
+
+    The pool is shuffled (generator) and walked in consecutive batches of ``batch_size``, reshuffled when
+    fewer than a batch remain (a shuffled DataLoader over the pool, incomplete last batch dropped).
+    """
+
+    ctm_after_update = True
+
+    def __init__(self, cfg: TOEConfig, learner: Learner) -> None:
+        self.cfg = cfg
+        self.learner = learner
+        self.eval_variants = cfg.eval_variants()
+        self.eval_clip_norm = cfg.clip_norm
+
+    def init_state(self, theta0: Params) -> TOEState:
+        """θ₀ kept for the per-round re-initialisation."""
+        theta0 = {k: v.detach().clone() for k, v in theta0.items()}
+        return TOEState(theta0, dict(theta0))
+
+    def _batches(self, n_pool: int, generator: torch.Generator) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+        while len(out) < self.cfg.K:
+            perm = torch.randperm(n_pool, generator=generator)
+            n_full = max(1, n_pool // self.cfg.batch_size)
+            out += list(perm[: n_full * self.cfg.batch_size].split(self.cfg.batch_size))
+        return out[: self.cfg.K]
+
+    def round(self, state: TOEState, t: int, stream: OnlineStream, generator: torch.Generator) -> TOEState:
+        """Re-initialise to θ₀ (reference behaviour, §10 item 4), then K clipped SGD steps on tasks 0..t."""
+        x = stream.train.x[: t + 1].flatten(0, 1)
+        y = stream.train.y[: t + 1].flatten(0, 1)
+        theta = state.theta0
+        for idx in self._batches(x.shape[0], generator):
+            idx = idx.to(x.device)
+            g = torch.func.grad(self.learner.loss)(theta, Batch(x[idx], y[idx]))
+            g = clip_by_global_norm(g, self.cfg.clip_norm)
+            theta = {k: p - self.cfg.lr * (g[k] + self.cfg.weight_decay * p) for k, p in theta.items()}
+        return TOEState(state.theta0, theta)
+
+    def eval_model(self, state: TOEState) -> Params:
+        """θ_t (trained this round from θ₀)."""
+        return state.theta
+
+    def held_bytes(self, state: TOEState, t: int, stream: OnlineStream) -> tuple[int, int]:
+        """(all t+1 tasks' train data, θ₀ + θ): linear in t."""
+        return (t + 1) * task_bytes(stream), tensor_bytes(state.theta0) + tensor_bytes(state.theta)
+
+    def state_dict(self, state: TOEState) -> dict[str, Any]:
+        """θ₀ and θ as CPU tensors."""
+        return {"theta0": params_to_cpu(state.theta0), "theta": params_to_cpu(state.theta)}
+
+    def load_state(self, d: dict[str, Any]) -> TOEState:
+        """Inverse of :meth:`state_dict`."""
+        return TOEState(dict(d["theta0"]), dict(d["theta"]))
+
+
+class FS:
+    """FS (moml.md §3): no training; every round evaluates θ₀ (CTM after the no-op update, as TOE)."""
+
+    ctm_after_update = True
+
+    def __init__(self, cfg: FSConfig, learner: Learner) -> None:
+        self.cfg = cfg
+        self.learner = learner
+        self.eval_variants = cfg.eval_variants()
+        self.eval_clip_norm = cfg.clip_norm
+
+    def init_state(self, theta0: Params) -> ThetaState:
+        """θ₀."""
+        return ThetaState({k: v.detach().clone() for k, v in theta0.items()})
+
+    def round(self, state: ThetaState, t: int, stream: OnlineStream, generator: torch.Generator) -> ThetaState:
+        """No training."""
+        return state
+
+    def eval_model(self, state: ThetaState) -> Params:
+        """θ₀."""
+        return state.theta
+
+    def held_bytes(self, state: ThetaState, t: int, stream: OnlineStream) -> tuple[int, int]:
+        """(no task data, θ₀): constant."""
+        return 0, tensor_bytes(state.theta)
+
+    def state_dict(self, state: ThetaState) -> dict[str, Any]:
+        """θ₀ as CPU tensors."""
+        return {"theta": params_to_cpu(state.theta)}
+
+    def load_state(self, d: dict[str, Any]) -> ThetaState:
+        """Inverse of :meth:`state_dict`."""
+        return ThetaState(dict(d["theta"]))
+
+
+__all__ = ["FS", "FTML", "MOGD", "TOE", "FSConfig", "FTMLConfig", "MOGDConfig", "TOEConfig"]

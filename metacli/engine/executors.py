@@ -1,0 +1,92 @@
+"""Meta-gradient executors: one task loss, two ways to batch it over a meta-batch.
+
+An algorithm supplies ``task_loss(meta, task) -> (query loss, aux)`` for ONE unstacked task, with its
+inner loop written through :func:`metacli.engine.functional.grad_and_loss` (``torch.func``). Such a
+function is differentiable by an outer :func:`torch.autograd.grad` and composes with
+:func:`torch.func.vmap`, so the same code serves both executors:
+
+- ``"loop"``: one task at a time, forward then ``autograd.grad`` of ``loss / B``, accumulated. Only one
+  task's graph is alive at a time (lowest memory); the meta-gradient is exact.
+- ``"vmap"``: ``vmap(task_loss, in_dims=(None, 0))`` over the stacked tasks and one ``autograd.grad``
+  of the mean. Fewer, larger kernels (launch-bound GPUs); all B graphs alive at once. On the CPU it is
+  slower (``docs/reference/maml_family.md`` §5). Models must avoid fused batch norm at second order
+  (Conv4's primitive-op batch norm is exact).
+
+Both return the meta-gradient of ``(1/B) sum_i L_i(meta)`` for every key of ``meta``, zeros for keys
+the loss does not use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+from metacli.engine.types import Batch, Params, StepResult, Task
+from metacli.errors import SpecError
+
+TaskLoss = Callable[[Params, Task], tuple[Tensor, dict[str, Tensor]]]
+"""One unstacked task -> (query loss scalar, auxiliary scalars to log)."""
+
+Executor = Literal["loop", "vmap"]
+EXECUTORS: tuple[str, ...] = get_args(Executor)
+
+
+def meta_gradient(task_loss: TaskLoss, meta: Params, tasks: Task, executor: Executor) -> StepResult:
+    """Mean task loss over a stacked meta-batch and its gradient with respect to ``meta``.
+
+    Args:
+        task_loss: loss of one task after adaptation, inner loop through ``torch.func``.
+        meta: meta-parameters, leaf tensors with ``requires_grad=True``.
+        tasks: B tasks stacked on a leading axis of every tensor.
+        executor: ``"loop"`` (per-task backward) or ``"vmap"`` (batched forward, one backward).
+
+    Returns:
+        A :class:`StepResult`: mean query loss, ``grads`` keyed like ``meta``, mean of every aux scalar.
+
+    Raises:
+        SpecError: for an unknown executor name.
+    """
+    if executor == "loop":
+        return _loop(task_loss, meta, tasks)
+    if executor == "vmap":
+        return _vmap(task_loss, meta, tasks)
+    raise SpecError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+
+
+def task_at(tasks: Task, i: int) -> Task:
+    """Task ``i`` of a stacked meta-batch."""
+    return Task(Batch(tasks.support.x[i], tasks.support.y[i]), Batch(tasks.query.x[i], tasks.query.y[i]))
+
+
+def _grads(loss: Tensor, meta: Params) -> dict[str, Tensor]:
+    # materialize_grads: keys the loss does not reach (e.g. a head frozen by a variant) get zeros
+    grads = torch.autograd.grad(loss, list(meta.values()), allow_unused=True, materialize_grads=True)
+    return dict(zip(meta, grads, strict=True))
+
+
+def _loop(task_loss: TaskLoss, meta: Params, tasks: Task) -> StepResult:
+    n_tasks = tasks.query.x.shape[0]
+    total = {k: torch.zeros_like(v) for k, v in meta.items()}
+    loss_sum = torch.zeros((), dtype=tasks.query.x.dtype, device=tasks.query.x.device)
+    aux_sum: dict[str, Tensor] = {}
+    for i in range(n_tasks):
+        loss, aux = task_loss(meta, task_at(tasks, i))
+        # backward per task frees this task's graph before the next one is built
+        for k, g in _grads(loss / n_tasks, meta).items():
+            total[k] += g
+        loss_sum += loss.detach()
+        for k, v in aux.items():
+            aux_sum[k] = aux_sum.get(k, 0) + v.detach()
+    metrics = {k: float(v) / n_tasks for k, v in aux_sum.items()}
+    return StepResult(float(loss_sum) / n_tasks, total, metrics)
+
+
+def _vmap(task_loss: TaskLoss, meta: Params, tasks: Task) -> StepResult:
+    losses, aux = torch.func.vmap(task_loss, in_dims=(None, 0))(meta, tasks)
+    loss = losses.mean()
+    grads = _grads(loss, meta)
+    metrics = {k: float(v.detach().mean()) for k, v in aux.items()}
+    return StepResult(float(loss.detach()), grads, metrics)

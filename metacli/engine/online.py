@@ -1,0 +1,193 @@
+"""The online meta-learning protocol (moml.md §1, §5) and its batched CTM/LTM evaluation.
+
+Per round t (0-based here, 1-based in the records)::
+
+    CTM_t = test_t(U_eval_t(θ_{t-1}))        before the update (after it for TOE/FS, ``ctm_after_update``)
+    state <- algo.round(state, t, stream, generator)
+    LTM_t = (1/(t+1)) Σ_{k<=t} test_k(U_eval_k(θ_t))
+
+U_eval (§5.1, ``get_maml_acc_loss`` of the reference): ``steps`` full-batch GD steps on all of the task's
+train images, mean cross-entropy, each step's gradient clipped to global norm ``clip_norm``, no weight
+decay; then mean CE and accuracy on the task's test images. Records also carry the running averages
+(1/t)Σ_{s<=t} of the four per-round values (the reference's ``*_Avg``).
+
+The LTM needs Σ_t t = T(T+1)/2 fine-tune-and-test evaluations, so :func:`finetune_and_test` evaluates many
+tasks at once: ``torch.func.vmap`` over tasks (shared parameters, per-task data, per-task clipping), in
+chunks; for :class:`~metacli.engine.models.mlp.MLP` an exact Gram-matrix path (:mod:`.online_fast`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+import torch
+from torch import Tensor
+
+from metacli.engine.functional import Learner, clip_by_global_norm, sgd_step
+from metacli.engine.online_fast import fast_path_applies, mlp_finetune_and_test
+from metacli.engine.types import Batch, OnlineStream, Params
+
+S = TypeVar("S")
+
+CHUNK_SIZE = 128
+"""Tasks per vmap call of the generic path (bounds memory: about CHUNK_SIZE × steps × |θ| floats)."""
+
+
+class OnlineAlgorithm(Protocol[S]):
+    """What :func:`run_online` needs from MOML, B-MOML, FTML, MOGD, TOE and FS."""
+
+    ctm_after_update: bool
+    eval_variants: dict[str, tuple[float, int]]
+    eval_clip_norm: float
+
+    def init_state(self, theta0: Params) -> S: ...
+
+    def round(self, state: S, t: int, stream: OnlineStream, generator: torch.Generator) -> S: ...
+
+    def eval_model(self, state: S) -> Params: ...
+
+    def held_bytes(self, state: S, t: int, stream: OnlineStream) -> tuple[int, int]: ...
+
+
+def _adapt_and_test(
+    learner: Learner, params: Params, train: Batch, test: Batch, lr: float, steps: int, clip_norm: float
+) -> tuple[Tensor, Tensor]:
+    """U_eval on one task, then (mean CE, accuracy) on its test set; vmap-able."""
+    phi = params
+    for _ in range(steps):
+        g = torch.func.grad(learner.loss)(phi, train)
+        phi = sgd_step(phi, clip_by_global_norm(g, clip_norm), lr)
+    out = learner.forward(phi, test.x)
+    return learner.loss_of_output(out, test.y), (out.argmax(-1) == test.y).to(out.dtype).mean()
+
+
+def finetune_and_test_vmap(
+    learner: Learner,
+    params: Params,
+    stream: OnlineStream,
+    task_ids: Tensor,
+    lr: float,
+    steps: int,
+    clip_norm: float,
+    chunk_size: int = CHUNK_SIZE,
+) -> tuple[Tensor, Tensor]:
+    """The generic batched U_eval: ``vmap`` over tasks (params in_dims=None), ``chunk_size`` at a time."""
+
+    def one(train: Batch, test: Batch) -> tuple[Tensor, Tensor]:
+        return _adapt_and_test(learner, params, train, test, lr, steps, clip_norm)
+
+    batched = torch.func.vmap(one)
+    losses, accs = [], []
+    for ids in task_ids.to(stream.train.x.device).split(chunk_size):
+        train = Batch(stream.train.x[ids], stream.train.y[ids])
+        loss, acc = batched(train, Batch(stream.test.x[ids], stream.test.y[ids]))
+        losses.append(loss)
+        accs.append(acc)
+    return torch.cat(losses), torch.cat(accs)
+
+
+def finetune_and_test(
+    learner: Learner,
+    params: Params,
+    stream: OnlineStream,
+    task_ids: Tensor,
+    lr: float,
+    steps: int,
+    clip_norm: float,
+    fast: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Per-task (test loss, test accuracy) of U_eval(params) for every task in ``task_ids`` at once.
+
+    With ``fast`` and an MLP learner the exact Gram-matrix path is used (tested equal to the vmap path).
+    """
+    params = {k: v.detach() for k, v in params.items()}
+    with torch.no_grad():
+        if fast and fast_path_applies(learner):
+            return mlp_finetune_and_test(learner, params, stream, task_ids, lr, steps, clip_norm)
+        return finetune_and_test_vmap(learner, params, stream, task_ids, lr, steps, clip_norm)
+
+
+def _evaluate(
+    algo: OnlineAlgorithm[Any], learner: Learner, stream: OnlineStream, params: Params, task_ids: Tensor
+) -> dict[str, float]:
+    """Mean loss and accuracy over ``task_ids`` for each evaluation variant, keyed ``loss{sfx}``/``acc{sfx}``."""
+    out: dict[str, float] = {}
+    for sfx, (lr, steps) in algo.eval_variants.items():
+        loss, acc = finetune_and_test(learner, params, stream, task_ids, lr, steps, algo.eval_clip_norm)
+        out[f"loss{sfx}"], out[f"acc{sfx}"] = float(loss.mean()), float(acc.mean())
+    return out
+
+
+def _record(
+    round_1: int, ctm: Mapping[str, float], ltm: Mapping[str, float], sums: dict[str, float]
+) -> dict[str, float]:
+    """The per-round values plus their running averages; ``sums`` is updated in place."""
+    rec: dict[str, float] = {"round": float(round_1)}
+    for kind, vals in (("ctm", ctm), ("ltm", ltm)):
+        for key, v in vals.items():
+            metric, _, sfx = key.partition("_")
+            name = f"{kind}_{metric}"
+            sfx = f"_{sfx}" if sfx else ""
+            sums[name + sfx] = sums.get(name + sfx, 0.0) + v
+            rec[name + sfx] = v
+            rec[f"{name}_avg{sfx}"] = sums[name + sfx] / round_1
+    return rec
+
+
+def _sums_from(prior: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Running sums of the per-round values in previous records (for resuming)."""
+    sums: dict[str, float] = {}
+    for rec in prior:
+        for key, v in rec.items():
+            if key.startswith(("ctm_", "ltm_")) and "_avg" not in key:
+                sums[key] = sums.get(key, 0.0) + v
+    return sums
+
+
+def run_online(
+    algo: OnlineAlgorithm[S],
+    learner: Learner,
+    stream: OnlineStream,
+    theta0: Params,
+    generator: torch.Generator,
+    on_round: Callable[[dict[str, float]], None],
+    start_round: int = 0,
+    state: S | None = None,
+    progress: Callable[[int], None] | None = None,
+    ltm: bool = True,
+    prior: Sequence[Mapping[str, float]] = (),
+    on_checkpoint: Callable[[int, S], None] | None = None,
+) -> S:
+    """Run rounds ``start_round..T-1`` of the online protocol; one record per round to ``on_round``.
+
+    Resuming: pass the saved ``state`` (``algo.load_state``), ``start_round`` = rounds done, ``prior`` = the
+    records already written (restores running averages and the wall-time offset), and a generator whose
+    state was saved with the algorithm state (``on_checkpoint(rounds_done, state)`` is called after every
+    round: save ``algo.state_dict(state)`` and ``generator.get_state()`` there). Without ``ltm`` the LTM
+    keys are NaN.
+    """
+    state = algo.init_state(theta0) if state is None else state
+    sums = _sums_from(prior)
+    t_start = time.perf_counter() - (float(prior[-1]["wall_time"]) if prior else 0.0)
+    for t in range(start_round, stream.train.x.shape[0]):
+        current = torch.tensor([t])
+        if not algo.ctm_after_update:
+            ctm = _evaluate(algo, learner, stream, algo.eval_model(state), current)
+        state = algo.round(state, t, stream, generator)
+        if algo.ctm_after_update:
+            ctm = _evaluate(algo, learner, stream, algo.eval_model(state), current)
+        if ltm:
+            ltm_vals = _evaluate(algo, learner, stream, algo.eval_model(state), torch.arange(t + 1))
+        else:
+            ltm_vals = {k: float("nan") for k in ctm}
+        rec = _record(t + 1, ctm, ltm_vals, sums)
+        task_b, state_b = algo.held_bytes(state, t, stream)
+        rec.update(wall_time=time.perf_counter() - t_start, task_bytes=float(task_b), state_bytes=float(state_b))
+        on_round(rec)
+        if on_checkpoint is not None:
+            on_checkpoint(t + 1, state)
+        if progress is not None:
+            progress(t + 1)
+    return state

@@ -1,0 +1,133 @@
+"""Run-directory glue: train a spec into a run directory, resume it, evaluate it.
+
+The CLI calls :func:`train_run`, :func:`resume_run` and :func:`evaluate_run`; they own the files of
+``metacli.runs`` (spec.yaml, metrics.jsonl, TensorBoard events, checkpoints, summary.json, eval.json).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from metacli.engine import checkpoint as ckpt_io
+from metacli.engine import episodic
+from metacli.engine.build import Parts, build
+from metacli.errors import RunDirError
+from metacli.progress import Reporter
+from metacli.runs import (
+    EVAL_FILE,
+    SPEC_FILE,
+    SUMMARY_FILE,
+    MetricsLog,
+    atomic_write_text,
+    checkpoint_path,
+    read_spec_dict,
+    write_json,
+)
+from metacli.spec import RunSpec, spec_to_yaml, validate
+from metacli.tb import ScalarWriter
+
+
+class RunLogger:
+    """Writes each logged row to metrics.jsonl and TensorBoard (one event per row)."""
+
+    def __init__(self, run_dir: Path, key: str, resume_from: int | None) -> None:
+        self.key = key
+        self.metrics = MetricsLog(run_dir, truncate_after=resume_from, key=key)
+        self.tb = ScalarWriter(run_dir)
+
+    def __call__(self, index: int, row: dict[str, float]) -> None:
+        self.metrics.write({self.key: index, **row})
+        self.tb.add_scalars(index, {k: v for k, v in row.items() if isinstance(v, (int, float))})
+
+    def close(self) -> None:
+        """Flush and close both sinks."""
+        self.metrics.close()
+        self.tb.close()
+
+
+def train_run(spec: RunSpec, run_dir: Path, device: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Train ``spec`` into a fresh ``run_dir`` (removed again if it fails before any checkpoint)."""
+    from metacli.runs import staged_run_dir
+
+    with staged_run_dir(run_dir):
+        parts = build(spec, device=device, progress=not quiet)
+        atomic_write_text(run_dir / SPEC_FILE, spec_to_yaml(spec))
+        return _run(spec, parts, run_dir, checkpoint=None, quiet=quiet)
+
+
+def resume_run(run_dir: Path, device: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Continue a run from ``checkpoints/last.pt`` with the spec stored in the run directory."""
+    spec = validate(read_spec_dict(run_dir), str(run_dir / SPEC_FILE))
+    ckpt = checkpoint_path(run_dir)
+    if not ckpt.is_file():
+        raise RunDirError(f"{run_dir} has no checkpoint ({ckpt}) to resume from; start a new run instead.")
+    parts = build(spec, device=device, progress=not quiet)
+    return _run(spec, parts, run_dir, checkpoint=ckpt_io.load(ckpt, parts.device), quiet=quiet)
+
+
+def _run(spec: RunSpec, parts: Parts, run_dir: Path, checkpoint: dict[str, Any] | None,
+         quiet: bool) -> dict[str, Any]:
+    if spec.is_online:
+        from metacli.engine.online_run import run_online_spec
+
+        return run_online_spec(spec, parts, run_dir, checkpoint, quiet)
+    return _run_episodic(spec, parts, run_dir, checkpoint, quiet)
+
+
+def _run_episodic(spec: RunSpec, parts: Parts, run_dir: Path, checkpoint: dict[str, Any] | None,
+                  quiet: bool) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    state = episodic.TrainState(parts, spec.train.meta_iters, checkpoint)
+    logger = RunLogger(run_dir, "step", state.step if checkpoint else None)
+
+    def save(s: episodic.TrainState) -> None:
+        episodic.save_checkpoint(checkpoint_path(run_dir), s.step, s.meta, s.optimizer, s.scheduler,
+                                 parts.generator)
+
+    name = f"{spec.algorithm.name} on {spec.data.name}"
+    try:
+        with Reporter(name, spec.train.meta_iters, done=state.step, quiet=quiet, unit="step") as rep:
+            log = _quiet_logger(logger, rep) if quiet else logger
+            episodic.train(parts, spec.train, state, log, save, lambda info: rep.advance(1, info))
+    finally:
+        logger.close()
+    summary = {"algorithm": spec.algorithm.name, "dataset": spec.data.name, "steps": state.step,
+               "device": str(parts.device), "train_seconds": time.perf_counter() - t0}
+    write_json(run_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+def _quiet_logger(logger: RunLogger, rep: Reporter) -> Callable[[int, dict[str, float]], None]:
+    def log(index: int, row: dict[str, float]) -> None:
+        logger(index, row)
+        rep.log(f"{logger.key} {index}: " + " ".join(f"{k}={v:.4g}" for k, v in row.items()))
+
+    return log
+
+
+def evaluate_run(run_dir: Path, device: str | None = None, tasks: int | None = None,
+                 quiet: bool = False) -> dict[str, Any]:
+    """Meta-test the checkpoint of an episodic run; writes and returns ``eval.json``."""
+    spec = validate(read_spec_dict(run_dir), str(run_dir / SPEC_FILE))
+    if spec.is_online:
+        raise RunDirError(
+            f"{run_dir} is an online run ({spec.algorithm.name}): its CTM/LTM evaluation is part of "
+            "training (see metrics.jsonl); use 'metacli hedge' or 'metacli plot' on it instead."
+        )
+    if tasks is not None:
+        spec = spec.model_copy(update={"eval": spec.eval.model_copy(update={"tasks": tasks})})
+    ckpt = checkpoint_path(run_dir)
+    if not ckpt.is_file():
+        raise RunDirError(f"{run_dir} has no checkpoint ({ckpt}); train it first with 'metacli train'.")
+    parts = build(spec, device=device)
+    meta = {k: v.to(parts.device, parts.dtype) for k, v in ckpt_io.load(ckpt, parts.device)["meta"].items()}
+    t0 = time.perf_counter()
+    with Reporter("meta-test", spec.eval.tasks, quiet=quiet, unit="task") as rep:
+        results = episodic.evaluate(parts, meta, spec.eval, spec.algorithm.eval_inner_steps, rep.advance)
+    out = {"metrics": results, "tasks": spec.eval.tasks, "seed": spec.eval.seed,
+           "seconds": time.perf_counter() - t0, "device": str(parts.device)}
+    write_json(run_dir / EVAL_FILE, out)
+    return out

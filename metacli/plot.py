@@ -1,0 +1,439 @@
+"""Figures of online runs: CTM and LTM running averages and held memory against the round.
+
+Reads only ``spec.yaml`` and ``metrics.jsonl`` of every run under a folder (DESIGN.md G9), including
+the ``hedge/`` run written by :mod:`metacli.hedge`, and writes, under ``out``::
+
+    ctm_avg.png/.svg   running-average CTM accuracy vs round, one line per run
+    ltm_avg.png/.svg   running-average LTM accuracy vs round
+    memory.png/.svg    memory held by the learner (task data + algorithm state) vs round
+    tensorboard/<run>/ the same scalars as TensorBoard events (CTM_Avg/acc, LTM_Avg/acc, Memory/held_MB)
+
+Design choices:
+
+* Each method keeps one colour in every figure (MOML blue, FTML orange, ..., Hedge black, drawn on
+  top and thicker); several runs of one method differ by line style and are labelled
+  ``METHOD (run dir)``.
+* With many runs (more than :data:`MAX_LABELLED`, e.g. a 24-run Hedge grid) a legend of every run is
+  unreadable: each accuracy figure then labels only Hedge and the best and worst run *of that
+  figure's metric* (highest and lowest final running average), and draws the others as thin grey
+  lines under one legend entry "other runs (k)". The memory figure instead has one entry per
+  method, "MOML (24 runs)", since held memory depends on the method, not on its hyper-parameters.
+* Accuracies are shown in percent; memory in MB (10^6 bytes), on a log axis when it spans more
+  than a factor :data:`LOG_RANGE`.
+
+No pyplot: figures are built on :class:`matplotlib.figure.Figure`, which needs no GUI backend and
+leaves no global figure state behind (the Agg canvas renders PNG, the SVG backend SVG). Neither torch
+nor the engine is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # never open a window, even if a caller imported pyplot first
+
+import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodFormatter  # noqa: E402
+
+from metacli import runs  # noqa: E402
+from metacli.errors import RunDirError  # noqa: E402
+from metacli.hedge import HEDGE_ALGORITHM, is_hidden  # noqa: E402
+from metacli.tb import ScalarWriter  # noqa: E402
+
+MAX_LABELLED = 8
+"""Above this many runs, only Hedge and the best and worst run are labelled (the rest grey)."""
+LOG_RANGE = 30.0
+"""Memory is drawn on a log axis when max / min exceeds this factor."""
+DPI = 200
+BYTES_PER_MB = 1e6
+
+# Fixed so that a method has the same colour in every figure *and* every invocation.
+METHOD_COLOURS = {
+    "moml": "#1f77b4",
+    "bmoml": "#17becf",
+    "ftml": "#ff7f0e",
+    "mogd": "#2ca02c",
+    "toe": "#d62728",
+    "fs": "#9467bd",
+    HEDGE_ALGORITHM: "#000000",
+}
+SPARE_COLOURS = ("#8c564b", "#e377c2", "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78")
+METHOD_NAMES = {"moml": "MOML", "bmoml": "B-MOML", "ftml": "FTML", "mogd": "MOGD", "toe": "TOE", "fs": "FS"}
+LINESTYLES = ("-", "--", "-.", ":")
+OTHER_COLOUR = "#b0b0b0"
+
+STYLE: dict[Any, Any] = {  # Any: matplotlib types keys as a Literal of every rc name
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 8.5,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.35,
+    "grid.linewidth": 0.6,
+    "svg.hashsalt": "metacli",  # deterministic SVG ids, so re-plotting does not churn diffs
+}
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One scalar of one run against the round."""
+
+    rounds: np.ndarray
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class RunCurves:
+    """The per-round series of one online run."""
+
+    name: str
+    """Path of the run directory relative to the plotted folder."""
+    method: str
+    """``algorithm.name`` from its spec."""
+    series: dict[str, Curve] = field(default_factory=dict)
+    """``ctm_avg``, ``ltm_avg``, ``held_mb`` and, for Hedge, ``<metric>_weight/<expert>``."""
+
+    @property
+    def is_hedge(self) -> bool:
+        """Whether this is the hedged curve written by ``metacli hedge``."""
+        return self.method == HEDGE_ALGORITHM
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """What one figure shows."""
+
+    key: str
+    filename: str
+    title: str
+    ylabel: str
+    scale: float
+    """Multiplier from stored value to displayed value (1 -> percent: 100)."""
+    higher_is_better: bool
+
+
+FIGURES = (
+    FigureSpec(
+        "ctm_avg", "ctm_avg", "CTM accuracy (running average)", "CTM accuracy, running avg. (%)", 100.0, True
+    ),
+    FigureSpec(
+        "ltm_avg", "ltm_avg", "LTM accuracy (running average)", "LTM accuracy, running avg. (%)", 100.0, True
+    ),
+    FigureSpec("held_mb", "memory", "Memory held by the learner", "Held memory (MB)", 1.0, False),
+)
+TB_TAGS = {"ctm_avg": "CTM_Avg/acc", "ltm_avg": "LTM_Avg/acc", "ctm": "CTM/acc", "ltm": "LTM/acc",
+           "held_mb": "Memory/held_MB"}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _curve(rows: Sequence[dict[str, Any]], key: str) -> Curve | None:
+    """The rounds at which ``key`` was logged and its values, or ``None`` if never logged."""
+    have = [r for r in rows if key in r and r[key] is not None]
+    if not have:
+        return None
+    return Curve(np.array([int(r["round"]) for r in have]), np.array([float(r[key]) for r in have]))
+
+
+def _running_average(c: Curve) -> Curve:
+    """Running average of a per-round series (for runs that logged ``ctm_acc`` but no ``_avg``)."""
+    return Curve(c.rounds, np.cumsum(c.values) / np.arange(1, len(c.values) + 1))
+
+
+def read_run_curves(run_dir: Path, name: str) -> RunCurves | None:
+    """The online series of one run, or ``None`` if it logged no rounds (an episodic run)."""
+    spec = runs.read_spec_dict(run_dir)
+    algorithm = spec.get("algorithm")
+    method = str(algorithm.get("name", "?")) if isinstance(algorithm, dict) else "?"
+    # Key by round so that a resumed run's repeated rounds keep their last line.
+    by_round = {int(r["round"]): r for r in runs.read_metrics(run_dir) if "round" in r}
+    rows = [by_round[t] for t in sorted(by_round)]
+    series: dict[str, Curve] = {}
+    for m in ("ctm", "ltm"):
+        per_round = _curve(rows, f"{m}_acc")
+        avg = _curve(rows, f"{m}_acc_avg")
+        if avg is None and per_round is not None:
+            avg = _running_average(per_round)
+        if avg is not None:
+            series[f"{m}_avg"] = avg
+        if per_round is not None:
+            series[m] = per_round
+    held = [r for r in rows if "task_bytes" in r and "state_bytes" in r]
+    if held:
+        mb = [(float(r["task_bytes"]) + float(r["state_bytes"])) / BYTES_PER_MB for r in held]
+        series["held_mb"] = Curve(np.array([int(r["round"]) for r in held]), np.array(mb))
+    for key in {k for r in rows for k in r if "_weight/" in k}:
+        c = _curve(rows, key)
+        if c is not None:
+            series[key] = c
+    if not any(k in series for k in ("ctm_avg", "ltm_avg", "held_mb")):
+        return None
+    return RunCurves(name=name, method=method, series=series)
+
+
+def load_runs(folder: Path) -> list[RunCurves]:
+    """Every online run under ``folder`` (Hedge's included), experts first and Hedge last."""
+    folder = Path(folder)
+    found: list[RunCurves] = []
+    for run_dir in runs.find_runs(folder):
+        name = run_dir.relative_to(folder).as_posix()
+        if is_hidden(name) or name == ".":
+            continue  # a staging folder of an interrupted 'metacli hedge'
+        curves = read_run_curves(run_dir, name)
+        if curves is not None:
+            found.append(curves)
+    if not found:
+        raise RunDirError(
+            f"No runs with online metrics (per-round ctm_acc, ltm_acc or task_bytes) under {folder}. "
+            "Pass the folder of runs trained on an online benchmark (e.g. runs/), "
+            "or run 'metacli train' first."
+        )
+    return sorted(found, key=lambda r: (r.is_hedge, r.name))
+
+
+# --------------------------------------------------------------------------- styling
+
+
+def method_colours(all_runs: Sequence[RunCurves]) -> dict[str, str]:
+    """One colour per method: the fixed palette, then spare colours for unknown methods."""
+    colours: dict[str, str] = {}
+    spare = iter(SPARE_COLOURS * (1 + len(all_runs) // len(SPARE_COLOURS)))
+    for method in sorted({r.method for r in all_runs}):
+        colours[method] = METHOD_COLOURS.get(method) or next(spare)
+    return colours
+
+
+def run_labels(all_runs: Sequence[RunCurves]) -> dict[str, str]:
+    """``METHOD``, or ``METHOD (run dir)`` when several runs share the method."""
+    counts: dict[str, int] = {}
+    for r in all_runs:
+        counts[r.method] = counts.get(r.method, 0) + 1
+    labels = {}
+    for r in all_runs:
+        pretty = "Hedge" if r.is_hedge else METHOD_NAMES.get(r.method, r.method)
+        labels[r.name] = f"{pretty} ({r.name})" if counts[r.method] > 1 else pretty
+    return labels
+
+
+def run_linestyles(all_runs: Sequence[RunCurves]) -> dict[str, str]:
+    """Runs of one method cycle through line styles (their colour is shared)."""
+    seen: dict[str, int] = {}
+    styles = {}
+    for r in all_runs:
+        i = seen.get(r.method, 0)
+        seen[r.method] = i + 1
+        styles[r.name] = LINESTYLES[i % len(LINESTYLES)]
+    return styles
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+@dataclass(frozen=True)
+class Style:
+    """Colours, labels and line styles shared by every figure."""
+
+    colours: dict[str, str]
+    labels: dict[str, str]
+    linestyles: dict[str, str]
+    many: bool
+
+
+def make_style(all_runs: Sequence[RunCurves]) -> Style:
+    """The shared style; the many-runs view is used above :data:`MAX_LABELLED` runs besides Hedge."""
+    return Style(
+        colours=method_colours(all_runs),
+        labels=run_labels(all_runs),
+        linestyles=run_linestyles(all_runs),
+        many=sum(not r.is_hedge for r in all_runs) > MAX_LABELLED,
+    )
+
+
+def _draw_few(ax: Axes, spec: FigureSpec, drawn: Sequence[RunCurves], style: Style) -> None:
+    """Every run labelled, in its method's colour."""
+    for r in drawn:
+        c = r.series[spec.key]
+        ax.plot(
+            c.rounds, c.values * spec.scale, label=style.labels[r.name], color=style.colours[r.method],
+            linestyle=style.linestyles[r.name], linewidth=2.2 if r.is_hedge else 1.5,
+            zorder=3 if r.is_hedge else 2,
+        )  # fmt: skip
+
+
+def _draw_per_method(ax: Axes, spec: FigureSpec, drawn: Sequence[RunCurves], style: Style) -> None:
+    """One legend entry per method, ``METHOD (n runs)``; every run in its method's colour.
+
+    Used for memory with many runs: memory depends on the method, not on the hyper-parameters, so
+    "best" and "worst" run would name two of many identical lines.
+    """
+    counts: dict[str, int] = {}
+    for r in drawn:
+        counts[r.method] = counts.get(r.method, 0) + 1
+    labelled: set[str] = set()
+    for r in drawn:
+        c = r.series[spec.key]
+        pretty = METHOD_NAMES.get(r.method, r.method)
+        n = counts[r.method]
+        label = None if r.method in labelled else (f"{pretty} ({n} runs)" if n > 1 else pretty)
+        labelled.add(r.method)
+        ax.plot(c.rounds, c.values * spec.scale, color=style.colours[r.method], linewidth=1.5, label=label)
+
+
+GRID_MIN_RUNS = 3
+"""In the many-runs view, a method with at least this many runs is a grid: best and worst shown."""
+
+
+def _plot(ax: Axes, spec: FigureSpec, r: RunCurves, **kwargs: Any) -> None:
+    """Draw one run's curve of this figure."""
+    c = r.series[spec.key]
+    ax.plot(c.rounds, c.values * spec.scale, **kwargs)
+
+
+def _draw_many(ax: Axes, spec: FigureSpec, drawn: Sequence[RunCurves], style: Style) -> None:
+    """Many runs: per grid method only its best and worst run in colour, the others thin grey.
+
+    Methods with few runs (e.g. one FTML baseline next to a 24-run MOML grid) and Hedge stay
+    labelled in their colours, so the comparison between methods survives.
+    """
+    if not spec.higher_is_better:
+        _draw_per_method(ax, spec, drawn, style)
+        return
+    by_method: dict[str, list[RunCurves]] = {}
+    for r in drawn:
+        by_method.setdefault(r.method, []).append(r)
+    grey: list[RunCurves] = []
+    coloured: list[tuple[RunCurves, str, str]] = []  # run, label, line style
+    for method, group in by_method.items():
+        if method == HEDGE_ALGORITHM or len(group) < GRID_MIN_RUNS:
+            coloured += [(r, style.labels[r.name], style.linestyles[r.name]) for r in group]
+            continue
+        ranked = sorted(group, key=lambda r: float(r.series[spec.key].values[-1]), reverse=True)
+        coloured.append((ranked[0], f"{style.labels[ranked[0].name]}, best", "-"))
+        coloured.append((ranked[-1], f"{style.labels[ranked[-1].name]}, worst", "--"))
+        grey += ranked[1:-1]
+    for i, r in enumerate(grey):
+        label = f"other runs ({len(grey)})" if i == 0 else None
+        _plot(ax, spec, r, color=OTHER_COLOUR, linewidth=0.7, alpha=0.8, label=label, zorder=1)
+    for r, label, ls in sorted(coloured, key=lambda x: x[0].is_hedge):
+        _plot(ax, spec, r, color=style.colours[r.method], linestyle=ls, label=label,
+              linewidth=2.2 if r.is_hedge else 1.6, zorder=3 if r.is_hedge else 2)  # fmt: skip
+
+
+def _finish_axes(fig: Figure, ax: Axes, spec: FigureSpec, drawn: Sequence[RunCurves]) -> None:
+    """Labels, scales and a legend placed where it hides nothing."""
+    ax.set_xlabel("Round $t$")
+    ax.set_ylabel(spec.ylabel)
+    ax.set_title(spec.title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if spec.key == "held_mb":
+        values = np.concatenate([r.series[spec.key].values for r in drawn])
+        positive = values[values > 0]
+        if positive.size and positive.max() / positive.min() > LOG_RANGE:
+            ax.set_yscale("log")
+            # 0.5, 1, 2, 5, 10 MB reads better than 10^0, 10^1.
+            ax.yaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        else:
+            ax.set_ylim(bottom=0.0)
+    handles, _ = ax.get_legend_handles_labels()
+    if len(handles) <= 4:
+        ax.legend(loc="best", frameon=True, framealpha=0.9)
+        fig.tight_layout()
+    else:
+        # Many entries would cover the curves: put the legend outside, right of the axes. Laid out
+        # first so the axes keep their size; savefig(bbox_inches="tight") widens the image instead.
+        fig.tight_layout()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+
+
+def draw_figure(spec: FigureSpec, all_runs: Sequence[RunCurves], style: Style) -> Figure | None:
+    """One figure, or ``None`` when no run logged its scalar (e.g. LTM switched off)."""
+    drawn = [r for r in all_runs if spec.key in r.series]
+    if not drawn:
+        return None
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.add_subplot()
+    (_draw_many if style.many else _draw_few)(ax, spec, drawn, style)
+    _finish_axes(fig, ax, spec, drawn)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """Save atomically (temporary file, then rename), so a viewer never sees half a PNG."""
+    fmt = path.suffix.lstrip(".")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        # No date in the metadata: re-plotting the same runs gives the same files.
+        metadata = {"Software": "metacli"} if fmt == "png" else {"Creator": "metacli", "Date": None}
+        fig.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight", metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a figure is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- TensorBoard
+
+
+def write_tensorboard(all_runs: Sequence[RunCurves], logdir: Path) -> list[Path]:
+    """The plotted scalars as TensorBoard events, one sub-folder per run (old events replaced)."""
+    written = []
+    for r in all_runs:
+        run_log = logdir / r.name
+        for old in run_log.glob("events.out.tfevents.*"):
+            old.unlink()  # re-plotting must not duplicate every point
+        per_round: dict[int, dict[str, float]] = {}
+        for key, c in r.series.items():
+            tag = TB_TAGS.get(key) or f"Hedge_Weight/{key}"
+            for t, v in zip(c.rounds.tolist(), c.values.tolist(), strict=True):
+                per_round.setdefault(int(t), {})[tag] = float(v)
+        writer = ScalarWriter(run_log)
+        try:
+            for t in sorted(per_round):
+                writer.add_scalars(t, per_round[t])
+        finally:
+            writer.close()
+        written.append(run_log)
+    return written
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def plot_runs(folder: Path, out: Path) -> list[Path]:
+    """Plot every online run under ``folder`` into ``out``; returns the PNG and SVG files written.
+
+    Also writes TensorBoard event files under ``out/tensorboard/<run name>/``. Raises
+    :class:`RunDirError` when ``folder`` holds no run with online metrics.
+    """
+    all_runs = load_runs(Path(folder))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    style = make_style(all_runs)
+    written: list[Path] = []
+    with matplotlib.rc_context(STYLE):
+        for spec in FIGURES:
+            fig = draw_figure(spec, all_runs, style)
+            if fig is None:
+                continue
+            for ext in ("png", "svg"):
+                path = out / f"{spec.filename}.{ext}"
+                _save(fig, path)
+                written.append(path)
+    write_tensorboard(all_runs, out / "tensorboard")
+    return written

@@ -1,0 +1,282 @@
+"""Run specs: YAML validated by pydantic v2 models, with presets, ``--set`` overrides and grids.
+
+Configuration flows one way: YAML (or a preset) -> dict -> ``--set a.b=value`` overrides merged
+into the dict -> :meth:`RunSpec.model_validate`, so every bad field is reported at once, with its
+dotted path. Components then receive only their section (``spec.algorithm``, ``spec.data``...).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from metacli.engine.algorithms import ONLINE_ALGORITHMS, AlgorithmConfig
+from metacli.engine.data import ONLINE_DATASETS, DataConfig
+from metacli.engine.models import ModelConfig
+from metacli.errors import SpecError
+from metacli.runs import SCHEMA_VERSION
+
+UNION_SECTIONS = ("algorithm", "model", "data")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class TrainSettings(BaseModel):
+    """Episodic meta-training (few-shot algorithms)."""
+
+    model_config = _FROZEN
+
+    meta_batch: int = Field(25, ge=1)
+    """Tasks per meta-step (B)."""
+    meta_iters: int = Field(70_000, ge=1)
+    """Number of meta-steps (outer iterations)."""
+    executor: Literal["loop", "vmap"] = "loop"
+    """How the meta-batch is processed: a per-task loop (low memory) or torch.func.vmap over tasks."""
+    log_every: int = Field(100, ge=1)
+    """Meta-steps between metric lines (and TensorBoard points)."""
+    checkpoint_every: int = Field(1000, ge=1)
+    """Meta-steps between checkpoints (checkpoints/last.pt); the last step is always saved."""
+
+
+class EvalSettings(BaseModel):
+    """Meta-testing: adapt on each test task's support set, measure on its query set."""
+
+    model_config = _FROZEN
+
+    tasks: int = Field(600, ge=2)
+    """Number of test tasks (the 95% confidence interval is 1.96 std / sqrt(tasks))."""
+    batch: int = Field(25, ge=1)
+    """Test tasks sampled at a time."""
+    inner_steps: tuple[int, ...] | None = None
+    """Adaptation step counts to report (e.g. [1, 10]); default: the algorithm's eval_inner_steps."""
+    seed: int = 1234
+    """Seed of the test-task generator (independent of training)."""
+
+
+class OnlineSettings(BaseModel):
+    """The online protocol (MOML and its baselines)."""
+
+    model_config = _FROZEN
+
+    ltm: bool = True
+    """Measure LTM (fine-tune and test on every task seen so far) after each round."""
+    checkpoint_every: int = Field(50, ge=1)
+    """Rounds between checkpoints; the last round is always saved."""
+
+
+class RunSpec(BaseModel):
+    """A complete, validated run: what to train, on what, and how."""
+
+    model_config = _FROZEN
+
+    schema_version: Literal[1] = 1
+    """Version of this schema; metacli refuses specs and run directories of other versions."""
+    seed: int = 0
+    """Seed of every generator of the run (tasks, initialisation, sampling)."""
+    device: str = "auto"
+    """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """Floating-point type of parameters and data."""
+    data_root: str | None = None
+    """Folder holding datasets (e.g. <data_root>/mnist); default $METACLI_DATA, then a per-user cache."""
+    algorithm: AlgorithmConfig
+    """The algorithm and its hyper-parameters; `name` selects it."""
+    model: ModelConfig
+    """The network; `name` selects it."""
+    data: DataConfig
+    """The dataset or task stream; `name` selects it."""
+    train: TrainSettings = TrainSettings()
+    """Episodic meta-training settings (few-shot algorithms)."""
+    eval: EvalSettings = EvalSettings()
+    """Meta-test settings (few-shot algorithms)."""
+    online: OnlineSettings = OnlineSettings()
+    """Online-protocol settings (online algorithms)."""
+    grid: dict[str, list[Any]] | None = None
+    """A sweep: dotted field -> values; `metacli train` runs every point of the product."""
+
+    @model_validator(mode="after")
+    def _protocol_matches(self) -> RunSpec:
+        online_algo = self.algorithm.name in ONLINE_ALGORITHMS
+        online_data = self.data.name in ONLINE_DATASETS
+        if online_algo != online_data:
+            kind = "an online" if online_algo else "a few-shot"
+            raise ValueError(
+                f"algorithm '{self.algorithm.name}' is {kind} method but dataset '{self.data.name}' is "
+                f"{'a task stream' if online_data else 'an episodic dataset'}; pair online methods "
+                f"({', '.join(sorted(ONLINE_ALGORITHMS))}) with {', '.join(sorted(ONLINE_DATASETS))}."
+            )
+        return self
+
+    @property
+    def is_online(self) -> bool:
+        """Whether this run follows the online protocol."""
+        return self.algorithm.name in ONLINE_ALGORITHMS
+
+
+# Per-dataset defaults; per-(algorithm, dataset) settings from the papers (maml_family.md §2.8, moml.md §7).
+DATASET_PRESETS: dict[str, dict[str, Any]] = {
+    "sinusoid": {"model": {"name": "mlp", "hidden": [40, 40]}, "data": {"name": "sinusoid", "shots": 5}},
+    "smnist": {"model": {"name": "mlp", "hidden": [200]}, "data": {"name": "smnist"}},
+}
+PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    ("maml", "sinusoid"): {"algorithm": {"alpha": 0.01, "inner_steps": 1}, "eval": {"inner_steps": [1, 10]}},
+    ("fomaml", "sinusoid"): {"algorithm": {"alpha": 0.01, "inner_steps": 1}, "eval": {"inner_steps": [1, 10]}},
+    ("reptile", "sinusoid"): {
+        # Reptile's sine setup: MLP 64-64, 10 points, 32 inner steps (Nichol et al. 2018).
+        "model": {"name": "mlp", "hidden": [64, 64]},
+        "data": {"name": "sinusoid", "shots": 10},
+        "train": {"meta_batch": 5},
+        "eval": {"inner_steps": [1, 32]},
+    },
+}
+
+
+def preset(algo: str, dataset: str) -> dict[str, Any]:
+    """The documented preset spec (as a plain dict) for an algorithm on a dataset."""
+    if dataset not in DATASET_PRESETS:
+        raise SpecError(
+            f"Unknown dataset '{dataset}'. Presets exist for: {', '.join(sorted(DATASET_PRESETS))}. "
+            "Pass one of these to --dataset, or write a spec file."
+        )
+    spec: dict[str, Any] = {"algorithm": {"name": algo}}
+    deep_update(spec, copy.deepcopy(DATASET_PRESETS[dataset]))
+    deep_update(spec, copy.deepcopy(PAIR_PRESETS.get((algo, dataset), {})))
+    return spec
+
+
+def deep_update(base: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``new`` into ``base`` recursively (mappings merge, everything else replaces)."""
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a spec file as a dict, with clear errors for a missing file or bad YAML."""
+    if not path.is_file():
+        raise SpecError(f"Spec file {path} does not exist. Check the path, or see configs/ for examples.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecError(f"{path} is not valid YAML{at}: {problem}. Fix the syntax there.") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path} must hold a mapping of fields (algorithm:, data:, ...), not a {type(data).__name__}.")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"algorithm.alpha=0.4"`` -> (["algorithm", "alpha"], 0.4); the value is parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"Override '{item}' is not of the form key.path=value, e.g. --set algorithm.alpha=0.4.")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to the spec dict before validation."""
+    for item in overrides:
+        path, value = parse_override(item)
+        set_path(data, path, value)
+    return data
+
+
+def set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``data[p0][p1]...[pn] = value``, creating mappings on the way."""
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"Cannot set '{'.'.join(path)}': '{part}' holds a value, not a section.")
+        node = child
+    node[path[-1]] = value
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One paragraph naming each bad field by its dotted path, what was wrong and what was given."""
+    lines = [f"The run spec from {source} is not valid ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in error_path(e["loc"]))
+        given = e.get("input")
+        shown = "" if isinstance(given, dict) or e["type"] == "missing" else f" (given: {given!r})"
+        hint = " Remove it or check its spelling." if e["type"] == "extra_forbidden" else ""
+        lines.append(f"  - {loc or 'spec'}: {e['msg']}{shown}.{hint}")
+    lines.append("Fix these fields in the spec file or with --set key.path=value.")
+    return "\n".join(lines)
+
+
+def error_path(loc: tuple[int | str, ...]) -> list[int | str]:
+    """A pydantic error location as the user's dotted path: drop the union tag (``algorithm.maml.alpha``)."""
+    parts = [p for p in loc if not str(p).startswith("function-after")]
+    if len(parts) > 2 and parts[0] in UNION_SECTIONS:
+        del parts[1]
+    return parts
+
+
+def validate(data: dict[str, Any], source: str) -> RunSpec:
+    """Validate a spec dict, turning pydantic's errors into one readable :class:`SpecError`."""
+    data.setdefault("schema_version", SCHEMA_VERSION)
+    try:
+        return RunSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(format_validation_error(e, source)) from None
+
+
+def load_spec(
+    path: Path | None = None,
+    overrides: Iterable[str] = (),
+    algo: str | None = None,
+    dataset: str | None = None,
+) -> tuple[RunSpec, dict[str, Any]]:
+    """Build a :class:`RunSpec` from a file, or a preset (``algo``, ``dataset``), or the default.
+
+    Returns the validated spec and the raw dict it came from (grids are expanded from the dict).
+    With neither a path nor a preset, the embedded default (MAML on sinusoid) is used.
+    """
+    if path is not None and (algo or dataset):
+        raise SpecError("Give either a spec file or --algo/--dataset, not both (use --set to change a field).")
+    if path is not None:
+        data, source = read_yaml(path), str(path)
+    else:
+        algo, dataset = algo or "maml", dataset or "sinusoid"
+        data, source = preset(algo, dataset), f"the preset --algo {algo} --dataset {dataset}"
+    apply_overrides(data, overrides)
+    return validate(copy.deepcopy(data), source), data
+
+
+def grid_points(spec_dict: dict[str, Any], grid: dict[str, list[Any]]) -> list[tuple[str, RunSpec]]:
+    """Every point of a grid as (point name, validated spec); all points are validated up front."""
+    keys = list(grid)
+    for k in keys:
+        if not isinstance(grid[k], list) or not grid[k]:
+            raise SpecError(f"grid.{k} must be a non-empty list of values, e.g. grid: {{{k}: [1, 2]}}.")
+    points = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        data = copy.deepcopy(spec_dict)
+        data.pop("grid", None)
+        for k, v in zip(keys, values, strict=True):
+            set_path(data, k.split("."), v)
+        name = "_".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values, strict=True))
+        points.append((name, validate(data, f"grid point {name}")))
+    return points
+
+
+def spec_to_yaml(spec: RunSpec) -> str:
+    """The resolved spec as YAML (what is written to ``spec.yaml``)."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

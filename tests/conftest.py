@@ -1,0 +1,39 @@
+"""Shared fixtures: the real-data root, tiny specs, and the gpu marker's skip."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data_root() -> Path | None:
+    """``$METACLI_DATA`` or ``<repo>/../shared/data`` when it exists, else None."""
+    env = os.environ.get("METACLI_DATA")
+    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture
+def data_root() -> Path:
+    """The real-data folder; the test is skipped (with the reason) when it is absent."""
+    root = shared_data_root()
+    if root is None:
+        pytest.skip("real data not found: set METACLI_DATA or put shared/data beside the repository")
+    return root
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` are reported as skipped, not passed, where CUDA is absent."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; none is available on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

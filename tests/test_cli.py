@@ -1,0 +1,128 @@
+"""The CLI through Typer's CliRunner: train, resume, evaluate, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from metacli.cli import app
+
+runner = CliRunner()
+TINY = ["--set", "train.meta_iters=6", "--set", "train.meta_batch=2", "--set", "train.log_every=2",
+        "--set", "train.checkpoint_every=3", "--set", "eval.tasks=4", "--quiet"]
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output + (result.stderr if result.stderr_bytes else "")
+
+
+def test_help_lists_only_real_commands() -> None:
+    code, out = invoke("--help")
+    assert code == 0 and "train" in out and "evaluate" in out
+
+
+def test_train_writes_the_run_directory(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    code, out = invoke("train", "--out", str(run), *TINY)
+    assert code == 0, out
+    for name in ("spec.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt"):
+        assert (run / name).is_file(), name
+    assert list(run.glob("events.out.tfevents.*"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert all(r["query_loss"] > 0 for r in rows)
+
+
+def test_resume_continues_to_the_same_result(tmp_path: Path) -> None:
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert invoke("train", "--out", str(straight), *TINY)[0] == 0
+    assert invoke("train", "--out", str(split), *TINY[:-1], "--set", "train.meta_iters=3", "--quiet")[0] == 0
+    # continue the 3-step run to 6 steps: edit its stored spec as a user extending a run would
+    spec = (split / "spec.yaml").read_text().replace("meta_iters: 3", "meta_iters: 6")
+    (split / "spec.yaml").write_text(spec)
+    code, out = invoke("train", "--resume", str(split), "--quiet")
+    assert code == 0, out
+    a = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (split / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in b] == [2, 3, 4, 6]  # step 3 logged as the end of the first part
+    assert a[-1]["query_loss"] == pytest.approx(b[-1]["query_loss"], rel=1e-6)
+
+
+def test_evaluate_writes_mean_ci_and_n(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert invoke("train", "--out", str(run), *TINY)[0] == 0
+    code, out = invoke("evaluate", str(run), "--tasks", "4", "--quiet")
+    assert code == 0, out
+    result = json.loads((run / "eval.json").read_text())
+    m = result["metrics"]["query_loss@1"]
+    assert m["n"] == 4 and m["mean"] > 0 and m["ci95"] > 0
+    assert set(result["metrics"]) == {"query_loss@1", "query_loss@10"}
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("algorithm: {name: maml\n", "not valid YAML"),
+        ("algorithm: {name: maml}\nmodel: {name: mlp}\ndata: {name: sinusoid}\nfoo: 1\n", "foo"),
+        ("algorithm: {name: maml, alpha: fast}\nmodel: {name: mlp}\ndata: {name: sinusoid}\n", "alpha"),
+        ("algorithm: {name: mamll}\nmodel: {name: mlp}\ndata: {name: sinusoid}\n", "'maml'"),
+    ],
+    ids=["bad-yaml", "unknown-key", "wrong-type", "unknown-algorithm"],
+)
+def test_bad_spec_exits_2_with_a_message_and_no_run_dir(tmp_path: Path, content: str, expected: str) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(content)
+    out_dir = tmp_path / "run"
+    code, out = invoke("train", str(spec), "--out", str(out_dir))
+    assert code == 2 and expected in out and "Traceback" not in out
+    assert not out_dir.exists()
+
+
+def test_missing_spec_file(tmp_path: Path) -> None:
+    code, out = invoke("train", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "does not exist" in out and "Traceback" not in out
+
+
+def test_unknown_preset_and_bad_override(tmp_path: Path) -> None:
+    assert invoke("train", "--algo", "maml", "--dataset", "imagenet")[0] == 2
+    code, out = invoke("train", "--set", "algorithm.alpha", "--out", str(tmp_path / "r"))
+    assert code == 2 and "key.path=value" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_run_dir_is_never_overwritten(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("x")
+    code, out = invoke("train", "--out", str(run), *TINY)
+    assert code == 2 and "--resume" in out and (run / "keep.txt").read_text() == "x"
+
+
+def test_resume_and_evaluate_of_a_missing_run(tmp_path: Path) -> None:
+    assert invoke("train", "--resume", str(tmp_path / "none"))[0] == 2
+    code, out = invoke("evaluate", str(tmp_path))
+    assert code == 2 and "spec.yaml" in out
+
+
+def test_unavailable_cuda_is_a_clear_error(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present: the error path cannot be exercised")
+    code, out = invoke("train", "--device", "cuda", "--out", str(tmp_path / "r"), *TINY)
+    assert code == 2 and "CUDA is not available" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_python_dash_m_and_fast_help() -> None:
+    proc = subprocess.run([sys.executable, "-c", "import sys, metacli.cli; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"  # --help must not pay for importing torch
+    proc = subprocess.run([sys.executable, "-m", "metacli", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "metacli" in proc.stdout

@@ -1,0 +1,126 @@
+"""plot_runs: real, non-blank PNG/SVG figures and TensorBoard scalars read back; no torch import."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from metacli.errors import RunDirError
+from metacli.hedge import run_hedge
+from metacli.plot import FIGURES, draw_figure, load_runs, make_style, plot_runs
+
+ASSETS = Path(__file__).parent / "assets" / "online_runs"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def runs_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "runs"
+    shutil.copytree(ASSETS, folder)
+    return folder
+
+
+def _scalars(logdir: Path, tag: str) -> list[tuple[int, float]]:
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_figures_are_real_images(runs_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "figures"
+    written = plot_runs(runs_folder, out)
+    names = [p.name for p in written]
+    assert names == ["ctm_avg.png", "ctm_avg.svg", "ltm_avg.png", "ltm_avg.svg", "memory.png", "memory.svg"]
+    for png in out.glob("*.png"):
+        data = png.read_bytes()
+        assert data[:8] == PNG_MAGIC
+        assert len(data) > 20_000, png
+        pixels = imread(png)
+        assert pixels.shape[1] >= 6.4 * 150  # at least 150 dpi on a 6.4-inch-wide figure
+        assert float(np.var(pixels[..., :3])) > 1e-3, f"{png} is blank"
+    for svg in out.glob("*.svg"):
+        text = svg.read_text()
+        assert "<svg" in text and len(text) > 10_000
+
+
+def test_tensorboard_scalars_read_back(runs_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "figures"
+    plot_runs(runs_folder, out)
+    ctm = _scalars(out / "tensorboard" / "moml_a", "CTM_Avg/acc")
+    assert [s for s, _ in ctm] == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose([v for _, v in ctm], [0.6, 0.65, 2.0 / 3.0, 0.7, 0.74], rtol=1e-5)
+    ltm = _scalars(out / "tensorboard" / "moml_b", "LTM_Avg/acc")
+    np.testing.assert_allclose([v for _, v in ltm], [0.5, 0.55, 0.6, 0.625, 0.648], rtol=1e-5)
+    # FTML keeps every task: 220,080 bytes per task plus 453,544 bytes of parameters.
+    mem = _scalars(out / "tensorboard" / "ftml", "Memory/held_MB")
+    expected = [(t * 220_080 + 453_544) / 1e6 for t in range(1, 6)]
+    np.testing.assert_allclose([v for _, v in mem], expected, rtol=1e-6)
+
+
+def test_hedge_run_is_plotted_and_replotting_replaces_events(runs_folder: Path, tmp_path: Path) -> None:
+    run_hedge(runs_folder)
+    out = tmp_path / "figures"
+    plot_runs(runs_folder, out)
+    plot_runs(runs_folder, out)  # a second time: must not duplicate the points
+    logdir = out / "tensorboard" / "hedge"
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 1
+    rows = [json.loads(line) for line in (runs_folder / "hedge" / "metrics.jsonl").read_text().splitlines()]
+    hedged = _scalars(logdir, "CTM_Avg/acc")
+    assert [s for s, _ in hedged] == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose([v for _, v in hedged], [r["ctm_acc_avg"] for r in rows], rtol=1e-6)
+    weights = _scalars(logdir, "Hedge_Weight/ctm_weight/moml_a")
+    assert weights[0][1] == pytest.approx(1 / 3)
+    assert [r.name for r in load_runs(runs_folder)] == ["ftml", "moml_a", "moml_b", "hedge"]
+
+
+def test_many_runs_label_only_best_worst_and_hedge(runs_folder: Path) -> None:
+    base = [json.loads(line) for line in (runs_folder / "moml_a" / "metrics.jsonl").read_text().splitlines()]
+    for i in range(10):  # a grid of 10 more MOML runs, each a little worse than moml_a
+        grid_run = runs_folder / "grid" / f"k{i}"
+        grid_run.mkdir(parents=True)
+        shutil.copy(runs_folder / "moml_a" / "spec.yaml", grid_run / "spec.yaml")
+        rows = [{**r, "ctm_acc_avg": r["ctm_acc_avg"] - 0.01 * (i + 1)} for r in base]
+        (grid_run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_hedge(runs_folder)
+    all_runs = load_runs(runs_folder)
+    style = make_style(all_runs)
+    assert style.many
+    fig = draw_figure(FIGURES[0], all_runs, style)
+    assert fig is not None
+    legend = fig.axes[0].get_legend()
+    assert legend is not None
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert "other runs (10)" in labels
+    assert "MOML (moml_a), best" in labels
+    assert "MOML (grid/k9), worst" in labels
+    assert "FTML" in labels and "Hedge" in labels
+    assert len(labels) == 5
+    memory = draw_figure(FIGURES[2], all_runs, style)
+    assert memory is not None
+    memory_legend = memory.axes[0].get_legend()
+    assert memory_legend is not None
+    assert [t.get_text() for t in memory_legend.get_texts()] == ["FTML", "MOML (12 runs)"]
+
+
+def test_folder_without_online_runs_is_a_clear_error(tmp_path: Path) -> None:
+    episodic = tmp_path / "runs" / "maml"
+    episodic.mkdir(parents=True)
+    (episodic / "spec.yaml").write_text("schema_version: 1\nalgorithm: {name: maml}\n")
+    (episodic / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    with pytest.raises(RunDirError, match="No runs with online metrics"):
+        plot_runs(tmp_path / "runs", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_hedge_and_plot_never_import_torch() -> None:
+    code = "import metacli.hedge, metacli.plot, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,76 @@
+"""Run-spec loading: presets, overrides, validation messages, grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metacli.errors import SpecError
+from metacli.spec import RunSpec, grid_points, load_spec, parse_override, preset, spec_to_yaml, validate
+
+
+def test_default_is_maml_on_sinusoid() -> None:
+    spec, _ = load_spec()
+    assert (spec.algorithm.name, spec.data.name, spec.model.name) == ("maml", "sinusoid", "mlp")
+
+
+def test_override_is_parsed_as_yaml_and_applied_before_validation() -> None:
+    spec, _ = load_spec(overrides=["algorithm.alpha=0.4", "train.meta_batch=3", "eval.inner_steps=[1, 5]"])
+    assert spec.algorithm.alpha == 0.4 and spec.train.meta_batch == 3 and spec.eval.inner_steps == (1, 5)
+    assert parse_override("a.b=true") == (["a", "b"], True)
+
+
+def test_all_errors_are_reported_at_once_with_dotted_paths() -> None:
+    with pytest.raises(SpecError) as e:
+        load_spec(overrides=["algorithm.alpha=fast", "train.meta_batc=3"])
+    msg = str(e.value)
+    assert "algorithm.alpha:" in msg and "given: 'fast'" in msg
+    assert "train.meta_batc" in msg and "Remove it or check its spelling" in msg
+
+
+def test_unknown_algorithm_lists_the_valid_names() -> None:
+    with pytest.raises(SpecError) as e:
+        load_spec(overrides=["algorithm.name=mamll"])
+    assert "'maml'" in str(e.value) and "'moml'" in str(e.value)
+
+
+def test_protocol_mismatch_is_an_error() -> None:
+    with pytest.raises(SpecError, match="online method"):
+        load_spec(algo="moml", dataset="sinusoid")
+
+
+def test_unknown_dataset_preset() -> None:
+    with pytest.raises(SpecError, match="Unknown dataset 'imagenet'"):
+        preset("maml", "imagenet")
+
+
+def test_spec_is_frozen_and_round_trips_through_yaml() -> None:
+    import yaml
+
+    spec, _ = load_spec(algo="moml", dataset="smnist")
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on frozen models
+        spec.seed = 3  # type: ignore[misc]
+    again = validate(yaml.safe_load(spec_to_yaml(spec)), "round trip")
+    assert again == spec
+
+
+def test_grid_expands_every_point_with_names() -> None:
+    spec, raw = load_spec(algo="moml", dataset="smnist", overrides=["grid={algorithm.K: [10, 20], algorithm.alpha: [1, 5]}"])
+    points = grid_points(raw, spec.grid or {})
+    assert [n for n, _ in points] == ["K=10_alpha=1", "K=10_alpha=5", "K=20_alpha=1", "K=20_alpha=5"]
+    assert [(p.algorithm.K, p.algorithm.alpha) for _, p in points] == [(10, 1), (10, 5), (20, 1), (20, 5)]
+    assert all(p.grid is None for _, p in points)
+
+
+def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algorithm:\n  name: maml\n alpha: [1\n")
+    with pytest.raises(SpecError, match="not valid YAML at line"):
+        load_spec(bad)
+
+
+def test_schema_version_is_checked() -> None:
+    with pytest.raises(SpecError, match="schema_version"):
+        validate({**preset("maml", "sinusoid"), "schema_version": 2}, "test")
+    assert RunSpec.model_fields["schema_version"].description
