@@ -129,6 +129,44 @@ def evaluate(
     console.print(f"wrote {run_dir / 'eval.json'}")
 
 
+@app.command()
+@handle_errors
+def hedge(
+    folder: Annotated[Path, typer.Argument(help="Folder of online runs (the experts), e.g. results/moml_grid.")],
+    eta: Annotated[float, typer.Option(help="Hedge learning rate; ln 10 is the official script's beta = 10.")] = (
+        math.log(10)
+    ),
+    metric: Annotated[list[str] | None, typer.Option(help="ctm and/or ltm (repeatable; default both).")] = None,
+    reference_quirks: Annotated[
+        bool, typer.Option(help="Reproduce the official hedge.py's look-ahead weights (a known fault).")
+    ] = False,
+) -> None:
+    """Hedge (exponential weights) over the runs in FOLDER, per metric, without look-ahead.
+
+    Writes FOLDER/hedge.json and FOLDER/hedge/ (per-round hedged values that 'metacli plot' reads).
+    """
+    from metacli.hedge import render_table, run_hedge
+
+    metrics = tuple(metric) if metric else ("ctm", "ltm")
+    report = run_hedge(folder, eta=eta, metrics=metrics, reference_quirks=reference_quirks)
+    render_table(report, console)  # ends with the paths it wrote
+
+
+@app.command()
+@handle_errors
+def plot(
+    folder: Annotated[Path, typer.Argument(help="Folder of online runs (and hedge/ where present).")] = Path(
+        "results"
+    ),
+    out: Annotated[Path, typer.Option(help="Where figures (PNG, SVG) and TensorBoard files go.")] = Path("figures"),
+) -> None:
+    """CTM and LTM running averages and held memory against the round, for every run in FOLDER."""
+    from metacli.plot import plot_runs
+
+    for path in plot_runs(folder, out):
+        console.print(f"wrote {path}")
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """A one-line summary of a finished run."""
     keys = [k for k in ("ctm_acc_avg", "ltm_acc_avg", "steps", "rounds") if k in summary]

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from metacli import runs
@@ -187,6 +188,12 @@ def _algorithm_name(spec: dict[str, Any]) -> str:
     return ""
 
 
+def run_name(run_dir: Path, folder: Path) -> str:
+    """A run's name: its path relative to the searched folder (its own name if it is that folder)."""
+    relative = run_dir.relative_to(folder).as_posix()
+    return run_dir.resolve().name if relative == "." else relative
+
+
 def is_hidden(relative: str) -> bool:
     """Whether a run path (relative to the searched folder) lies in a dot-folder (staging, caches)."""
     return any(part.startswith(".") for part in Path(relative).parts)
@@ -238,7 +245,7 @@ def load_experts(folder: Path, metrics: Sequence[str] = METRICS) -> dict[str, di
     keys = [f"{m}_acc" for m in metrics]
     experts: dict[str, dict[str, np.ndarray]] = {}
     for run_dir in runs.find_runs(folder):
-        name = run_dir.relative_to(folder).as_posix()
+        name = run_name(run_dir, folder)
         if is_hidden(name):
             continue  # a staging folder left by a killed 'metacli hedge'
         if _algorithm_name(runs.read_spec_dict(run_dir)) == HEDGE_ALGORITHM:
@@ -265,7 +272,7 @@ def _check_same_length(folder: Path, experts: dict[str, dict[str, np.ndarray]]) 
     for name, n in sorted(lengths.items(), key=lambda kv: (kv[1], kv[0])):
         note = ""
         if n < longest and not (folder / name / runs.SUMMARY_FILE).is_file():
-            note = f" (no {runs.SUMMARY_FILE}: it was probably killed after round {n})"
+            note = f" (no {runs.SUMMARY_FILE}: killed, or still running, after round {n}?)"
         parts.append(f"{name}: {n} rounds{note}")
     raise RunDirError(
         "Hedge needs every expert on the same rounds, but the runs differ: "
@@ -373,15 +380,25 @@ def _hedge_spec(report: HedgeReport, metrics: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def _is_hedge_run(path: Path) -> bool:
+    """Whether ``path`` is a run directory written by :func:`run_hedge`."""
+    if not (path / runs.SPEC_FILE).is_file():
+        return False
+    try:
+        return _algorithm_name(runs.read_spec_dict(path)) == HEDGE_ALGORITHM
+    except RunDirError:
+        return False
+
+
 def _write_outputs(report: HedgeReport, rows: list[dict[str, Any]], metrics: Sequence[str]) -> None:
     """Write ``hedge/`` as a whole (built aside, then swapped in) and then ``hedge.json``."""
     target = report.run_dir
-    if target.exists() and (target / runs.SPEC_FILE).is_file():
-        if _algorithm_name(runs.read_spec_dict(target)) != HEDGE_ALGORITHM:
-            raise RunDirError(
-                f"{target} is a run of another algorithm; Hedge will not overwrite it. "
-                "Rename that run, or move it into a sub-folder."
-            )
+    if target.exists() and not _is_hedge_run(target):
+        # Only our own earlier output may be replaced; anything else there is the user's.
+        raise RunDirError(
+            f"{target} exists and is not an earlier Hedge output; Hedge will not overwrite it. "
+            f"Rename or move it, then run hedge again."
+        )
     # Build the new directory next to the old one, so a kill leaves either the old or the new one
     # (a half-written staging dir is itself a hedge run, so a later run never reads it as an expert).
     staging = Path(tempfile.mkdtemp(dir=report.folder, prefix=f".{HEDGE_DIR}.", suffix=".tmp"))
@@ -414,7 +431,7 @@ def render_table(report: HedgeReport, console: Console) -> None:
         table = Table(
             title=f"Hedge on {m.upper()} accuracy, {report.rounds} rounds, eta = {report.eta:.3g}{quirk}",
             caption=(
-                f"best in hindsight: {s.best_expert} ({100 * s.best_final:.2f}%); regret of Hedge: "
+                f"best in hindsight: {escape(s.best_expert)} ({100 * s.best_final:.2f}%); regret of Hedge: "
                 f"{s.regret_total:.3g} over {report.rounds} rounds = {s.regret_per_round:.3g} per round"
             ),
         )
@@ -423,7 +440,7 @@ def render_table(report: HedgeReport, console: Console) -> None:
         table.add_column("final weight", justify="right")
         for name in report.experts:
             style = "bold green" if name == s.best_expert else None
-            label = f"{name} (best)" if name == s.best_expert else name
+            label = escape(f"{name} (best)" if name == s.best_expert else name)  # names are not markup
             table.add_row(
                 label, f"{100 * s.expert_final[name]:.2f}", f"{s.final_weights[name]:.3f}", style=style
             )

@@ -46,7 +46,7 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodF
 
 from metacli import runs  # noqa: E402
 from metacli.errors import RunDirError  # noqa: E402
-from metacli.hedge import HEDGE_ALGORITHM, is_hidden  # noqa: E402
+from metacli.hedge import HEDGE_ALGORITHM, is_hidden, run_name  # noqa: E402
 from metacli.tb import ScalarWriter  # noqa: E402
 
 MAX_LABELLED = 8
@@ -188,8 +188,8 @@ def load_runs(folder: Path) -> list[RunCurves]:
     folder = Path(folder)
     found: list[RunCurves] = []
     for run_dir in runs.find_runs(folder):
-        name = run_dir.relative_to(folder).as_posix()
-        if is_hidden(name) or name == ".":
+        name = run_name(run_dir, folder)
+        if is_hidden(name):
             continue  # a staging folder of an interrupted 'metacli hedge'
         curves = read_run_curves(run_dir, name)
         if curves is not None:

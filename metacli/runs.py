@@ -33,6 +33,9 @@ import yaml
 
 from metacli.errors import RunDirError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 SCHEMA_VERSION = 1
 SPEC_FILE = "spec.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -60,6 +63,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -180,7 +180,9 @@ def test_mismatched_round_counts_are_refused(runs_folder: Path) -> None:
     lines = (killed / "metrics.jsonl").read_text().splitlines()
     (killed / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")
     (killed / "summary.json").unlink()  # a killed run never writes its summary
-    with pytest.raises(RunDirError, match=r"moml_b: 3 rounds \(no summary.json: it was probably killed"):
+    with pytest.raises(
+        RunDirError, match=r"moml_b: 3 rounds \(no summary.json: killed, or still running, after round 3\?\)"
+    ):
         run_hedge(runs_folder)
     assert not (runs_folder / "hedge.json").exists()
 
@@ -199,3 +201,11 @@ def test_ctm_only_and_table(runs_folder: Path) -> None:
     assert "moml_a (best)" in text
     assert "74.00" in text  # moml_a's final CTM running average, in percent
     assert "Hedge" in text and "regret" in text
+
+
+def test_a_foreign_hedge_folder_is_never_overwritten(runs_folder: Path) -> None:
+    (runs_folder / "hedge").mkdir()
+    (runs_folder / "hedge" / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="not an earlier Hedge output"):
+        run_hedge(runs_folder)
+    assert (runs_folder / "hedge" / "notes.txt").read_text() == "mine"

@@ -124,3 +124,9 @@ def test_hedge_and_plot_never_import_torch() -> None:
     code = "import metacli.hedge, metacli.plot, sys; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_single_run_folder_is_plotted_under_its_own_name(runs_folder: Path, tmp_path: Path) -> None:
+    written = plot_runs(runs_folder / "ftml", tmp_path / "out")
+    assert len(written) == 6
+    assert [p.name for p in (tmp_path / "out" / "tensorboard").iterdir()] == ["ftml"]

@@ -41,6 +41,8 @@ def build(spec: RunSpec, device: str | None = None, progress: bool = False) -> P
     """Build every part of ``spec``; ``device`` overrides ``spec.device``."""
     dev = resolve_device(device or spec.device)
     dtype = torch.float64 if spec.dtype == "float64" else torch.float32
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)  # the initial network: PyTorch's default init under the run's seed
     dataset: Any
     if spec.is_online:

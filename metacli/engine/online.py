@@ -80,7 +80,7 @@ def finetune_and_test_vmap(
 
     batched = torch.func.vmap(one)
     losses, accs = [], []
-    for ids in task_ids.to(stream.train.x.device).split(chunk_size):
+    for ids in torch.split(task_ids.to(stream.train.x.device), chunk_size):
         train = Batch(stream.train.x[ids], stream.train.y[ids])
         loss, acc = batched(train, Batch(stream.test.x[ids], stream.test.y[ids]))
         losses.append(loss)
@@ -112,7 +112,7 @@ def finetune_and_test(
 def _evaluate(
     algo: OnlineAlgorithm[Any], learner: Learner, stream: OnlineStream, params: Params, task_ids: Tensor
 ) -> dict[str, float]:
-    """Mean loss and accuracy over ``task_ids`` for each evaluation variant, keyed ``loss{sfx}``/``acc{sfx}``."""
+    """Mean loss and accuracy over ``task_ids`` for each evaluation variant, keyed loss{sfx}, acc{sfx}."""
     out: dict[str, float] = {}
     for sfx, (lr, steps) in algo.eval_variants.items():
         loss, acc = finetune_and_test(learner, params, stream, task_ids, lr, steps, algo.eval_clip_norm)
@@ -184,7 +184,9 @@ def run_online(
             ltm_vals = {k: float("nan") for k in ctm}
         rec = _record(t + 1, ctm, ltm_vals, sums)
         task_b, state_b = algo.held_bytes(state, t, stream)
-        rec.update(wall_time=time.perf_counter() - t_start, task_bytes=float(task_b), state_bytes=float(state_b))
+        rec.update(
+            wall_time=time.perf_counter() - t_start, task_bytes=float(task_b), state_bytes=float(state_b)
+        )
         on_round(rec)
         if on_checkpoint is not None:
             on_checkpoint(t + 1, state)

@@ -33,39 +33,55 @@ def fast_path_applies(learner: Learner) -> bool:
     return isinstance(m, MLP) and learner.criterion == "cross_entropy" and len(m.body) > 0
 
 
-def _rest_forward(model: MLP, params: Params, pre: Tensor) -> Tensor:
-    """The network after the first Linear: from its pre-activation to the logits."""
+def _rest_forward(model: MLP, rest: Params, pre: Tensor) -> Tensor:
+    """The network after the first Linear, per task: ``pre`` (C, n, h), ``rest`` with a leading C axis."""
     h = pre
     for i, layer in enumerate(model.body):
         if i == 0:
             continue
         if isinstance(layer, nn.Linear):
-            h = F.linear(h, params[f"body.{i}.weight"], params[f"body.{i}.bias"])
+            h = torch.baddbmm(
+                rest[f"body.{i}.bias"].unsqueeze(1), h, rest[f"body.{i}.weight"].transpose(1, 2)
+            )
         else:
             h = layer(h)
-    return F.linear(h, params["head.weight"], params["head.bias"])
+    return torch.baddbmm(rest["head.bias"].unsqueeze(1), h, rest["head.weight"].transpose(1, 2))
 
 
-def _one_task(
-    model: MLP, params: Params, u: Tensor, uz: Tensor, g: Tensor, zx: Tensor, y: Tensor, yz: Tensor,
+def _per_task_ce(out: Tensor, y: Tensor) -> Tensor:
+    """Mean cross-entropy of each task: ``out`` (C, n, classes), ``y`` (C, n) -> (C,)."""
+    ce = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
+    return ce.view(y.shape).mean(1)
+
+
+def _scale(c: Tensor, like: Tensor) -> Tensor:
+    """Per-task factor ``c`` (C,) shaped to broadcast against ``like`` (C, ...)."""
+    return c.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _chunk(
+    model: MLP, params: Params, x: Tensor, y: Tensor, z: Tensor, yz: Tensor,
     lr: float, steps: int, clip_norm: float,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """U_eval of one task in Gram form (vmap-able); returns (test CE, test accuracy)."""
-    rest = {k: v for k, v in params.items() if not k.startswith("body.0.")}
-    rest["body.0.bias"] = params["body.0.bias"]
-
-    def loss_fn(u_: Tensor, rest_: Params) -> Tensor:
-        return F.cross_entropy(_rest_forward(model, rest_, u_ + rest_["body.0.bias"]), y)
-
+    """U_eval in Gram form for a chunk of C tasks (x: (C, n, D), z: (C, m, D)); (test CE, acc) per task."""
+    w1 = params["body.0.weight"]
+    u, uz = x @ w1.T, z @ w1.T
+    g, zx = x @ x.transpose(1, 2), z @ x.transpose(1, 2)
+    n_tasks = x.shape[0]
+    rest = {k: v.expand(n_tasks, *v.shape).clone() for k, v in params.items() if k != "body.0.weight"}
     for _ in range(steps):
-        delta, grads = torch.func.grad(loss_fn, argnums=(0, 1))(u, rest)
-        sq = (delta * (g @ delta)).sum() + sum((v * v).sum() for v in grads.values())
-        c = torch.clamp(clip_norm / (torch.sqrt(sq) + 1e-6), max=1.0)
-        u = u - lr * c * (g @ delta)
-        uz = uz - lr * c * (zx @ delta)
-        rest = {k: v - lr * c * grads[k] for k, v in rest.items()}
-    out = _rest_forward(model, rest, uz + rest["body.0.bias"])
-    return F.cross_entropy(out, yz), (out.argmax(-1) == yz).to(out.dtype).mean()
+        with torch.enable_grad():
+            leaves = [u.requires_grad_(True), *(v.requires_grad_(True) for v in rest.values())]
+            loss = _per_task_ce(_rest_forward(model, rest, u + rest["body.0.bias"].unsqueeze(1)), y).sum()
+            delta, *grads = torch.autograd.grad(loss, leaves)
+        g_delta = g @ delta
+        sq = (delta * g_delta).sum((1, 2)) + sum((gr * gr).flatten(1).sum(1) for gr in grads)
+        c = lr * torch.clamp(clip_norm / (torch.sqrt(sq) + 1e-6), max=1.0)
+        u = (u - _scale(c, u) * g_delta).detach()
+        uz = uz - _scale(c, uz) * (zx @ delta)
+        rest = {k: (v - _scale(c, v) * gr).detach() for (k, v), gr in zip(rest.items(), grads, strict=True)}
+    out = _rest_forward(model, rest, uz + rest["body.0.bias"].unsqueeze(1))
+    return _per_task_ce(out, yz), (out.argmax(-1) == yz).to(out.dtype).mean(1)
 
 
 def mlp_finetune_and_test(
@@ -75,17 +91,10 @@ def mlp_finetune_and_test(
     """Per-task (test loss, accuracy) of U_eval(params) by the Gram-matrix path, ``chunk_size`` at a time."""
     model = learner.model
     assert isinstance(model, MLP)
-    w1 = params["body.0.weight"]
-
-    def one(u: Tensor, uz: Tensor, g: Tensor, zx: Tensor, y: Tensor, yz: Tensor) -> tuple[Tensor, Tensor]:
-        return _one_task(model, params, u, uz, g, zx, y, yz, lr, steps, clip_norm)
-
-    batched = torch.func.vmap(one)
     losses, accs = [], []
-    for ids in task_ids.to(stream.train.x.device).split(chunk_size):
+    for ids in torch.split(task_ids.to(stream.train.x.device), chunk_size):
         x, z = stream.train.x[ids].flatten(2), stream.test.x[ids].flatten(2)
-        g, zx = x @ x.transpose(1, 2), z @ x.transpose(1, 2)
-        loss, acc = batched(x @ w1.T, z @ w1.T, g, zx, stream.train.y[ids], stream.test.y[ids])
+        loss, acc = _chunk(model, params, x, stream.train.y[ids], z, stream.test.y[ids], lr, steps, clip_norm)
         losses.append(loss)
         accs.append(acc)
     return torch.cat(losses), torch.cat(accs)

@@ -56,7 +56,7 @@ def _hand_round(
         clips.append(c)
         w, b = w - cfg.outer_lr * (c * gw + wd * w), b - cfg.outer_lr * (c * gb + wd * b)
     new_lam = [lam[0] - a * (w - omega[0]), lam[1] - a * (b - omega[1])]
-    new_omega = [0.5 * (th + om) - la / (2 * a) for th, om, la in zip((w, b), omega, new_lam)]
+    new_omega = [0.5 * (th + om) - la / (2 * a) for th, om, la in zip((w, b), omega, new_lam, strict=True)]
     return [w, b], new_lam, new_omega
 
 
@@ -82,7 +82,7 @@ def test_moml_two_rounds_match_hand_computation() -> None:
     for t in range(n_t):
         state = algo.round(state, t, stream, gen)
         theta, lam, omega = _hand_round(theta, lam, omega, stream.train.x[t], stream.train.y[t], cfg, hand_gen, clips)
-        for got, want in zip((state.theta, state.lam, state.omega), (theta, lam, omega)):
+        for got, want in zip((state.theta, state.lam, state.omega), (theta, lam, omega), strict=True):
             torch.testing.assert_close(got["weight"], want[0], rtol=0, atol=1e-10)
             torch.testing.assert_close(got["bias"], want[1], rtol=0, atol=1e-10)
     assert min(clips) < 1.0 < max(clips) + 1e-12  # clipping active in some steps, not in all

@@ -59,7 +59,7 @@ def loop_reference(
             norm = torch.sqrt(sum((g**2).sum() for g in grads))  # type: ignore[arg-type]
             scale = min(1.0, clip / (float(norm) + 1e-6))
             n_clipped += scale < 1.0
-            phi = {k: (v - lr * scale * g).detach() for (k, v), g in zip(phi.items(), grads)}
+            phi = {k: (v - lr * scale * g).detach() for (k, v), g in zip(phi.items(), grads, strict=True)}
         out = learner.forward(phi, stream.test.x[t])
         losses.append(learner.loss_of_output(out, stream.test.y[t]).detach())
         accs.append((out.argmax(-1) == stream.test.y[t]).double().mean())
@@ -106,7 +106,7 @@ def test_mogd_equals_moml_without_regulariser() -> None:
     moml = run_rounds(MOML(MOMLConfig(alpha=0.0, **shared), learner), stream, learner, 3)
     mogd = run_rounds(MOGD(MOGDConfig(**shared), learner), stream, learner, 3)
     theta0 = learner.init_params()
-    for s_moml, s_mogd in zip(moml, mogd):
+    for s_moml, s_mogd in zip(moml, mogd, strict=True):
         assert all(torch.equal(s_moml.theta[k], s_mogd.theta[k]) for k in theta0)
         assert all(torch.equal(s_moml.lam[k], torch.zeros_like(v)) for k, v in theta0.items())
     assert not torch.equal(mogd[-1].theta["head.weight"], theta0["head.weight"])
@@ -218,7 +218,7 @@ def test_resume_equals_straight_run(make_algo: Any) -> None:
     rest: list[dict[str, float]] = []
     state = algo.load_state(saved["state"])
     final = run_online(algo, learner, stream, theta0, gen2, rest.append, 3, state, prior=first[:3])
-    for want, got in zip(straight, first[:3] + rest):
+    for want, got in zip(straight, first[:3] + rest, strict=True):
         assert {k: v for k, v in want.items() if k != "wall_time"} == {
             k: v for k, v in got.items() if k != "wall_time"
         }

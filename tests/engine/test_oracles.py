@@ -7,6 +7,8 @@ MAML ``(I - alpha H_s)^K g_q(phi_K)``, FOMAML ``g_q(phi_K)``, Reptile ``theta - 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -134,7 +136,7 @@ def reptile_phi(w: Tensor, x: Tensor, y: Tensor, schedule: Tensor, lr: float, op
 
 @pytest.mark.parametrize("executor", EXECUTORS)
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_reptile_linear_direction(optimizer: str, executor: str) -> None:
+def test_reptile_linear_direction(optimizer: Literal["adam", "sgd"], executor: str) -> None:
     learner, tasks = linear_problem()
     lr, steps, batch = (0.05 if optimizer == "sgd" else 0.02), 5, 4  # 5 x 4 > 12 examples: crosses epochs
     cfg = ReptileConfig(inner_optimizer=optimizer, inner_lr=lr, inner_steps=steps, inner_batch=batch)

@@ -43,17 +43,17 @@ class MAMLConfig(BaseModel):
 
     name: Literal["maml"] = "maml"
     """Algorithm name (discriminator)."""
-    alpha: float = Field(0.01, gt=0)
+    alpha: float = Field(default=0.01, gt=0)
     """Inner-loop (adaptation) SGD learning rate."""
-    inner_steps: int = Field(1, ge=1)
+    inner_steps: int = Field(default=1, ge=1)
     """Inner SGD steps per task during meta-training."""
-    eval_inner_steps: int = Field(10, ge=0)
+    eval_inner_steps: int = Field(default=10, ge=0)
     """Inner SGD steps per task at evaluation."""
     first_order: bool = False
     """Detach the inner gradients (FOMAML): no Hessian-vector products."""
-    outer_lr: float = Field(1e-3, gt=0)
+    outer_lr: float = Field(default=1e-3, gt=0)
     """beta: Adam learning rate of the meta-update."""
-    grad_clip: float | None = Field(None, gt=0)
+    grad_clip: float | None = Field(default=None, gt=0)
     """Clamp every meta-gradient element to [-grad_clip, grad_clip] (cbfinn MiniImageNet: 10); None: off."""
 
 

@@ -128,11 +128,12 @@ def meta_gradient(
     for _ in range(cfg.inner_steps):
         grads = torch.autograd.grad(learner.loss(phi, support), list(phi.values()), create_graph=True)
         phi = {
-            k: p - cfg.inner_lr * (g + cfg.weight_decay * p) for (k, p), g in zip(phi.items(), grads)
+            k: p - cfg.inner_lr * (g + cfg.weight_decay * p)
+            for (k, p), g in zip(phi.items(), grads, strict=True)
         }
     loss = learner.loss(phi, query)
     meta_grads = torch.autograd.grad(loss, list(leaves.values()))
-    return dict(zip(leaves, meta_grads)), loss.detach()
+    return dict(zip(leaves, meta_grads, strict=True)), loss.detach()
 
 
 def outer_step(theta: Params, g: Params, cfg: MetaSGDConfig) -> Params:

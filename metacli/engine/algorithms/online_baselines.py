@@ -73,10 +73,18 @@ class _MetaSGDBaseline:
     def _draw_task(self, t: int, generator: torch.Generator) -> int:
         raise NotImplementedError
 
-    def round(self, state: ThetaState, t: int, stream: OnlineStream, generator: torch.Generator) -> ThetaState:
+    def round(
+        self, state: ThetaState, t: int, stream: OnlineStream, generator: torch.Generator
+    ) -> ThetaState:
         """K warm-started outer steps; each step's task comes from :meth:`_draw_task`."""
         theta = meta_sgd_round(
-            self.learner, state.theta, stream, lambda: self._draw_task(t, generator), self.cfg, generator, None
+            self.learner,
+            state.theta,
+            stream,
+            lambda: self._draw_task(t, generator),
+            self.cfg,
+            generator,
+            None,
         )
         return ThetaState(theta)
 
@@ -190,7 +198,7 @@ class TOE:
         while len(out) < self.cfg.K:
             perm = torch.randperm(n_pool, generator=generator)
             n_full = max(1, n_pool // self.cfg.batch_size)
-            out += list(perm[: n_full * self.cfg.batch_size].split(self.cfg.batch_size))
+            out += list(torch.split(perm[: n_full * self.cfg.batch_size], self.cfg.batch_size))
         return out[: self.cfg.K]
 
     def round(self, state: TOEState, t: int, stream: OnlineStream, generator: torch.Generator) -> TOEState:
@@ -237,7 +245,9 @@ class FS:
         """θ₀."""
         return ThetaState({k: v.detach().clone() for k, v in theta0.items()})
 
-    def round(self, state: ThetaState, t: int, stream: OnlineStream, generator: torch.Generator) -> ThetaState:
+    def round(
+        self, state: ThetaState, t: int, stream: OnlineStream, generator: torch.Generator
+    ) -> ThetaState:
         """No training."""
         return state
 

@@ -60,17 +60,17 @@ class ReptileConfig(BaseModel):
     """Algorithm name (discriminator)."""
     inner_optimizer: Literal["adam", "sgd"] = "adam"
     """Inner optimiser: Adam with beta1 = 0 (paper) or plain SGD."""
-    inner_lr: float = Field(1e-3, gt=0)
+    inner_lr: float = Field(default=1e-3, gt=0)
     """Inner-loop learning rate."""
-    inner_steps: int = Field(32, ge=1)
+    inner_steps: int = Field(default=32, ge=1)
     """Inner mini-batch steps per task in meta-training."""
-    inner_batch: int = Field(10, ge=1)
+    inner_batch: int = Field(default=10, ge=1)
     """Examples per inner mini-batch (capped at the task's size)."""
-    epsilon: float = Field(1.0, gt=0)
+    epsilon: float = Field(default=1.0, gt=0)
     """Outer step size at the start of training."""
-    epsilon_final: float = Field(0.0, ge=0)
+    epsilon_final: float = Field(default=0.0, ge=0)
     """Outer step size at the end of training (linear anneal)."""
-    eval_inner_steps: int = Field(32, ge=0)
+    eval_inner_steps: int = Field(default=32, ge=0)
     """Inner steps per task at evaluation (on the support only)."""
 
 

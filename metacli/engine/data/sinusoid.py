@@ -24,9 +24,9 @@ class SinusoidConfig(BaseModel):
 
     name: Literal["sinusoid"] = "sinusoid"
     """Dataset name (discriminator)."""
-    shots: int = Field(5, ge=1)
+    shots: int = Field(default=5, ge=1)
     """K: support points per task."""
-    queries: int = Field(10, ge=1)
+    queries: int = Field(default=10, ge=1)
     """Query points per task."""
     amplitude: tuple[float, float] = (0.1, 5.0)
     """Range of the uniform amplitude A."""

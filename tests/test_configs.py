@@ -1,0 +1,44 @@
+"""Every file in configs/ validates, opens with its command, and the registries match their unions."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import pytest
+
+from metacli.engine.algorithms import ALGORITHMS, AlgorithmConfig
+from metacli.engine.data import DATASETS, DataConfig
+from metacli.engine.models import MODELS, ModelConfig
+from metacli.spec import load_spec
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))
+
+
+def test_there_are_configs() -> None:
+    assert len(CONFIGS) >= 3
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[f"{p.parent.name}/{p.name}" for p in CONFIGS])
+def test_config_validates_and_documents_its_command(path: Path) -> None:
+    spec, _ = load_spec(path)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# metacli train") and path.name in first
+
+
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile"])
+def test_sinusoid_configs_equal_their_presets(algo: str) -> None:
+    from_file, _ = load_spec(Path(__file__).resolve().parent.parent / "configs" / "sinusoid" / f"{algo}.yaml")
+    preset, _ = load_spec(algo=algo, dataset="sinusoid")
+    assert from_file == preset
+
+
+def union_names(union: object) -> set[str]:
+    members = typing.get_args(typing.get_args(union)[0])
+    return {m.model_fields["name"].default for m in members}
+
+
+def test_registries_and_unions_name_the_same_things() -> None:
+    assert union_names(AlgorithmConfig) == set(ALGORITHMS)
+    assert union_names(DataConfig) == set(DATASETS)
+    assert union_names(ModelConfig) == set(MODELS)
