@@ -101,7 +101,8 @@ def run(cases: list[Case], batch_sizes: list[int], repeats: int, device: torch.d
         for n_tasks in batch_sizes:
             loop = n_tasks / time_executor(case, n_tasks, "loop", repeats, device)
             vmap = n_tasks / time_executor(case, n_tasks, "vmap", repeats, device)
-            print(f"{case.name:<36} {n_tasks:>4} {loop:>13.1f} {vmap:>13.1f} {vmap / loop:>10.2f}", flush=True)
+            row = f"{case.name:<36} {n_tasks:>4} {loop:>13.1f} {vmap:>13.1f} {vmap / loop:>10.2f}"
+            print(row, flush=True)
 
 
 def main() -> None:
@@ -111,8 +112,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed meta-steps per cell (median)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8], help="meta-batch sizes B")
     parser.add_argument("--conv-inner-steps", type=int, default=5, help="inner steps of the Conv4 cases")
-    parser.add_argument("--cases", nargs="+", default=["sinusoid", "omniglot"], choices=["sinusoid", "omniglot"])
+    names = ["sinusoid", "omniglot"]
+    parser.add_argument("--cases", nargs="+", default=names, choices=names, help="which cases to run")
+    parser.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device_name(device)}, {torch.get_num_threads()} threads")
     cases = [sinusoid_case(device)] if "sinusoid" in args.cases else []

@@ -65,6 +65,8 @@ class OnlineSettings(BaseModel):
 
     ltm: bool = True
     """Measure LTM (fine-tune and test on every task seen so far) after each round."""
+    rounds: int | None = Field(None, ge=1)
+    """Stop after this many rounds (a shortened run); default: every task of the stream."""
     checkpoint_every: int = Field(50, ge=1)
     """Rounds between checkpoints; the last round is always saved."""
 
@@ -112,6 +114,9 @@ class RunSpec(BaseModel):
                 f"{'a task stream' if online_data else 'an episodic dataset'}; pair online methods "
                 f"({', '.join(sorted(ONLINE_ALGORITHMS))}) with {', '.join(sorted(ONLINE_DATASETS))}."
             )
+        tasks = getattr(self.data, "tasks", None)
+        if self.online.rounds is not None and tasks is not None and self.online.rounds > tasks:
+            raise ValueError(f"online.rounds ({self.online.rounds}) exceeds the stream's data.tasks ({tasks}).")
         return self
 
     @property
@@ -127,16 +132,18 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
 }
 PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # vmap: ~10x the loop's tasks/s for the 40-40 MLP on a CPU (benchmarks/bench_executors.py).
+    # One thread: torch's intra-op threads only add overhead for a 40-40 MLP.
     ("maml", "sinusoid"): {"algorithm": {"alpha": 0.01, "inner_steps": 1}, "eval": {"inner_steps": [1, 10]},
-                           "train": {"executor": "vmap"}},
+                           "train": {"executor": "vmap"}, "threads": 1},
     ("fomaml", "sinusoid"): {"algorithm": {"alpha": 0.01, "inner_steps": 1}, "eval": {"inner_steps": [1, 10]},
-                             "train": {"executor": "vmap"}},
+                             "train": {"executor": "vmap"}, "threads": 1},
     ("reptile", "sinusoid"): {
         # Reptile's sine setup: MLP 64-64, 10 points, 32 inner steps (Nichol et al. 2018).
         "model": {"name": "mlp", "hidden": [64, 64]},
         "data": {"name": "sinusoid", "shots": 10},
         "train": {"meta_batch": 5},
         "eval": {"inner_steps": [1, 32]},
+        "threads": 1,
     },
 }
 

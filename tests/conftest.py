@@ -29,6 +29,13 @@ def data_root() -> Path:
     return root
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread: the suite's models are tiny, and on 2 shared cores more threads are ~10x slower."""
+    torch.set_num_threads(1)
+    # No test may reach a real download mirror: missing data must be a clear error, not a download.
+    os.environ["METACLI_OFFLINE"] = "1"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``gpu`` are reported as skipped, not passed, where CUDA is absent."""
     if torch.cuda.is_available():

@@ -26,10 +26,14 @@ def test_config_validates_and_documents_its_command(path: Path) -> None:
     assert first.startswith("# metacli train") and path.name in first
 
 
-@pytest.mark.parametrize("algo", ["maml", "fomaml", "reptile"])
-def test_sinusoid_configs_equal_their_presets(algo: str) -> None:
-    from_file, _ = load_spec(Path(__file__).resolve().parent.parent / "configs" / "sinusoid" / f"{algo}.yaml")
-    preset, _ = load_spec(algo=algo, dataset="sinusoid")
+PER_METHOD = [p for p in CONFIGS if not p.stem.endswith("_grid")]
+
+
+@pytest.mark.parametrize("path", PER_METHOD, ids=[f"{p.parent.name}/{p.name}" for p in PER_METHOD])
+def test_per_method_configs_equal_their_presets(path: Path) -> None:
+    """configs/<dataset>/<algo>.yaml is exactly what --algo <algo> --dataset <dataset> runs."""
+    from_file, _ = load_spec(path)
+    preset, _ = load_spec(algo=path.stem, dataset=path.parent.name)
     assert from_file == preset
 
 

@@ -6,6 +6,7 @@ needed to compute a meta-gradient or adapt a model without the CLI.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -16,7 +17,7 @@ from metacli.engine.data import EPISODIC_DATASETS
 from metacli.engine.device import resolve_device
 from metacli.engine.functional import Learner
 from metacli.engine.models import build_model
-from metacli.engine.types import OnlineStream
+from metacli.engine.types import Batch, OnlineStream
 from metacli.spec import RunSpec
 
 
@@ -53,19 +54,27 @@ def build(spec: RunSpec, device: str | None = None, progress: bool = False) -> P
         in_shape, n_out, criterion = dataset.in_shape, dataset.out_features, dataset.criterion
     model = build_model(spec.model, in_shape, n_out).to(device=dev, dtype=dtype)
     learner = Learner(model, criterion)
-    algorithm = ALGORITHMS[spec.algorithm.name](spec.algorithm, learner)
-    return Parts(dev, dtype, make_generator(spec.seed), learner, algorithm, dataset)
+    generator = make_generator(spec.seed)
+    cls = ALGORITHMS[spec.algorithm.name]
+    # Algorithms that draw random numbers themselves (Reptile's mini-batch order) take the run's
+    # generator, so its state is checkpointed with the run and a resumed run draws the same numbers.
+    extra = {"generator": generator} if "generator" in inspect.signature(cls).parameters else {}
+    algorithm = cls(spec.algorithm, learner, **extra)
+    return Parts(dev, dtype, generator, learner, algorithm, dataset)
 
 
 def build_stream(spec: RunSpec, device: torch.device, dtype: torch.dtype, progress: bool) -> OnlineStream:
     """Load (or build and cache) the online task stream and move it to ``device``."""
-    from metacli.engine.data.mnist import resolve_data_root
+    from metacli.engine.data.mnist import downloads_allowed, resolve_data_root, user_cache_dir
     from metacli.engine.data.smnist import build_stream as build_smnist
+    from metacli.engine.data.smnist import cache_name
 
     root = resolve_data_root(Path(spec.data_root) if spec.data_root else None)
-    stream = build_smnist(spec.data, root, progress=progress)  # type: ignore[arg-type]
+    cache = user_cache_dir() / "streams" / cache_name(spec.data)  # type: ignore[arg-type]
+    stream = build_smnist(spec.data, root, cache_dir=cache, download=downloads_allowed(), progress=progress)  # type: ignore[arg-type]
+    r = spec.online.rounds or stream.train.x.shape[0]  # a shortened run sees only the first r tasks
     return OnlineStream(
-        train=type(stream.train)(stream.train.x.to(device, dtype), stream.train.y.to(device)),
-        test=type(stream.test)(stream.test.x.to(device, dtype), stream.test.y.to(device)),
+        train=Batch(stream.train.x[:r].to(device, dtype), stream.train.y[:r].to(device)),
+        test=Batch(stream.test.x[:r].to(device, dtype), stream.test.y[:r].to(device)),
         n_classes=stream.n_classes,
     )

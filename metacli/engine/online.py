@@ -124,7 +124,7 @@ def _record(
     round_1: int, ctm: Mapping[str, float], ltm: Mapping[str, float], sums: dict[str, float]
 ) -> dict[str, float]:
     """The per-round values plus their running averages; ``sums`` is updated in place."""
-    rec: dict[str, float] = {"round": float(round_1)}
+    rec: dict[str, float] = {"round": round_1}
     for kind, vals in (("ctm", ctm), ("ltm", ltm)):
         for key, v in vals.items():
             metric, _, sfx = key.partition("_")
@@ -163,7 +163,7 @@ def run_online(
     """Run rounds ``start_round..T-1`` of the online protocol; one record per round to ``on_round``.
 
     Resuming: pass the saved ``state`` (``algo.load_state``), ``start_round`` = rounds done, ``prior`` = the
-    records already written (restores running averages and the wall-time offset), and a generator whose
+    records already written (restores running averages and the wall-time offset), and a CPU generator whose
     state was saved with the algorithm state (``on_checkpoint(rounds_done, state)`` is called after every
     round: save ``algo.state_dict(state)`` and ``generator.get_state()`` there). Without ``ltm`` the LTM
     keys are NaN.

@@ -9,8 +9,10 @@ Z Xᵀ::
     U   <- U   − lr c_j G Δ_j            U_z <- U_z − lr c_j (Z Xᵀ) Δ_j
     ‖∇W₁‖²_F = Σ Δ_j ⊙ (G Δ_j)          (enters the global clip factor c_j)
 
-b₁ and the later layers are updated as usual. The per-step cost no longer involves the input width (784
-for S-MNIST); it equals the vmap path exactly up to floating-point rounding (tested).
+b₁ and the later layers are updated as usual. Tasks are batched natively (a leading task axis on every
+tensor, ``bmm``; per-task gradients by one backward of the sum of the per-task losses), not by vmap.
+The per-step cost no longer involves the input width (784 for S-MNIST); the result equals the vmap path
+up to floating-point rounding (tested: 1e-10 in float64, 1e-5 in float32).
 """
 
 from __future__ import annotations

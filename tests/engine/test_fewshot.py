@@ -5,7 +5,7 @@ Parametrised over a local dict for now; to become the ``ALGORITHMS`` registry.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -38,6 +38,15 @@ ALGORITHMS: dict[str, tuple[Callable[[Learner], Algorithm], str]] = {
     ),
 }
 NAMES = list(ALGORITHMS)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: intra-op threads only add contention (10x slower on a loaded 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def setup(name: str, seed: int) -> tuple[Algorithm, Params, Sinusoid, torch.Generator, str]:

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metacli.engine.data import download as download_mod
 from metacli.engine.data.download import download
 from metacli.engine.data.mnist import (
     FILES,
@@ -119,7 +118,7 @@ def test_download_real_gz_verifies_decompressed_sha256_and_replaces_atomically(
         replaced.append((Path(src), Path(dst), _sha256(Path(src))))
         real_replace(src, dst)
 
-    monkeypatch.setattr(download_mod.os, "replace", spy_replace)
+    monkeypatch.setattr(os, "replace", spy_replace)  # the module calls os.replace at run time
     dest = tmp_path / "out" / name
     got = download([f"{base}{name}.gz"], dest, SHA256[name], progress=True, decompress_gz=True)
 

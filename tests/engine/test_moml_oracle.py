@@ -81,7 +81,9 @@ def test_moml_two_rounds_match_hand_computation() -> None:
     clips: list[float] = []
     for t in range(n_t):
         state = algo.round(state, t, stream, gen)
-        theta, lam, omega = _hand_round(theta, lam, omega, stream.train.x[t], stream.train.y[t], cfg, hand_gen, clips)
+        theta, lam, omega = _hand_round(
+            theta, lam, omega, stream.train.x[t], stream.train.y[t], cfg, hand_gen, clips
+        )
         for got, want in zip((state.theta, state.lam, state.omega), (theta, lam, omega), strict=True):
             torch.testing.assert_close(got["weight"], want[0], rtol=0, atol=1e-10)
             torch.testing.assert_close(got["bias"], want[1], rtol=0, atol=1e-10)

@@ -154,7 +154,9 @@ def test_toe_reinitialises_each_round() -> None:
 
 def collect(algo: Any, stream: OnlineStream, learner: Learner, **kw: Any) -> list[dict[str, float]]:
     records: list[dict[str, float]] = []
-    run_online(algo, learner, stream, learner.init_params(), torch.Generator().manual_seed(0), records.append, **kw)
+    run_online(
+        algo, learner, stream, learner.init_params(), torch.Generator().manual_seed(0), records.append, **kw
+    )
     return records
 
 
@@ -223,4 +225,6 @@ def test_resume_equals_straight_run(make_algo: Any) -> None:
             k: v for k, v in got.items() if k != "wall_time"
         }
     assert first[-1]["ltm_loss"] == rest[-1]["ltm_loss"]
-    assert all(torch.equal(final.theta[k], v) for k, v in algo.load_state(algo.state_dict(final)).theta.items())
+    assert all(
+        torch.equal(final.theta[k], v) for k, v in algo.load_state(algo.state_dict(final)).theta.items()
+    )

@@ -7,6 +7,7 @@ MAML ``(I - alpha H_s)^K g_q(phi_K)``, FOMAML ``g_q(phi_K)``, Reptile ``theta - 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 import pytest
@@ -29,6 +30,15 @@ F64 = torch.float64
 CPU = torch.device("cpu")
 D, N_SUPPORT, N_QUERY, N_TASKS = 3, 5, 7, 2
 EXECUTORS = ["loop", "vmap"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: intra-op threads only add contention (10x slower on a loaded 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------- linear least squares, by hand

@@ -58,7 +58,7 @@ class MAMLConfig(BaseModel):
 
 
 class FOMAMLConfig(MAMLConfig):
-    """First-order MAML: a preset of MAML with ``first_order=True`` (Finn et al., 2017, §5.2)."""
+    """First-order MAML: a preset of MAML with ``first_order=True`` (Finn et al., 2017)."""
 
     name: Literal["fomaml"] = "fomaml"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""

@@ -9,17 +9,19 @@ Update rule, for a meta-batch of B tasks:
 where ``D_i,k`` are mini-batches of ``inner_batch`` examples drawn without replacement (reshuffled each
 epoch) from the task's support and query pooled together: Reptile has no support/query split in
 training. ``epsilon_t`` is annealed linearly from ``epsilon`` to ``epsilon_final`` over training.
-As in the authors' PyTorch port and learn2learn, :meth:`Reptile.meta_step` returns the "Reptile
+As in learn2learn's Reptile example, :meth:`Reptile.meta_step` returns the "Reptile
 gradient" ``theta - mean_i phi_i^K`` and the outer step is SGD with learning rate ``epsilon_t``.
 At evaluation :meth:`Reptile.adapt` runs the same inner loop on the support only.
 
-Differences from openai/supervised-reptile, both stated so results are read correctly:
+Differences from openai/supervised-reptile, stated so results are read correctly:
 
 - The inner Adam state (second moments, step count) starts afresh for every task. The original code
   keeps one TensorFlow Adam whose moments carry over from task to task; per-task state is what a
   batched (``vmap``) executor can do, and it makes each task's adaptation independent of the order.
 - One mini-batch schedule is drawn per meta-step and shared by the tasks of the meta-batch (their data
   are independent, so this changes no expectation), which lets ``loop`` and ``vmap`` agree exactly.
+- Adam's epsilon is added to ``sqrt(v_hat)`` (PyTorch); TensorFlow adds it to ``sqrt(v)`` before
+  the bias correction, a difference only where ``v`` is of order ``eps^2``.
 
 References:
     Nichol, Achiam, Schulman. "On First-Order Meta-Learning Algorithms", arXiv:1803.02999, 2018.

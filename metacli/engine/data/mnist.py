@@ -52,6 +52,13 @@ _EXPECTED: dict[str, tuple[int, tuple[int, ...]]] = {
 """IDX magic number (0x0803 = ubyte, 3 dims; 0x0801 = ubyte, 1 dim) and shape of each file."""
 
 ENV_VAR = "METACLI_DATA"
+OFFLINE_VAR = "METACLI_OFFLINE"
+"""Set to 1 to forbid downloads (missing data is then a clear error); the test suite sets it."""
+
+
+def downloads_allowed() -> bool:
+    """Whether metacli may download missing data (``$METACLI_OFFLINE`` is not ``1``)."""
+    return os.environ.get(OFFLINE_VAR, "") != "1"
 """Environment variable naming the data root when ``--data-root`` is not given."""
 
 
@@ -75,6 +82,14 @@ def resolve_data_root(explicit: Path | None) -> Path:
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env).expanduser()
+    return user_cache_dir()
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/metacli`` or ``~/.cache/metacli``: where metacli writes derived data.
+
+    Built streams are cached here, never in the data root, which may be shared or read-only.
+    """
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "metacli"
