@@ -41,7 +41,9 @@ OverrideOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a spec field before validation: --set algorithm.alpha=0.4"),
 ]
-DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: the spec's, auto).")]
+DeviceOpt = Annotated[
+    str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: the spec's, auto).")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Log lines instead of a progress bar.")]
 RunDirArg = Annotated[Path, typer.Argument(help="A run directory written by 'metacli train'.")]
 
@@ -87,10 +89,14 @@ def train(
     overrides: OverrideOpt = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (grid: folder of runs).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run from its last checkpoint.")] = None,
-    data_root: Annotated[Path | None, typer.Option(help="Dataset folder (else $METACLI_DATA, a cache).")] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Dataset folder (else $METACLI_DATA, a cache).")
+    ] = None,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
-    fields: Annotated[bool, typer.Option("--fields", help="List every spec field with its docs and exit.")] = False,
+    fields: Annotated[
+        bool, typer.Option("--fields", help="List every spec field with its docs and exit.")
+    ] = False,
 ) -> None:
     """Train a run spec, a preset (--algo/--dataset), or the default (MAML on sinusoid).
 
@@ -132,11 +138,15 @@ def evaluate(
 @app.command()
 @handle_errors
 def hedge(
-    folder: Annotated[Path, typer.Argument(help="Folder of online runs (the experts), e.g. results/moml_grid.")],
-    eta: Annotated[float, typer.Option(help="Hedge learning rate; ln 10 is the official script's beta = 10.")] = (
-        math.log(10)
-    ),
-    metric: Annotated[list[str] | None, typer.Option(help="ctm and/or ltm (repeatable; default both).")] = None,
+    folder: Annotated[
+        Path, typer.Argument(help="Folder of online runs (the experts), e.g. results/moml_grid.")
+    ],
+    eta: Annotated[
+        float, typer.Option(help="Hedge learning rate; ln 10 is the official script's beta = 10.")
+    ] = (math.log(10)),
+    metric: Annotated[
+        list[str] | None, typer.Option(help="ctm and/or ltm (repeatable; default both).")
+    ] = None,
     reference_quirks: Annotated[
         bool, typer.Option(help="Reproduce the official hedge.py's look-ahead weights (a known fault).")
     ] = False,
@@ -158,7 +168,9 @@ def plot(
     folder: Annotated[Path, typer.Argument(help="Folder of online runs (and hedge/ where present).")] = Path(
         "results"
     ),
-    out: Annotated[Path, typer.Option(help="Where figures (PNG, SVG) and TensorBoard files go.")] = Path("figures"),
+    out: Annotated[Path, typer.Option(help="Where figures (PNG, SVG) and TensorBoard files go.")] = Path(
+        "figures"
+    ),
 ) -> None:
     """CTM and LTM running averages and held memory against the round, for every run in FOLDER."""
     from metacli.plot import plot_runs

@@ -16,8 +16,15 @@ def default_run_dir(algo: str, dataset: str) -> Path:
     return Path("runs") / f"{algo}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def train_command(spec_file: Path | None, algo: str | None, dataset: str | None, overrides: list[str],
-                  out: Path | None, device: str | None, quiet: bool) -> Iterator[tuple[Path, dict[str, Any]]]:
+def train_command(
+    spec_file: Path | None,
+    algo: str | None,
+    dataset: str | None,
+    overrides: list[str],
+    out: Path | None,
+    device: str | None,
+    quiet: bool,
+) -> Iterator[tuple[Path, dict[str, Any]]]:
     """Train one spec, or every point of its grid; yields (run directory, summary) per run."""
     from metacli.spec import grid_points, load_spec
 
@@ -33,7 +40,9 @@ def train_command(spec_file: Path | None, algo: str | None, dataset: str | None,
         yield from train_point(point, folder / name, device, quiet)
 
 
-def train_point(spec: Any, run_dir: Path, device: str | None, quiet: bool) -> Iterator[tuple[Path, dict[str, Any]]]:
+def train_point(
+    spec: Any, run_dir: Path, device: str | None, quiet: bool
+) -> Iterator[tuple[Path, dict[str, Any]]]:
     """One grid point: skipped when complete, resumed when checkpointed, else trained fresh."""
     if (run_dir / SUMMARY_FILE).is_file():
         yield run_dir, {**read_json(run_dir / SUMMARY_FILE), "skipped": True}
@@ -56,7 +65,9 @@ def resume_command(run_dir: Path, device: str | None, quiet: bool) -> dict[str, 
     from metacli.engine.runner import resume_run
 
     if not run_dir.is_dir():
-        raise RunDirError(f"--resume {run_dir}: no such run directory. Pass a folder written by 'metacli train'.")
+        raise RunDirError(
+            f"--resume {run_dir}: no such run directory. Pass a folder written by 'metacli train'."
+        )
     return resume_run(run_dir, device=device, quiet=quiet)
 
 
@@ -83,7 +94,9 @@ def field_rows(model: Any, prefix: str = "") -> Iterator[tuple[str, str, str]]:
             yield path, repr(value), info.description or ""
 
 
-def describe_fields(spec_file: Path | None, algo: str | None, dataset: str | None, overrides: list[str]) -> Any:
+def describe_fields(
+    spec_file: Path | None, algo: str | None, dataset: str | None, overrides: list[str]
+) -> Any:
     """A rich table of every field of the resolved spec, with its value and documentation."""
     from rich.table import Table
 

@@ -20,8 +20,15 @@ from rich.progress import (
 class Reporter:
     """Advances a progress bar (or, when quiet, logs a line every ``log_every`` units)."""
 
-    def __init__(self, description: str, total: int, done: int = 0, quiet: bool = False,
-                 unit: str = "it", console: Console | None = None) -> None:
+    def __init__(
+        self,
+        description: str,
+        total: int,
+        done: int = 0,
+        quiet: bool = False,
+        unit: str = "it",
+        console: Console | None = None,
+    ) -> None:
         self.console = console or Console(stderr=True)
         self.quiet, self.total, self.done, self.unit = quiet, total, done, unit
         self.description = description
@@ -29,10 +36,17 @@ class Reporter:
         self._progress: Progress | None = None
         if not quiet:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                console=self.console, transient=False,
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=self.console,
+                transient=False,
             )
             self._task = self._progress.add_task(description, total=total, completed=done, rate="", info="")
 
@@ -41,7 +55,9 @@ class Reporter:
             self._progress.start()
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._progress is not None:
             self._progress.stop()
 

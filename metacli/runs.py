@@ -77,7 +77,9 @@ def read_json(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise RunDirError(f"{path} does not exist. Is {path.parent} a finished metacli run?") from None
     except json.JSONDecodeError as e:
-        raise RunDirError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); re-run to rewrite it.") from None
+        raise RunDirError(
+            f"{path} is not valid JSON ({e.msg} at line {e.lineno}); re-run to rewrite it."
+        ) from None
     if not isinstance(data, dict):
         raise RunDirError(f"{path} should hold a JSON object.")
     return data
@@ -130,7 +132,7 @@ def find_runs(folder: Path) -> list[Path]:
 
 
 class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl`` and flushes it, so a kill loses at most a line."""
+    """Appends one JSON object per line to ``metrics.jsonl`` and flushes it: a kill loses at most a line."""
 
     def __init__(self, run_dir: Path, truncate_after: int | None = None, key: str = "step") -> None:
         self.path = run_dir / METRICS_FILE

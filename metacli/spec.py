@@ -116,7 +116,9 @@ class RunSpec(BaseModel):
             )
         tasks = getattr(self.data, "tasks", None)
         if self.online.rounds is not None and tasks is not None and self.online.rounds > tasks:
-            raise ValueError(f"online.rounds ({self.online.rounds}) exceeds the stream's data.tasks ({tasks}).")
+            raise ValueError(
+                f"online.rounds ({self.online.rounds}) exceeds the stream's data.tasks ({tasks})."
+            )
         return self
 
     @property
@@ -133,10 +135,18 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
 PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # vmap: ~10x the loop's tasks/s for the 40-40 MLP on a CPU (benchmarks/bench_executors.py).
     # One thread: torch's intra-op threads only add overhead for a 40-40 MLP.
-    ("maml", "sinusoid"): {"algorithm": {"alpha": 0.01, "inner_steps": 1}, "eval": {"inner_steps": [1, 10]},
-                           "train": {"executor": "vmap"}, "threads": 1},
-    ("fomaml", "sinusoid"): {"algorithm": {"alpha": 0.01, "inner_steps": 1}, "eval": {"inner_steps": [1, 10]},
-                             "train": {"executor": "vmap"}, "threads": 1},
+    ("maml", "sinusoid"): {
+        "algorithm": {"alpha": 0.01, "inner_steps": 1},
+        "eval": {"inner_steps": [1, 10]},
+        "train": {"executor": "vmap"},
+        "threads": 1,
+    },
+    ("fomaml", "sinusoid"): {
+        "algorithm": {"alpha": 0.01, "inner_steps": 1},
+        "eval": {"inner_steps": [1, 10]},
+        "train": {"executor": "vmap"},
+        "threads": 1,
+    },
     ("reptile", "sinusoid"): {
         # Reptile's sine setup: MLP 64-64, 10 points, 32 inner steps (Nichol et al. 2018).
         "model": {"name": "mlp", "hidden": [64, 64]},
@@ -185,7 +195,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise SpecError(f"{path} must hold a mapping of fields (algorithm:, data:, ...), not a {type(data).__name__}.")
+        raise SpecError(
+            f"{path} must hold a mapping of fields (algorithm:, data:, ...), not a {type(data).__name__}."
+        )
     return data
 
 
@@ -193,7 +205,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     """``"algorithm.alpha=0.4"`` -> (["algorithm", "alpha"], 0.4); the value is parsed as YAML."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise SpecError(f"Override '{item}' is not of the form key.path=value, e.g. --set algorithm.alpha=0.4.")
+        raise SpecError(
+            f"Override '{item}' is not of the form key.path=value, e.g. --set algorithm.alpha=0.4."
+        )
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -262,7 +276,9 @@ def load_spec(
     With neither a path nor a preset, the embedded default (MAML on sinusoid) is used.
     """
     if path is not None and (algo or dataset):
-        raise SpecError("Give either a spec file or --algo/--dataset, not both (use --set to change a field).")
+        raise SpecError(
+            "Give either a spec file or --algo/--dataset, not both (use --set to change a field)."
+        )
     if path is not None:
         data, source = read_yaml(path), str(path)
     else:

@@ -13,8 +13,19 @@ from typer.testing import CliRunner
 from metacli.cli import app
 
 runner = CliRunner()
-TINY = ["--set", "train.meta_iters=6", "--set", "train.meta_batch=2", "--set", "train.log_every=2",
-        "--set", "train.checkpoint_every=3", "--set", "eval.tasks=4", "--quiet"]
+TINY = [
+    "--set",
+    "train.meta_iters=6",
+    "--set",
+    "train.meta_batch=2",
+    "--set",
+    "train.log_every=2",
+    "--set",
+    "train.checkpoint_every=3",
+    "--set",
+    "eval.tasks=4",
+    "--quiet",
+]
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -121,8 +132,12 @@ def test_unavailable_cuda_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_python_dash_m_and_fast_help() -> None:
-    proc = subprocess.run([sys.executable, "-c", "import sys, metacli.cli; print('torch' in sys.modules)"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys, metacli.cli; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert proc.stdout.strip() == "False"  # --help must not pay for importing torch
     proc = subprocess.run([sys.executable, "-m", "metacli", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and "metacli" in proc.stdout

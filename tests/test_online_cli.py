@@ -43,8 +43,19 @@ def test_moml_run_directory(data_root: Path, tmp_path: Path) -> None:
 
 
 def test_online_resume_matches_a_straight_run(data_root: Path, tmp_path: Path) -> None:
-    common = ["--algo", "ftml", "--dataset", "smnist", "--data-root", str(data_root), "--quiet",
-              "--set", "algorithm.K=2", "--set", "online.checkpoint_every=1"]
+    common = [
+        "--algo",
+        "ftml",
+        "--dataset",
+        "smnist",
+        "--data-root",
+        str(data_root),
+        "--quiet",
+        "--set",
+        "algorithm.K=2",
+        "--set",
+        "online.checkpoint_every=1",
+    ]
     train(*common, "--out", str(tmp_path / "a"), "--set", "online.rounds=4")
     train(*common, "--out", str(tmp_path / "b"), "--set", "online.rounds=2")
     spec = (tmp_path / "b" / "spec.yaml").read_text().replace("rounds: 2", "rounds: 4")
@@ -74,12 +85,29 @@ def test_grid_then_hedge_then_plot(data_root: Path, tmp_path: Path) -> None:
     assert (tmp_path / "figs" / "ctm_avg.png").stat().st_size > 10_000
 
 
-def test_missing_mnist_is_a_clear_error_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_mnist_is_a_clear_error_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert os.environ.get("METACLI_OFFLINE") == "1"
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "no-cache"))  # no stream built earlier to fall back on
+    monkeypatch.setenv(
+        "XDG_CACHE_HOME", str(tmp_path / "no-cache")
+    )  # no stream built earlier to fall back on
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--algo", "moml", "--dataset", "smnist", "--data-root",
-                                 str(tmp_path / "empty"), "--out", str(run), *SHORT])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--algo",
+            "moml",
+            "--dataset",
+            "smnist",
+            "--data-root",
+            str(tmp_path / "empty"),
+            "--out",
+            str(run),
+            *SHORT,
+        ],
+    )
     assert result.exit_code == 2
     assert "train-images-idx3-ubyte" in result.output and "Traceback" not in result.output
     assert not run.exists()

@@ -56,7 +56,9 @@ def test_spec_is_frozen_and_round_trips_through_yaml() -> None:
 
 
 def test_grid_expands_every_point_with_names() -> None:
-    spec, raw = load_spec(algo="moml", dataset="smnist", overrides=["grid={algorithm.K: [10, 20], algorithm.alpha: [1, 5]}"])
+    spec, raw = load_spec(
+        algo="moml", dataset="smnist", overrides=["grid={algorithm.K: [10, 20], algorithm.alpha: [1, 5]}"]
+    )
     points = grid_points(raw, spec.grid or {})
     assert [n for n, _ in points] == ["K=10_alpha=1", "K=10_alpha=5", "K=20_alpha=1", "K=20_alpha=5"]
     assert [(p.algorithm.K, p.algorithm.alpha) for _, p in points] == [(10, 1), (10, 5), (20, 1), (20, 5)]

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 
 from metacli.engine.algorithms import ALGORITHMS
 from metacli.engine.data import EPISODIC_DATASETS
 from metacli.engine.device import resolve_device
-from metacli.engine.functional import Learner
+from metacli.engine.functional import Criterion, Learner
 from metacli.engine.models import build_model
 from metacli.engine.types import Batch, OnlineStream
 from metacli.spec import RunSpec
@@ -53,7 +53,7 @@ def build(spec: RunSpec, device: str | None = None, progress: bool = False) -> P
         dataset = EPISODIC_DATASETS[spec.data.name](spec.data)
         in_shape, n_out, criterion = dataset.in_shape, dataset.out_features, dataset.criterion
     model = build_model(spec.model, in_shape, n_out).to(device=dev, dtype=dtype)
-    learner = Learner(model, criterion)
+    learner = Learner(model, cast(Criterion, criterion))
     generator = make_generator(spec.seed)
     cls = ALGORITHMS[spec.algorithm.name]
     # Algorithms that draw random numbers themselves (Reptile's mini-batch order) take the run's

@@ -21,7 +21,9 @@ def resolve_device(name: str) -> torch.device:
         raise MetacliError(f"Unknown device '{name}'. Use auto, cpu, cuda or cuda:N.") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise MetacliError(f"Device '{name}' was asked for but CUDA is not available here; use --device cpu.")
+            raise MetacliError(
+                f"Device '{name}' was asked for but CUDA is not available here; use --device cpu."
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise MetacliError(
                 f"Device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) are visible."

@@ -28,8 +28,14 @@ def leaf_params(params: Params) -> Params:
     return {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
 
 
-def save_checkpoint(path: Path, step: int, meta: Params, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, generator: torch.Generator) -> None:
+def save_checkpoint(
+    path: Path,
+    step: int,
+    meta: Params,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    generator: torch.Generator,
+) -> None:
     """Write ``checkpoints/last.pt`` atomically: meta-parameters, optimiser, RNG states, step."""
     state = {
         "step": step,
@@ -73,8 +79,14 @@ def outer_update(state: TrainState, grads: Params) -> None:
         state.scheduler.step()
 
 
-def train(parts: Parts, cfg: TrainSettings, state: TrainState, log: LogFn,
-          checkpoint: Callable[[TrainState], None], advance: Callable[[str], None]) -> TrainState:
+def train(
+    parts: Parts,
+    cfg: TrainSettings,
+    state: TrainState,
+    log: LogFn,
+    checkpoint: Callable[[TrainState], None],
+    advance: Callable[[str], None],
+) -> TrainState:
     """Meta-train from ``state.step`` to ``cfg.meta_iters``, logging and checkpointing on the way."""
     t0 = time.perf_counter()
     while state.step < cfg.meta_iters:
@@ -96,8 +108,13 @@ def task_at(tasks: Task, i: int) -> Task:
     return Task(Batch(tasks.support.x[i], tasks.support.y[i]), Batch(tasks.query.x[i], tasks.query.y[i]))
 
 
-def evaluate(parts: Parts, meta: Params, cfg: EvalSettings, default_steps: int,
-             advance: Callable[[int], None] | None = None) -> dict[str, Any]:
+def evaluate(
+    parts: Parts,
+    meta: Params,
+    cfg: EvalSettings,
+    default_steps: int,
+    advance: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Meta-test: adapt to ``cfg.tasks`` test tasks and measure the query loss (and accuracy).
 
     Returns, per adaptation step count, the mean, the 95% confidence interval 1.96 std/sqrt(n)

@@ -16,8 +16,9 @@ from metacli.runs import SUMMARY_FILE, checkpoint_path, finite_or_none, read_met
 from metacli.spec import RunSpec
 
 
-def run_online_spec(spec: RunSpec, parts: Parts, run_dir: Path, checkpoint: dict[str, Any] | None,
-                    quiet: bool) -> dict[str, Any]:
+def run_online_spec(
+    spec: RunSpec, parts: Parts, run_dir: Path, checkpoint: dict[str, Any] | None, quiet: bool
+) -> dict[str, Any]:
     """Run (or continue) the online protocol of ``spec`` and write its summary."""
     from metacli.engine.runner import RunLogger
 
@@ -39,35 +40,63 @@ def run_online_spec(spec: RunSpec, parts: Parts, run_dir: Path, checkpoint: dict
 
     def on_checkpoint(rounds_done: int, st: Any) -> None:
         if rounds_done % spec.online.checkpoint_every == 0 or rounds_done == rounds:
-            save_atomic(checkpoint_path(run_dir), {"round": rounds_done, "algo_state": algo.state_dict(st),
-                                                   "generator": parts.generator.get_state()})
+            save_atomic(
+                checkpoint_path(run_dir),
+                {
+                    "round": rounds_done,
+                    "algo_state": algo.state_dict(st),
+                    "generator": parts.generator.get_state(),
+                },
+            )
 
     t0 = time.perf_counter()
     desc = f"{spec.algorithm.name} on {spec.data.name}"
     try:
         with Reporter(desc, rounds, done=done, quiet=quiet, unit="round") as rep:
-            def progress(r: int) -> None:
-                rep.advance(1, f"CTM {last.get('ctm_acc_avg', float('nan')):.3f} "
-                               f"LTM {last.get('ltm_acc_avg', float('nan')):.3f}")
-                if quiet and (r % 50 == 0 or r == rounds):
-                    rep.log(f"round {r}/{rounds}: ctm_acc_avg={last['ctm_acc_avg']:.4f} "
-                            f"ltm_acc_avg={last['ltm_acc_avg']:.4f}")
 
-            run_online(algo, parts.learner, stream, theta0, parts.generator, on_round, start_round=done,
-                       state=state, progress=progress, ltm=spec.online.ltm, prior=prior,
-                       on_checkpoint=on_checkpoint)
+            def progress(r: int) -> None:
+                rep.advance(
+                    1,
+                    f"CTM {last.get('ctm_acc_avg', float('nan')):.3f} "
+                    f"LTM {last.get('ltm_acc_avg', float('nan')):.3f}",
+                )
+                if quiet and (r % 50 == 0 or r == rounds):
+                    rep.log(
+                        f"round {r}/{rounds}: ctm_acc_avg={last['ctm_acc_avg']:.4f} "
+                        f"ltm_acc_avg={last['ltm_acc_avg']:.4f}"
+                    )
+
+            run_online(
+                algo,
+                parts.learner,
+                stream,
+                theta0,
+                parts.generator,
+                on_round,
+                start_round=done,
+                state=state,
+                progress=progress,
+                ltm=spec.online.ltm,
+                prior=prior,
+                on_checkpoint=on_checkpoint,
+            )
     finally:
         logger.close()
     return write_summary(spec, parts, run_dir, last, rounds, time.perf_counter() - t0)
 
 
-def write_summary(spec: RunSpec, parts: Parts, run_dir: Path, last: dict[str, float], rounds: int,
-                  seconds: float) -> dict[str, Any]:
+def write_summary(
+    spec: RunSpec, parts: Parts, run_dir: Path, last: dict[str, float], rounds: int, seconds: float
+) -> dict[str, Any]:
     """``summary.json`` of an online run: final running averages, held memory and wall time."""
     summary: dict[str, Any] = {
-        "algorithm": spec.algorithm.name, "dataset": spec.data.name, "rounds": rounds,
-        "device": str(parts.device), "torch": torch.__version__,
-        "train_seconds": seconds, "total_wall_time": last.get("wall_time"),
+        "algorithm": spec.algorithm.name,
+        "dataset": spec.data.name,
+        "rounds": rounds,
+        "device": str(parts.device),
+        "torch": torch.__version__,
+        "train_seconds": seconds,
+        "total_wall_time": last.get("wall_time"),
     }
     for key in ("ctm_acc_avg", "ltm_acc_avg", "ctm_loss_avg", "ltm_loss_avg", "task_bytes", "state_bytes"):
         if key in last:

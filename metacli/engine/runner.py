@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from metacli.engine import checkpoint as ckpt_io
 from metacli.engine import episodic
@@ -68,8 +68,9 @@ def resume_run(run_dir: Path, device: str | None = None, quiet: bool = False) ->
     return _run(spec, parts, run_dir, checkpoint=ckpt_io.load(ckpt, parts.device), quiet=quiet)
 
 
-def _run(spec: RunSpec, parts: Parts, run_dir: Path, checkpoint: dict[str, Any] | None,
-         quiet: bool) -> dict[str, Any]:
+def _run(
+    spec: RunSpec, parts: Parts, run_dir: Path, checkpoint: dict[str, Any] | None, quiet: bool
+) -> dict[str, Any]:
     if spec.is_online:
         from metacli.engine.online_run import run_online_spec
 
@@ -77,15 +78,17 @@ def _run(spec: RunSpec, parts: Parts, run_dir: Path, checkpoint: dict[str, Any] 
     return _run_episodic(spec, parts, run_dir, checkpoint, quiet)
 
 
-def _run_episodic(spec: RunSpec, parts: Parts, run_dir: Path, checkpoint: dict[str, Any] | None,
-                  quiet: bool) -> dict[str, Any]:
+def _run_episodic(
+    spec: RunSpec, parts: Parts, run_dir: Path, checkpoint: dict[str, Any] | None, quiet: bool
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     state = episodic.TrainState(parts, spec.train.meta_iters, checkpoint)
     logger = RunLogger(run_dir, "step", state.step if checkpoint else None)
 
     def save(s: episodic.TrainState) -> None:
-        episodic.save_checkpoint(checkpoint_path(run_dir), s.step, s.meta, s.optimizer, s.scheduler,
-                                 parts.generator)
+        episodic.save_checkpoint(
+            checkpoint_path(run_dir), s.step, s.meta, s.optimizer, s.scheduler, parts.generator
+        )
 
     name = f"{spec.algorithm.name} on {spec.data.name}"
     try:
@@ -94,8 +97,13 @@ def _run_episodic(spec: RunSpec, parts: Parts, run_dir: Path, checkpoint: dict[s
             episodic.train(parts, spec.train, state, log, save, lambda info: rep.advance(1, info))
     finally:
         logger.close()
-    summary = {"algorithm": spec.algorithm.name, "dataset": spec.data.name, "steps": state.step,
-               "device": str(parts.device), "train_seconds": time.perf_counter() - t0}
+    summary = {
+        "algorithm": spec.algorithm.name,
+        "dataset": spec.data.name,
+        "steps": state.step,
+        "device": str(parts.device),
+        "train_seconds": time.perf_counter() - t0,
+    }
     write_json(run_dir / SUMMARY_FILE, summary)
     return summary
 
@@ -108,8 +116,9 @@ def _quiet_logger(logger: RunLogger, rep: Reporter) -> Callable[[int, dict[str, 
     return log
 
 
-def evaluate_run(run_dir: Path, device: str | None = None, tasks: int | None = None,
-                 quiet: bool = False) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path, device: str | None = None, tasks: int | None = None, quiet: bool = False
+) -> dict[str, Any]:
     """Meta-test the checkpoint of an episodic run; writes and returns ``eval.json``."""
     spec = validate(read_spec_dict(run_dir), str(run_dir / SPEC_FILE))
     if spec.is_online:
@@ -126,8 +135,14 @@ def evaluate_run(run_dir: Path, device: str | None = None, tasks: int | None = N
     meta = {k: v.to(parts.device, parts.dtype) for k, v in ckpt_io.load(ckpt, parts.device)["meta"].items()}
     t0 = time.perf_counter()
     with Reporter("meta-test", spec.eval.tasks, quiet=quiet, unit="task") as rep:
-        results = episodic.evaluate(parts, meta, spec.eval, spec.algorithm.eval_inner_steps, rep.advance)
-    out = {"metrics": results, "tasks": spec.eval.tasks, "seed": spec.eval.seed,
-           "seconds": time.perf_counter() - t0, "device": str(parts.device)}
+        default_steps = int(cast(Any, spec.algorithm).eval_inner_steps)  # every few-shot config has it
+        results = episodic.evaluate(parts, meta, spec.eval, default_steps, rep.advance)
+    out = {
+        "metrics": results,
+        "tasks": spec.eval.tasks,
+        "seed": spec.eval.seed,
+        "seconds": time.perf_counter() - t0,
+        "device": str(parts.device),
+    }
     write_json(run_dir / EVAL_FILE, out)
     return out

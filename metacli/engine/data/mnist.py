@@ -59,6 +59,8 @@ OFFLINE_VAR = "METACLI_OFFLINE"
 def downloads_allowed() -> bool:
     """Whether metacli may download missing data (``$METACLI_OFFLINE`` is not ``1``)."""
     return os.environ.get(OFFLINE_VAR, "") != "1"
+
+
 """Environment variable naming the data root when ``--data-root`` is not given."""
 
 
