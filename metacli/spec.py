@@ -151,7 +151,7 @@ PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         # Reptile's sine setup: MLP 64-64, 10 points, 32 inner steps (Nichol et al. 2018).
         "model": {"name": "mlp", "hidden": [64, 64]},
         "data": {"name": "sinusoid", "shots": 10},
-        "train": {"meta_batch": 5},
+        "train": {"meta_batch": 5, "executor": "vmap"},
         "eval": {"inner_steps": [1, 32]},
         "threads": 1,
     },

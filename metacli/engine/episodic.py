@@ -17,7 +17,8 @@ import torch
 
 from metacli.engine.build import Parts
 from metacli.engine.checkpoint import save_atomic
-from metacli.engine.types import Batch, Params, Task
+from metacli.engine.executors import task_at
+from metacli.engine.types import Params, Task
 from metacli.spec import EvalSettings, TrainSettings
 
 LogFn = Callable[[int, dict[str, float]], None]
@@ -101,11 +102,6 @@ def train(
             checkpoint(state)
         advance(f"loss {result.loss:.4f}")
     return state
-
-
-def task_at(tasks: Task, i: int) -> Task:
-    """The ``i``-th task of a stacked batch of tasks."""
-    return Task(Batch(tasks.support.x[i], tasks.support.y[i]), Batch(tasks.query.x[i], tasks.query.y[i]))
 
 
 def evaluate(

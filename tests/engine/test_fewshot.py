@@ -1,105 +1,85 @@
-"""Contracts of the episodic algorithms on sinusoid regression (CPU, float32).
+"""Contracts of every episodic algorithm of the registry, on sinusoid regression (CPU, float32).
 
-Parametrised over a local dict for now; to become the ``ALGORITHMS`` registry.
+Runs go through the real parts: presets from ``metacli.spec``, ``build`` and the episodic loop's
+``TrainState`` / ``outer_update``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import pytest
 import torch
 
-from metacli.engine.algorithms.maml import MAML, FOMAMLConfig, MAMLConfig
-from metacli.engine.algorithms.reptile import Reptile, ReptileConfig
-from metacli.engine.data.sinusoid import Sinusoid, SinusoidConfig
+from metacli.engine.algorithms import EPISODIC_ALGORITHMS
+from metacli.engine.build import Parts, build
+from metacli.engine.data.sinusoid import SinusoidConfig
 from metacli.engine.data.sinusoid import build as build_sinusoid
+from metacli.engine.episodic import TrainState, outer_update
 from metacli.engine.executors import meta_gradient, task_at
 from metacli.engine.functional import Learner
 from metacli.engine.models.mlp import MLPConfig
 from metacli.engine.models.mlp import build as build_mlp
 from metacli.engine.types import Batch, Params, Task
 from metacli.errors import SpecError
+from metacli.spec import load_spec
 
 CPU = torch.device("cpu")
-Algorithm = MAML | Reptile
-
-# outer_lr 1e-2 and 5 Reptile inner steps: settings that learn within a few seconds, not the presets
-ALGORITHMS: dict[str, tuple[Callable[[Learner], Algorithm], str]] = {
-    "maml": (lambda learner: MAML(MAMLConfig(outer_lr=1e-2), learner), "loop"),
-    "fomaml": (lambda learner: MAML(FOMAMLConfig(outer_lr=1e-2), learner), "loop"),
-    "reptile": (
-        lambda learner: Reptile(
-            ReptileConfig(inner_lr=1e-2, inner_steps=5, eval_inner_steps=10),
-            learner,
-            torch.Generator().manual_seed(0),
-        ),
-        "vmap",  # 5 inner steps x 10 tasks: batched is faster here even on the CPU
-    ),
+NAMES = sorted(EPISODIC_ALGORITHMS)
+# Settings that learn within seconds (not the presets): outer lr 1e-2; Reptile 5 inner steps at 1e-2.
+FAST = {
+    "maml": ["algorithm.outer_lr=0.01"],
+    "fomaml": ["algorithm.outer_lr=0.01"],
+    "reptile": [
+        "algorithm.inner_lr=0.01",
+        "algorithm.inner_steps=5",
+        "algorithm.eval_inner_steps=10",
+        "model.hidden=[40, 40]",
+    ],
 }
-NAMES = list(ALGORITHMS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add contention (10x slower on a loaded 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def test_every_episodic_algorithm_has_fast_test_settings() -> None:
+    assert set(FAST) == set(EPISODIC_ALGORITHMS)
 
 
-def setup(name: str, seed: int) -> tuple[Algorithm, Params, Sinusoid, torch.Generator, str]:
-    torch.manual_seed(seed)
-    learner = Learner(build_mlp(MLPConfig(), (1,), 1), "mse")
-    make, executor = ALGORITHMS[name]
-    algo = make(learner)
-    if isinstance(algo, Reptile):
-        algo.generator.manual_seed(seed)
-    return (
-        algo,
-        algo.init_meta(learner.init_params()),
-        build_sinusoid(SinusoidConfig()),
-        torch.Generator().manual_seed(seed),
-        executor,
+def setup(name: str, seed: int, steps: int = 1) -> tuple[Parts, TrainState]:
+    spec, _ = load_spec(
+        algo=name, dataset="sinusoid", overrides=[*FAST[name], f"seed={seed}", "data.shots=5"]
     )
+    parts = build(spec, device="cpu")
+    return parts, TrainState(parts, steps)
 
 
-def train(
-    name: str, seed: int, steps: int, meta_batch: int
-) -> tuple[Algorithm, Params, list[dict[str, float]]]:
-    """A minimal episodic loop: sample, meta-step, outer optimiser step."""
-    algo, meta, data, gen, executor = setup(name, seed)
-    optimizer, scheduler = algo.outer_optimizer(meta, steps)
+def train(name: str, seed: int, steps: int, meta_batch: int) -> tuple[Parts, Params, list[dict[str, float]]]:
+    """Meta-train with the engine's own state and outer update."""
+    parts, state = setup(name, seed, steps)
     history = []
     for _ in range(steps):
-        result = algo.meta_step(meta, data.sample("train", meta_batch, gen, CPU), executor)
-        for k, p in meta.items():
-            p.grad = result.grads[k]
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        tasks = parts.dataset.sample("train", meta_batch, parts.generator, CPU)
+        result = parts.algorithm.meta_step(state.meta, tasks, "vmap")
+        outer_update(state, result.grads)
         history.append({"loss": result.loss, **result.metrics})
-    return algo, meta, history
+    return parts, state.meta, history
 
 
-def post_adaptation_mse(algo: Algorithm, meta: Params, tasks: Task) -> float:
+def post_adaptation_mse(parts: Parts, meta: Params, tasks: Task) -> float:
+    """Mean query MSE after the algorithm's evaluation adaptation, over stacked ``tasks``."""
     losses = []
     for i in range(tasks.query.x.shape[0]):
         task = task_at(tasks, i)
-        fast = algo.adapt(meta, task.support, steps=algo.cfg.eval_inner_steps)
-        losses.append(float(algo.learner.loss(fast, task.query).detach()))
+        fast = parts.algorithm.adapt(meta, task.support, steps=parts.algorithm.cfg.eval_inner_steps)
+        losses.append(float(parts.learner.loss(fast, task.query).detach()))
     return sum(losses) / len(losses)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_finite_loss_and_gradient_for_every_meta_parameter(name: str) -> None:
-    algo, meta, data, gen, executor = setup(name, 0)
-    result = algo.meta_step(meta, data.sample("train", 4, gen, CPU), executor)
+    parts, state = setup(name, 0)
+    tasks = parts.dataset.sample("train", 4, parts.generator, CPU)
+    result = parts.algorithm.meta_step(state.meta, tasks, "loop")
     assert torch.isfinite(torch.tensor(result.loss))
-    assert set(result.grads) == set(meta)
+    assert set(result.grads) == set(state.meta)
     for k, g in result.grads.items():
-        assert g.shape == meta[k].shape
+        assert g.shape == state.meta[k].shape
         assert torch.isfinite(g).all(), k
         assert g.abs().sum() > 0, k
 
@@ -115,10 +95,10 @@ def test_same_seed_same_metrics(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_short_training_lowers_query_mse(name: str) -> None:
     eval_tasks = build_sinusoid(SinusoidConfig()).sample("test", 50, torch.Generator().manual_seed(123), CPU)
-    algo, meta, _ = train(name, 0, steps=0, meta_batch=10)
-    before = post_adaptation_mse(algo, meta, eval_tasks)
-    algo, meta, _ = train(name, 0, steps=300, meta_batch=10)
-    after = post_adaptation_mse(algo, meta, eval_tasks)
+    parts, meta, _ = train(name, 0, steps=0, meta_batch=10)
+    before = post_adaptation_mse(parts, meta, eval_tasks)
+    parts, meta, _ = train(name, 0, steps=300, meta_batch=10)
+    after = post_adaptation_mse(parts, meta, eval_tasks)
     assert after < 0.5 * before, (before, after)
 
 
@@ -133,22 +113,22 @@ def test_sinusoid_shapes_and_ranges() -> None:
     assert torch.equal(tasks.query.y, again.query.y)
 
 
-def test_accuracy_only_for_classification() -> None:
+@pytest.mark.parametrize("name", NAMES)
+def test_accuracy_only_for_classification(name: str) -> None:
     torch.manual_seed(0)
     x, y = torch.randn(2, 6, 4), torch.arange(3).repeat(2, 2)
-    tasks = Task(Batch(x, y), Batch(x, y))
-    for criterion, name in (("cross_entropy", "maml"), ("mse", "reptile")):
-        out = 3 if criterion == "cross_entropy" else 1
+    for criterion, out, target in (("cross_entropy", 3, y), ("mse", 1, x[..., :1])):
         learner = Learner(build_mlp(MLPConfig(hidden=(8,)), (4,), out), criterion)  # type: ignore[arg-type]
-        algo = ALGORITHMS[name][0](learner)
-        batch = tasks if criterion == "cross_entropy" else Task(Batch(x, x[..., :1]), Batch(x, x[..., :1]))
-        metrics = algo.meta_step(algo.init_meta(learner.init_params()), batch).metrics
+        algo = EPISODIC_ALGORITHMS[name](setup(name, 0)[0].algorithm.cfg, learner)
+        tasks = Task(Batch(x, target), Batch(x, target))
+        metrics = algo.meta_step(algo.init_meta(learner.init_params()), tasks, "loop").metrics
         assert ("accuracy" in metrics) == (criterion == "cross_entropy")
         if "accuracy" in metrics:
             assert 0.0 <= metrics["accuracy"] <= 1.0
 
 
 def test_unknown_executor_names_the_choices() -> None:
-    algo, meta, data, gen, _ = setup("maml", 0)
+    parts, state = setup("maml", 0)
+    tasks = parts.dataset.sample("train", 2, parts.generator, CPU)
     with pytest.raises(SpecError, match="loop, vmap"):
-        meta_gradient(algo.task_loss, meta, data.sample("train", 2, gen, CPU), "threads")  # type: ignore[arg-type]
+        meta_gradient(parts.algorithm.task_loss, state.meta, tasks, "threads")  # type: ignore[arg-type]
