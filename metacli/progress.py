@@ -10,7 +10,6 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
-    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -18,7 +17,7 @@ from rich.progress import (
 
 
 class Reporter:
-    """Advances a progress bar (or, when quiet, logs a line every ``log_every`` units)."""
+    """A progress bar with rate and ETA; when ``quiet``, no bar and :meth:`log` prints timestamped lines."""
 
     def __init__(
         self,
@@ -37,9 +36,8 @@ class Reporter:
         if not quiet:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=20),
                 MofNCompleteColumn(),
-                TaskProgressColumn(),
                 TextColumn("{task.fields[rate]}"),
                 TimeElapsedColumn(),
                 TextColumn("eta"),

@@ -158,6 +158,10 @@ PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+# `metacli train` with no arguments: the MAML sinusoid preset, shortened to a demo of a few seconds.
+DEMO: dict[str, Any] = {"train": {"meta_iters": 2000}, "eval": {"tasks": 100}}
+
+
 def preset(algo: str, dataset: str) -> dict[str, Any]:
     """The documented preset spec (as a plain dict) for an algorithm on a dataset."""
     if dataset not in DATASET_PRESETS:
@@ -273,7 +277,7 @@ def load_spec(
     """Build a :class:`RunSpec` from a file, or a preset (``algo``, ``dataset``), or the default.
 
     Returns the validated spec and the raw dict it came from (grids are expanded from the dict).
-    With neither a path nor a preset, the embedded default (MAML on sinusoid) is used.
+    With neither a path nor a preset, the embedded default is used: MAML on sinusoid, 2,000 steps.
     """
     if path is not None and (algo or dataset):
         raise SpecError(
@@ -281,6 +285,8 @@ def load_spec(
         )
     if path is not None:
         data, source = read_yaml(path), str(path)
+    elif algo is None and dataset is None:
+        data, source = deep_update(preset("maml", "sinusoid"), DEMO), "the embedded default (MAML on sinusoid)"
     else:
         algo, dataset = algo or "maml", dataset or "sinusoid"
         data, source = preset(algo, dataset), f"the preset --algo {algo} --dataset {dataset}"

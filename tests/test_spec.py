@@ -10,9 +10,12 @@ from metacli.errors import SpecError
 from metacli.spec import RunSpec, grid_points, load_spec, parse_override, preset, spec_to_yaml, validate
 
 
-def test_default_is_maml_on_sinusoid() -> None:
+def test_default_is_a_short_maml_sinusoid_demo() -> None:
     spec, _ = load_spec()
     assert (spec.algorithm.name, spec.data.name, spec.model.name) == ("maml", "sinusoid", "mlp")
+    assert spec.train.meta_iters == 2000
+    full, _ = load_spec(algo="maml", dataset="sinusoid")
+    assert full.train.meta_iters == 70_000
 
 
 def test_override_is_parsed_as_yaml_and_applied_before_validation() -> None:
