@@ -286,7 +286,10 @@ def load_spec(
     if path is not None:
         data, source = read_yaml(path), str(path)
     elif algo is None and dataset is None:
-        data, source = deep_update(preset("maml", "sinusoid"), DEMO), "the embedded default (MAML on sinusoid)"
+        data, source = (
+            deep_update(preset("maml", "sinusoid"), DEMO),
+            "the embedded default (MAML on sinusoid)",
+        )
     else:
         algo, dataset = algo or "maml", dataset or "sinusoid"
         data, source = preset(algo, dataset), f"the preset --algo {algo} --dataset {dataset}"

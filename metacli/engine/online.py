@@ -13,7 +13,9 @@ decay; then mean CE and accuracy on the task's test images. Records also carry t
 
 The LTM needs Σ_t t = T(T+1)/2 fine-tune-and-test evaluations, so :func:`finetune_and_test` evaluates many
 tasks at once: ``torch.func.vmap`` over tasks (shared parameters, per-task data, per-task clipping), in
-chunks; for :class:`~metacli.engine.models.mlp.MLP` an exact Gram-matrix path (:mod:`.online_fast`).
+chunks; for :class:`~metacli.engine.models.mlp.MLP` an exact Gram-matrix path (:mod:`.online_fast`), whose
+data-only Gram matrices :func:`run_online` computes once per stream (:class:`~.online_fast.StreamGram`) and
+which evaluates all of a round's (lr, steps) variants from one first-layer product.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from torch import Tensor
 
 from metacli.engine.functional import Learner, clip_by_global_norm, sgd_step
-from metacli.engine.online_fast import fast_path_applies, mlp_finetune_and_test
+from metacli.engine.online_fast import StreamGram, fast_path_applies, mlp_finetune_and_test_many
 from metacli.engine.types import Batch, OnlineStream, Params
 
 S = TypeVar("S")
@@ -88,6 +90,32 @@ def finetune_and_test_vmap(
     return torch.cat(losses), torch.cat(accs)
 
 
+def finetune_and_test_many(
+    learner: Learner,
+    params: Params,
+    stream: OnlineStream,
+    task_ids: Tensor,
+    variants: Sequence[tuple[float, int]],
+    clip_norm: float,
+    fast: bool = True,
+    cache: StreamGram | None = None,
+) -> list[tuple[Tensor, Tensor]]:
+    """Per-task (test loss, test accuracy) of U_eval(params) for each (lr, steps) in ``variants``.
+
+    With ``fast`` and an MLP learner the exact Gram-matrix path is used (tested equal to the vmap path);
+    ``cache`` (a :class:`StreamGram` of ``stream``, used only by that path) spares recomputing the Gram
+    matrices on every call.
+    """
+    params = {k: v.detach() for k, v in params.items()}
+    with torch.no_grad():
+        if fast and fast_path_applies(learner):
+            return mlp_finetune_and_test_many(learner, params, stream, task_ids, variants, clip_norm, cache)
+        return [
+            finetune_and_test_vmap(learner, params, stream, task_ids, lr, steps, clip_norm)
+            for lr, steps in variants
+        ]
+
+
 def finetune_and_test(
     learner: Learner,
     params: Params,
@@ -97,25 +125,30 @@ def finetune_and_test(
     steps: int,
     clip_norm: float,
     fast: bool = True,
+    cache: StreamGram | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-task (test loss, test accuracy) of U_eval(params) for every task in ``task_ids`` at once.
 
-    With ``fast`` and an MLP learner the exact Gram-matrix path is used (tested equal to the vmap path).
+    One variant of :func:`finetune_and_test_many`.
     """
-    params = {k: v.detach() for k, v in params.items()}
-    with torch.no_grad():
-        if fast and fast_path_applies(learner):
-            return mlp_finetune_and_test(learner, params, stream, task_ids, lr, steps, clip_norm)
-        return finetune_and_test_vmap(learner, params, stream, task_ids, lr, steps, clip_norm)
+    return finetune_and_test_many(learner, params, stream, task_ids, [(lr, steps)], clip_norm, fast, cache)[0]
 
 
 def _evaluate(
-    algo: OnlineAlgorithm[Any], learner: Learner, stream: OnlineStream, params: Params, task_ids: Tensor
+    algo: OnlineAlgorithm[Any],
+    learner: Learner,
+    stream: OnlineStream,
+    params: Params,
+    task_ids: Tensor,
+    cache: StreamGram | None,
 ) -> dict[str, float]:
     """Mean loss and accuracy over ``task_ids`` for each evaluation variant, keyed loss{sfx}, acc{sfx}."""
+    variants = algo.eval_variants
+    got = finetune_and_test_many(
+        learner, params, stream, task_ids, list(variants.values()), algo.eval_clip_norm, cache=cache
+    )
     out: dict[str, float] = {}
-    for sfx, (lr, steps) in algo.eval_variants.items():
-        loss, acc = finetune_and_test(learner, params, stream, task_ids, lr, steps, algo.eval_clip_norm)
+    for sfx, (loss, acc) in zip(variants, got, strict=True):
         out[f"loss{sfx}"], out[f"acc{sfx}"] = float(loss.mean()), float(acc.mean())
     return out
 
@@ -171,15 +204,16 @@ def run_online(
     state = algo.init_state(theta0) if state is None else state
     sums = _sums_from(prior)
     t_start = time.perf_counter() - (float(prior[-1]["wall_time"]) if prior else 0.0)
+    cache = StreamGram(stream)  # data-only Gram matrices, computed at the first fast-path evaluation
     for t in range(start_round, stream.train.x.shape[0]):
         current = torch.tensor([t])
         if not algo.ctm_after_update:
-            ctm = _evaluate(algo, learner, stream, algo.eval_model(state), current)
+            ctm = _evaluate(algo, learner, stream, algo.eval_model(state), current, cache)
         state = algo.round(state, t, stream, generator)
         if algo.ctm_after_update:
-            ctm = _evaluate(algo, learner, stream, algo.eval_model(state), current)
+            ctm = _evaluate(algo, learner, stream, algo.eval_model(state), current, cache)
         if ltm:
-            ltm_vals = _evaluate(algo, learner, stream, algo.eval_model(state), torch.arange(t + 1))
+            ltm_vals = _evaluate(algo, learner, stream, algo.eval_model(state), torch.arange(t + 1), cache)
         else:
             ltm_vals = {k: float("nan") for k in ctm}
         rec = _record(t + 1, ctm, ltm_vals, sums)

@@ -21,7 +21,13 @@ from metacli.engine.algorithms.online_baselines import (
 )
 from metacli.engine.functional import Learner, tensor_bytes
 from metacli.engine.models.mlp import MLP
-from metacli.engine.online import finetune_and_test, finetune_and_test_vmap, run_online
+from metacli.engine.online import (
+    finetune_and_test,
+    finetune_and_test_many,
+    finetune_and_test_vmap,
+    run_online,
+)
+from metacli.engine.online_fast import StreamGram
 from metacli.engine.types import Batch, OnlineStream, Params
 
 N_TASKS, N_TRAIN, N_TEST, N_CLS = 6, 20, 5, 3
@@ -40,9 +46,9 @@ def make_stream(dtype: torch.dtype = torch.float64, n_tasks: int = N_TASKS, seed
     return OnlineStream(train, test, N_CLS)
 
 
-def make_learner(dtype: torch.dtype = torch.float64) -> Learner:
+def make_learner(dtype: torch.dtype = torch.float64, hidden: tuple[int, ...] = (8,)) -> Learner:
     torch.manual_seed(1)
-    return Learner(MLP(16, (8,), N_CLS).to(dtype), "cross_entropy")
+    return Learner(MLP(16, hidden, N_CLS).to(dtype), "cross_entropy")
 
 
 def loop_reference(
@@ -66,9 +72,12 @@ def loop_reference(
     return torch.stack(losses), torch.stack(accs), n_clipped
 
 
+@pytest.mark.parametrize("hidden", [(8,), (8, 6)])
 @pytest.mark.parametrize("steps,lr,clip", [(1, 0.1, 3.0), (5, 0.5, 0.3), (1, 1.0, 0.05)])
-def test_finetune_and_test_batched_equals_loop(steps: int, lr: float, clip: float) -> None:
-    stream, learner = make_stream(), make_learner()
+def test_finetune_and_test_batched_equals_loop(
+    steps: int, lr: float, clip: float, hidden: tuple[int, ...]
+) -> None:
+    stream, learner = make_stream(), make_learner(hidden=hidden)
     params = learner.init_params()
     ids = [0, 2, 3, 5]
     want_loss, want_acc, n_clipped = loop_reference(learner, params, stream, ids, lr, steps, clip)
@@ -89,6 +98,26 @@ def test_fast_path_equals_vmap_path_float32() -> None:
         slow = finetune_and_test_vmap(learner, params, stream, ids, 0.5, steps, 0.5)
         fast = finetune_and_test(learner, params, stream, ids, 0.5, steps, 0.5, fast=True)
         torch.testing.assert_close(fast[0], slow[0], rtol=1e-5, atol=1e-5)
+
+
+def test_fast_path_cache_and_shared_variants() -> None:
+    """The per-stream Gram cache and the shared trajectory of same-lr variants change no result."""
+    stream, learner = make_stream(n_tasks=9), make_learner()
+    cache = StreamGram(stream)
+    variants = [(0.5, 5), (0.5, 1), (0.2, 2), (0.5, 0)]
+    theta0 = learner.init_params()
+    theta1 = {k: v + 0.1 * torch.randn_like(v) for k, v in theta0.items()}
+    cases = ((theta0, torch.arange(4)), (theta1, torch.arange(9)), (theta1, torch.tensor([7, 1, 3])))
+    for params, ids in cases:  # two models; contiguous and gathered task ids
+        with_cache = finetune_and_test_many(learner, params, stream, ids, variants, 0.5, cache=cache)
+        for (lr, steps), (loss, acc) in zip(variants, with_cache, strict=True):
+            alone = finetune_and_test(learner, params, stream, ids, lr, steps, 0.5)
+            want = finetune_and_test_vmap(learner, params, stream, ids, lr, steps, 0.5)
+            torch.testing.assert_close(loss, alone[0], rtol=0, atol=1e-12)
+            torch.testing.assert_close(acc, alone[1], rtol=0, atol=0)
+            torch.testing.assert_close(loss, want[0], rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="another stream"):
+        finetune_and_test(learner, theta0, make_stream(seed=1), torch.arange(2), 0.1, 1, 3.0, cache=cache)
 
 
 def run_rounds(algo: Any, stream: OnlineStream, learner: Learner, n: int, seed: int = 0) -> list[Any]:
