@@ -423,7 +423,10 @@ def plot_runs(folder: Path, out: Path) -> list[Path]:
     """
     all_runs = load_runs(Path(folder))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot write figures to {out}: {e}. Pass --out a writable folder.") from None
     style = make_style(all_runs)
     written: list[Path] = []
     with matplotlib.rc_context(STYLE):

@@ -93,7 +93,13 @@ def read_spec_dict(run_dir: Path) -> dict[str, Any]:
             f"{run_dir} is not a metacli run directory: it has no {SPEC_FILE}. "
             "Pass a folder written by 'metacli train'."
         )
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RunDirError(
+            f"{path} is not readable YAML ({type(e).__name__}: {e}). It was damaged or edited by hand: "
+            "restore it from the spec you trained, or re-run 'metacli train'."
+        ) from None
     if not isinstance(data, dict):
         raise RunDirError(f"{path} does not hold a mapping; re-run 'metacli train' to rewrite it.")
     version = data.get("schema_version")
@@ -155,15 +161,27 @@ class MetricsLog:
 def staged_run_dir(final: Path) -> Iterator[Path]:
     """Create a run directory so that a failure before the first checkpoint leaves nothing behind.
 
-    Yields the final path, created fresh. If the body raises before completing, the directory is
-    removed again unless it already held a checkpoint (then it is a resumable partial run).
+    Yields the final path, created fresh (or an existing empty folder). If the body raises before
+    completing, what it wrote is removed again unless it already held a checkpoint (then it is a resumable
+    partial run); a folder the user made beforehand is kept, emptied.
     """
-    final.mkdir(parents=True, exist_ok=True)
+    created = not final.exists()
+    try:
+        final.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create the run directory {final}: {e}. Pass a writable --out.") from None
     try:
         yield final
     except BaseException:
         if not checkpoint_path(final).exists():
-            shutil.rmtree(final, ignore_errors=True)
+            if created:
+                shutil.rmtree(final, ignore_errors=True)
+            else:
+                for child in final.iterdir():
+                    if child.is_dir():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink()
         raise
 
 

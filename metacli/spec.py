@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -119,6 +120,14 @@ class RunSpec(BaseModel):
             raise ValueError(
                 f"online.rounds ({self.online.rounds}) exceeds the stream's data.tasks ({tasks})."
             )
+        per_task = getattr(self.data, "train_per_task", None)
+        need = getattr(self.algorithm, "support_query_images", None)
+        if per_task is not None and need is not None and need > per_task:
+            raise ValueError(
+                f"data.tasks = {tasks} leaves {per_task} training images per task, but each outer step of "
+                f"'{self.algorithm.name}' draws a support and a disjoint query batch of "
+                f"algorithm.batch_size each ({need} images). Use fewer tasks or a smaller batch_size."
+            )
         return self
 
     @property
@@ -129,8 +138,13 @@ class RunSpec(BaseModel):
 
 # Per-dataset defaults; per-(algorithm, dataset) settings from the papers (maml_family.md §2.8, moml.md §7).
 DATASET_PRESETS: dict[str, dict[str, Any]] = {
-    "sinusoid": {"model": {"name": "mlp", "hidden": [40, 40]}, "data": {"name": "sinusoid", "shots": 5}},
-    "smnist": {"model": {"name": "mlp", "hidden": [200]}, "data": {"name": "smnist"}},
+    # query = K points, as the MAML code draws 2K points per task (maml_family.md §2.8)
+    "sinusoid": {
+        "model": {"name": "mlp", "hidden": [40, 40]},
+        "data": {"name": "sinusoid", "shots": 5, "queries": 5},
+    },
+    # Seed 17: torch.manual_seed(17) before building mnist_2NN gives the official code's θ₀ (moml.md §7.2).
+    "smnist": {"model": {"name": "mlp", "hidden": [200]}, "data": {"name": "smnist"}, "seed": 17},
 }
 PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # vmap: ~10x the loop's tasks/s for the 40-40 MLP on a CPU (benchmarks/bench_executors.py).
@@ -148,9 +162,9 @@ PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "threads": 1,
     },
     ("reptile", "sinusoid"): {
-        # Reptile's sine setup: MLP 64-64, 10 points, 32 inner steps (Nichol et al. 2018).
+        # Reptile's sine setup: MLP 64-64, 10 points, phase U[0, 2π], 32 inner steps (Nichol et al. 2018).
         "model": {"name": "mlp", "hidden": [64, 64]},
-        "data": {"name": "sinusoid", "shots": 10},
+        "data": {"name": "sinusoid", "shots": 10, "queries": 10, "phase": [0.0, 2 * math.pi]},
         "train": {"meta_batch": 5, "executor": "vmap"},
         "eval": {"inner_steps": [1, 32]},
         "threads": 1,

@@ -18,9 +18,15 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 class ScalarWriter:
     """Writes ``tag -> value`` scalars at a global step into ``logdir``."""
 
-    def __init__(self, logdir: Path) -> None:
+    def __init__(self, logdir: Path, purge_step: int | None = None) -> None:
+        """``purge_step``: on resume, the first step to be written again. A ``SessionLog.START`` event at
+        that step makes TensorBoard drop the earlier files' events from that step on, which a killed run
+        wrote after its last checkpoint, so no step shows twice."""
         logdir.mkdir(parents=True, exist_ok=True)
         self._writer = EventFileWriter(str(logdir))
+        if purge_step is not None:
+            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=purge_step, session_log=start))
 
     def add_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         """Write every scalar of one step as one event."""

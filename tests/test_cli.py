@@ -65,6 +65,50 @@ def test_resume_continues_to_the_same_result(tmp_path: Path) -> None:
     assert a[-1]["query_loss"] == pytest.approx(b[-1]["query_loss"], rel=1e-6)
 
 
+def test_resume_after_a_kill_shows_each_step_once_in_tensorboard(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from metacli.tb import ScalarWriter
+
+    run = tmp_path / "run"
+    assert invoke("train", "--out", str(run), *TINY[:-1], "--set", "train.meta_iters=3", "--quiet")[0] == 0
+    # a run killed after its step-3 checkpoint had already logged step 4
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 4, "query_loss": 999.0}) + "\n")
+    orphan = ScalarWriter(run)
+    orphan.add_scalars(4, {"query_loss": 999.0})
+    orphan.close()
+    spec = (run / "spec.yaml").read_text().replace("meta_iters: 3", "meta_iters: 6")
+    (run / "spec.yaml").write_text(spec)
+    code, out = invoke("train", "--resume", str(run), "--quiet")
+    assert code == 0, out
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 3, 4, 6] and rows[2]["query_loss"] != 999.0
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    events = acc.Scalars("query_loss")
+    assert [e.step for e in events] == [2, 3, 4, 6]
+    assert events[2].value == pytest.approx(rows[2]["query_loss"], rel=1e-6)
+
+
+def test_damaged_run_directories_exit_2_without_traceback(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert invoke("train", "--out", str(run), *TINY)[0] == 0
+    (run / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    code, out = invoke("train", "--resume", str(run), "--quiet")
+    assert code == 2 and "cannot be read" in out and "damaged" in out and "Traceback" not in out
+    (run / "spec.yaml").write_text("algorithm: {name: maml\n")
+    code, out = invoke("evaluate", str(run), "--quiet")
+    assert code == 2 and "spec.yaml" in out and "YAML" in out and "Traceback" not in out
+
+
+def test_evaluate_refuses_too_few_tasks(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert invoke("train", "--out", str(run), *TINY)[0] == 0
+    code, out = invoke("evaluate", str(run), "--tasks", "1", "--quiet")
+    assert code == 2 and "--tasks 1" in out and "tasks" in out and not (run / "eval.json").exists()
+
+
 def test_evaluate_writes_mean_ci_and_n(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert invoke("train", "--out", str(run), *TINY)[0] == 0
@@ -113,6 +157,18 @@ def test_existing_run_dir_is_never_overwritten(tmp_path: Path) -> None:
     (run / "keep.txt").write_text("x")
     code, out = invoke("train", "--out", str(run), *TINY)
     assert code == 2 and "--resume" in out and (run / "keep.txt").read_text() == "x"
+
+
+def test_unwritable_out_and_a_failed_run_in_the_users_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    code, out = invoke("train", "--out", str(tmp_path / "file" / "run"), *TINY)
+    assert code == 2 and "cannot create the run directory" in out and "Traceback" not in out
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    code, out = invoke("train", "--out", str(mine), "--set", "algorithm.alpha=-1", *TINY)
+    assert code == 2
+    code, out = invoke("train", "--out", str(mine), "--device", "cuda:99", *TINY)
+    assert code == 2 and mine.is_dir() and not list(mine.iterdir())  # kept, and left empty
 
 
 def test_resume_and_evaluate_of_a_missing_run(tmp_path: Path) -> None:

@@ -120,6 +120,18 @@ def test_folder_without_online_runs_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_out_that_is_a_file_is_a_clear_error(runs_folder: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from metacli.cli import app
+
+    blocker = tmp_path / "figures"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(app, ["plot", str(runs_folder), "--out", str(blocker)])
+    assert result.exit_code == 2 and "cannot write figures" in result.output
+    assert "Traceback" not in result.output and blocker.read_text() == "not a folder"
+
+
 def test_hedge_and_plot_never_import_torch() -> None:
     code = "import metacli.hedge, metacli.plot, sys; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

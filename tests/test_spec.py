@@ -43,6 +43,13 @@ def test_protocol_mismatch_is_an_error() -> None:
         load_spec(algo="moml", dataset="sinusoid")
 
 
+def test_too_many_tasks_for_a_support_and_query_batch_is_an_error() -> None:
+    assert load_spec(algo="moml", dataset="smnist", overrides=["data.tasks=2000"])[0].data.tasks == 2000
+    with pytest.raises(SpecError, match="leaves 6 training images per task"):
+        load_spec(algo="moml", dataset="smnist", overrides=["data.tasks=10000"])
+    assert load_spec(algo="toe", dataset="smnist", overrides=["data.tasks=10000"])[0].data.tasks == 10000
+
+
 def test_unknown_dataset_preset() -> None:
     with pytest.raises(SpecError, match="Unknown dataset 'imagenet'"):
         preset("maml", "imagenet")

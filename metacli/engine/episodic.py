@@ -62,6 +62,10 @@ class TrainState:
             self.step = int(checkpoint["step"])
             parts.generator.set_state(checkpoint["generator"])
             torch.set_rng_state(checkpoint["torch_rng"])
+            cuda_rng = checkpoint.get("cuda_rng")  # only restorable on a machine with as many GPUs
+            if cuda_rng is not None and torch.cuda.is_available():
+                if len(cuda_rng) == torch.cuda.device_count():
+                    torch.cuda.set_rng_state_all(cuda_rng)
         self.meta = leaf_params(meta)
         self.optimizer, self.scheduler = algo.outer_optimizer(self.meta, total_steps)
         if checkpoint is not None:

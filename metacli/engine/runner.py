@@ -36,7 +36,7 @@ class RunLogger:
     def __init__(self, run_dir: Path, key: str, resume_from: int | None) -> None:
         self.key = key
         self.metrics = MetricsLog(run_dir, truncate_after=resume_from, key=key)
-        self.tb = ScalarWriter(run_dir)
+        self.tb = ScalarWriter(run_dir, purge_step=None if resume_from is None else resume_from + 1)
 
     def __call__(self, index: int, row: dict[str, float]) -> None:
         self.metrics.write({self.key: index, **row})
@@ -120,14 +120,16 @@ def evaluate_run(
     run_dir: Path, device: str | None = None, tasks: int | None = None, quiet: bool = False
 ) -> dict[str, Any]:
     """Meta-test the checkpoint of an episodic run; writes and returns ``eval.json``."""
-    spec = validate(read_spec_dict(run_dir), str(run_dir / SPEC_FILE))
+    raw = read_spec_dict(run_dir)
+    if tasks is not None:  # validated like the spec's own eval.tasks (at least 2 for a confidence interval)
+        raw = {**raw, "eval": {**raw.get("eval", {}), "tasks": tasks}}
+    source = str(run_dir / SPEC_FILE) + (f" with --tasks {tasks}" if tasks is not None else "")
+    spec = validate(raw, source)
     if spec.is_online:
         raise RunDirError(
             f"{run_dir} is an online run ({spec.algorithm.name}): its CTM/LTM evaluation is part of "
             "training (see metrics.jsonl); use 'metacli hedge' or 'metacli plot' on it instead."
         )
-    if tasks is not None:
-        spec = spec.model_copy(update={"eval": spec.eval.model_copy(update={"tasks": tasks})})
     ckpt = checkpoint_path(run_dir)
     if not ckpt.is_file():
         raise RunDirError(f"{run_dir} has no checkpoint ({ckpt}); train it first with 'metacli train'.")

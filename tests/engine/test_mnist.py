@@ -233,6 +233,43 @@ def test_all_mirrors_fail_lists_each(server: tuple[str, Path], tmp_path: Path) -
     assert _leftovers(tmp_path) == ["served"]
 
 
+class _CutOffHandler(http.server.BaseHTTPRequestHandler):
+    """Promises 1000 bytes, sends 10, then hangs up: a connection lost mid-download."""
+
+    def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b"x" * 10)
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
+        """Keep pytest output clean."""
+
+
+def test_connection_cut_mid_body_falls_through_and_leaves_nothing(
+    server: tuple[str, Path], tmp_path: Path
+) -> None:
+    base, served = server
+    (served / "x").write_bytes(b"payload")
+    cut = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CutOffHandler)
+    thread = threading.Thread(target=cut.serve_forever, daemon=True)
+    thread.start()
+    try:
+        cut_url = f"http://127.0.0.1:{cut.server_address[1]}/x"
+        dest = tmp_path / "x"
+        with pytest.raises(DataError, match="connection closed after 10 of 1000 bytes"):
+            download([cut_url], dest, hashlib.sha256(b"payload").hexdigest(), progress=False)
+        assert _leftovers(tmp_path) == ["served"]
+        download([cut_url, f"{base}x"], dest, hashlib.sha256(b"payload").hexdigest(), progress=False)
+        assert dest.read_bytes() == b"payload"
+    finally:
+        cut.shutdown()
+        cut.server_close()
+        thread.join(timeout=5)
+
+
 # --- (d) no server / download off: one clear paragraph naming the four files ---------------------------
 
 

@@ -1,19 +1,22 @@
-"""MOML's round against a hand computation (softmax regression, float64, explicit formulas).
+"""MOML's, B-MOML's, FTML's and TOE's rounds against hand computations (softmax regression, float64).
 
-The expected θ, λ, ω are computed with closed-form gradients and Hessian-vector products of the
-linear softmax cross-entropy, independent of the MOML code path and of autograd. Only the support /
-query draws are reproduced with the same generator seed (``randperm`` of the train set, first B = S,
-next B = Q, one draw per outer step).
+The expected θ, λ, ω (and B-MOML's buffer) are computed with closed-form gradients and Hessian-vector
+products of the linear softmax cross-entropy, independent of the algorithms' code and of autograd. Only
+the random draws are reproduced with the same generator seed, in the documented order: the buffer slot,
+then per outer step the task index and a ``randperm`` of its train set (first B = S, next B = Q).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
-from metacli.engine.algorithms.moml import MOML, MOMLConfig
+from metacli.engine.algorithms.moml import BMOML, MOML, BMOMLConfig, MetaSGDConfig, MOMLConfig
+from metacli.engine.algorithms.online_baselines import FTML, TOE, FTMLConfig, TOEConfig
 from metacli.engine.functional import Learner
-from metacli.engine.types import Batch, OnlineStream
+from metacli.engine.types import Batch, OnlineStream, Params
 
 DT = torch.float64
 
@@ -36,56 +39,159 @@ def _hvp(w: Tensor, b: Tensor, x: Tensor, vw: Tensor, vb: Tensor) -> tuple[Tenso
     return r.T @ x, r.sum(0)
 
 
-def _hand_round(
-    theta: list[Tensor], lam: list[Tensor], omega: list[Tensor], x: Tensor, y: Tensor,
-    cfg: MOMLConfig, gen: torch.Generator, clips: list[float],
-) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:  # fmt: skip
-    eta, wd, a, n_b = cfg.inner_lr, cfg.weight_decay, cfg.alpha, cfg.batch_size
+def _hand_meta_grad(
+    w: Tensor, b: Tensor, x: Tensor, y: Tensor, s: Tensor, q: Tensor, cfg: MetaSGDConfig
+) -> tuple[Tensor, Tensor]:
+    """∇_θ CE(U(θ; S); Q) for one inner step: dφ/dθ = (1 − η wd) I − η H_S(θ), applied to g_Q(φ)."""
+    eta, wd = cfg.inner_lr, cfg.weight_decay
+    gsw, gsb = _grad(w, b, x[s], y[s])
+    pw, pb = w - eta * (gsw + wd * w), b - eta * (gsb + wd * b)  # φ = U(θ; S)
+    gqw, gqb = _grad(pw, pb, x[q], y[q])
+    hw, hb = _hvp(w, b, x[s], gqw, gqb)
+    return (1 - eta * wd) * gqw - eta * hw, (1 - eta * wd) * gqb - eta * hb
+
+
+def _clipped_sgd(
+    w: Tensor, b: Tensor, gw: Tensor, gb: Tensor, clip: float, lr: float, wd: float, clips: list[float]
+) -> tuple[Tensor, Tensor]:
+    """θ ← θ − lr (c g + wd θ), c = min(1, clip / (‖g‖ + 1e-6)) (PyTorch's clip_grad_norm_ then SGD)."""
+    c = min(1.0, clip / (float(torch.sqrt((gw**2).sum() + (gb**2).sum())) + 1e-6))
+    clips.append(c)
+    return w - lr * (c * gw + wd * w), b - lr * (c * gb + wd * b)
+
+
+def _hand_meta_sgd(
+    theta: list[Tensor], stream: OnlineStream, draw_task: Callable[[], int], cfg: MetaSGDConfig,
+    gen: torch.Generator, reg: tuple[list[Tensor], list[Tensor], float] | None, clips: list[float],
+) -> list[Tensor]:  # fmt: skip
+    """K outer steps; each draws its task, then (S, Q) = the first 2B of a randperm of its train set."""
     w, b = theta
+    n_b = cfg.batch_size
     for _ in range(cfg.K):
+        t = draw_task()
+        x, y = stream.train.x[t], stream.train.y[t]
         perm = torch.randperm(x.shape[0], generator=gen)
-        s, q = perm[:n_b], perm[n_b : 2 * n_b]
-        gsw, gsb = _grad(w, b, x[s], y[s])
-        pw, pb = w - eta * (gsw + wd * w), b - eta * (gsb + wd * b)  # φ = U(θ; S)
-        gqw, gqb = _grad(pw, pb, x[q], y[q])
-        hw, hb = _hvp(w, b, x[s], gqw, gqb)  # dφ/dθ = (1 − η wd) I − η H_S(θ)
-        gw = (1 - eta * wd) * gqw - eta * hw - lam[0] + a * (w - omega[0])
-        gb = (1 - eta * wd) * gqb - eta * hb - lam[1] + a * (b - omega[1])
-        norm = torch.sqrt((gw**2).sum() + (gb**2).sum())
-        c = min(1.0, cfg.clip_norm / (float(norm) + 1e-6))
-        clips.append(c)
-        w, b = w - cfg.outer_lr * (c * gw + wd * w), b - cfg.outer_lr * (c * gb + wd * b)
-    new_lam = [lam[0] - a * (w - omega[0]), lam[1] - a * (b - omega[1])]
-    new_omega = [0.5 * (th + om) - la / (2 * a) for th, om, la in zip((w, b), omega, new_lam, strict=True)]
-    return [w, b], new_lam, new_omega
+        gw, gb = _hand_meta_grad(w, b, x, y, perm[:n_b], perm[n_b : 2 * n_b], cfg)
+        if reg is not None:
+            lam, omega, a = reg
+            gw, gb = gw - lam[0] + a * (w - omega[0]), gb - lam[1] + a * (b - omega[1])
+        w, b = _clipped_sgd(w, b, gw, gb, cfg.clip_norm, cfg.outer_lr, cfg.weight_decay, clips)
+    return [w, b]
 
 
-def test_moml_two_rounds_match_hand_computation() -> None:
+def _hand_state_update(
+    theta: list[Tensor], lam: list[Tensor], omega: list[Tensor], a: float
+) -> tuple[list[Tensor], list[Tensor]]:
+    """λ ← λ − α(θ − ω); ω ← ½(θ + ω) − λ/(2α), with the new λ."""
+    new_lam = [la - a * (th - om) for th, la, om in zip(theta, lam, omega, strict=True)]
+    new_omega = [0.5 * (th + om) - la / (2 * a) for th, om, la in zip(theta, omega, new_lam, strict=True)]
+    return new_lam, new_omega
+
+
+def _setup(n_t: int) -> tuple[OnlineStream, Learner, list[Tensor]]:
     torch.manual_seed(3)
-    n_t, n_in, n_cls = 2, 6, 3
+    n_in, n_cls = 6, 3
     stream = OnlineStream(
         Batch(torch.randn(n_t, 20, n_in, dtype=DT) * 2, torch.randint(n_cls, (n_t, 20))),
         Batch(torch.randn(n_t, 5, n_in, dtype=DT), torch.randint(n_cls, (n_t, 5))),
         n_cls,
     )
     learner = Learner(nn.Linear(n_in, n_cls).to(DT), "cross_entropy")
+    theta0 = learner.init_params()
+    return stream, learner, [theta0["weight"], theta0["bias"]]
+
+
+def _assert_params(got: Params, want: list[Tensor]) -> None:
+    torch.testing.assert_close(got["weight"], want[0], rtol=0, atol=1e-10)
+    torch.testing.assert_close(got["bias"], want[1], rtol=0, atol=1e-10)
+
+
+def _randint(gen: torch.Generator, n: int) -> int:
+    return int(torch.randint(n, (1,), generator=gen).item())
+
+
+def test_moml_two_rounds_match_hand_computation() -> None:
+    stream, learner, theta = _setup(2)
     cfg = MOMLConfig(K=4, inner_lr=0.5, alpha=5.0, clip_norm=0.8)
     algo = MOML(cfg, learner)
-    theta0 = learner.init_params()
-    state = algo.init_state(theta0)
-    gen = torch.Generator().manual_seed(11)
-    hand_gen = torch.Generator().manual_seed(11)
-    theta = [theta0["weight"], theta0["bias"]]
-    lam = [torch.zeros_like(t) for t in theta]
-    omega = list(theta)
+    state = algo.init_state(learner.init_params())
+    gen, hand_gen = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    lam, omega = [torch.zeros_like(t) for t in theta], list(theta)
     clips: list[float] = []
-    for t in range(n_t):
+    for t in range(2):
         state = algo.round(state, t, stream, gen)
-        theta, lam, omega = _hand_round(
-            theta, lam, omega, stream.train.x[t], stream.train.y[t], cfg, hand_gen, clips
-        )
+        theta = _hand_meta_sgd(theta, stream, lambda t=t: t, cfg, hand_gen, (lam, omega, cfg.alpha), clips)
+        lam, omega = _hand_state_update(theta, lam, omega, cfg.alpha)
         for got, want in zip((state.theta, state.lam, state.omega), (theta, lam, omega), strict=True):
-            torch.testing.assert_close(got["weight"], want[0], rtol=0, atol=1e-10)
-            torch.testing.assert_close(got["bias"], want[1], rtol=0, atol=1e-10)
+            _assert_params(got, want)
     assert min(clips) < 1.0 < max(clips) + 1e-12  # clipping active in some steps, not in all
     assert float(torch.linalg.vector_norm(state.lam["weight"])) > 1e-3
+
+
+def test_bmoml_rounds_match_hand_computation_with_random_buffer() -> None:
+    stream, learner, theta = _setup(5)
+    cfg = BMOMLConfig(K=3, inner_lr=0.5, alpha=2.0, clip_norm=0.8, buffer_size=2)
+    algo = BMOML(cfg, learner)
+    state = algo.init_state(learner.init_params())
+    gen, hand_gen = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    lam, omega = [torch.zeros_like(t) for t in theta], list(theta)
+    buffer: list[int] = []
+    clips: list[float] = []
+    kept_older = False
+    for t in range(5):
+        state = algo.round(state, t, stream, gen)
+        if len(buffer) < 2:  # append until full, then the current task overwrites a random slot
+            buffer.append(t)
+        else:
+            buffer[_randint(hand_gen, 2)] = t
+        draw = lambda: buffer[_randint(hand_gen, len(buffer))]  # noqa: E731
+        theta = _hand_meta_sgd(theta, stream, draw, cfg, hand_gen, (lam, omega, cfg.alpha), clips)
+        lam, omega = _hand_state_update(theta, lam, omega, cfg.alpha)
+        assert list(state.buffer) == buffer
+        kept_older |= set(buffer) != {t - 1, t}
+        for got, want in zip((state.theta, state.lam, state.omega), (theta, lam, omega), strict=True):
+            _assert_params(got, want)
+    assert kept_older  # the random policy kept an older task in some round (not a sliding window)
+
+
+def test_ftml_rounds_match_hand_computation() -> None:
+    stream, learner, theta = _setup(4)
+    cfg = FTMLConfig(K=3, inner_lr=0.5, clip_norm=0.8)
+    algo = FTML(cfg, learner)
+    state = algo.init_state(learner.init_params())
+    gen, hand_gen = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    drawn: list[int] = []
+    clips: list[float] = []
+    for t in range(4):
+
+        def draw(t: int = t) -> int:  # uniform over all seen tasks 0..t
+            drawn.append(_randint(hand_gen, t + 1))
+            return drawn[-1]
+
+        state = algo.round(state, t, stream, gen)
+        theta = _hand_meta_sgd(theta, stream, draw, cfg, hand_gen, None, clips)
+        _assert_params(state.theta, theta)
+    assert len(set(drawn)) > 2  # steps really drew past tasks
+
+
+def test_toe_rounds_match_hand_sgd_on_pooled_data() -> None:
+    stream, learner, theta0 = _setup(3)
+    cfg = TOEConfig(K=5, clip_norm=0.5, batch_size=8)
+    algo = TOE(cfg, learner)
+    state = algo.init_state(learner.init_params())
+    gen, hand_gen = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    clips: list[float] = []
+    for t in range(3):
+        state = algo.round(state, t, stream, gen)
+        x, y = stream.train.x[: t + 1].flatten(0, 1), stream.train.y[: t + 1].flatten(0, 1)
+        w, b = theta0  # re-initialised every round
+        batches: list[Tensor] = []
+        while len(batches) < cfg.K:  # a reshuffled pass over the pool, the incomplete last batch dropped
+            perm = torch.randperm(x.shape[0], generator=hand_gen)
+            full = x.shape[0] // cfg.batch_size * cfg.batch_size
+            batches += list(perm[:full].split(cfg.batch_size))
+        for idx in batches[: cfg.K]:
+            gw, gb = _grad(w, b, x[idx], y[idx])
+            w, b = _clipped_sgd(w, b, gw, gb, cfg.clip_norm, cfg.lr, cfg.weight_decay, clips)
+        _assert_params(state.theta, [w, b])
+    assert min(clips) < 1.0

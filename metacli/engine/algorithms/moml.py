@@ -52,9 +52,17 @@ class MetaSGDConfig(BaseModel):
     """learning_rate_ft: inner and evaluation fine-tune lr (grid {0.1, 0.01}; default 0.01, the only
     value the released main.py actually runs for MOML, moml.md §6 fault 5)."""
     inner_steps: int = Field(1, ge=1)
-    """num_grad_step: inner and evaluation fine-tune steps (grid {1, 5}; default 1)."""
+    """num_grad_step: inner and evaluation fine-tune steps (grid {1, 5}; default 1). As in the official
+    code, training adapts on a support batch of batch_size images with weight decay and no clipping,
+    while the CTM/LTM evaluation adapts full-batch on all of a task's train images with clipping and no
+    weight decay (moml.md §10 item 5)."""
     batch_size: int = Field(10, ge=1)
     """Size of the support batch and of the disjoint query batch (10)."""
+
+    @property
+    def support_query_images(self) -> int:
+        """Images one outer step draws from a task: a support batch and a disjoint query batch."""
+        return 2 * self.batch_size
 
     def eval_variants(self) -> dict[str, tuple[float, int]]:
         """Evaluation fine-tune (lr, steps) per metric-key suffix: the training inner loop's (§5.1)."""

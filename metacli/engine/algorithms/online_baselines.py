@@ -133,7 +133,9 @@ class _ScratchConfig(BaseModel):
     eval_steps: tuple[int, int] = (1, 5)
     """Step counts of the two fine-tuned variants ft1 and ft5 ((1, 5))."""
     eval_variant: EvalVariant = "ft1"
-    """Primary evaluation (unsuffixed metric keys): ft1, ft5 or noft; the others get key suffixes."""
+    """Primary evaluation (unsuffixed metric keys): ft1, ft5 or noft; the others get key suffixes. As in
+    the official code, TOE's and FS's CTM is measured after the round's training (the meta-learners'
+    before it), so TOE has already trained on the task it is tested on (moml.md §5.2)."""
     clip_norm: float = Field(3.0, gt=0)
     """Global L2 clip norm of the training steps (TOE) and of the evaluation fine-tune steps (3)."""
 
@@ -150,7 +152,8 @@ class TOEConfig(_ScratchConfig):
     name: Literal["toe"] = "toe"
     """Selects TOE."""
     K: int = Field(10, ge=1)
-    """Plain SGD steps per round, from θ₀ (grid {10, 20}; default 10)."""
+    """Plain SGD steps per round, each round re-initialised to θ₀ as in the official code, so TOE is a
+    weak baseline as released (grid {10, 20}; default 10)."""
     lr: float = Field(0.1, gt=0)
     """SGD learning rate (0.1)."""
     weight_decay: float = Field(1e-4, ge=0)

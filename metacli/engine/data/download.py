@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -185,8 +186,9 @@ def download(
             return dest
         except urllib.error.HTTPError as e:
             failures.append(f"{url}: HTTP {e.code} {e.reason}")
-        except (OSError, DataError, ValueError) as e:
-            # OSError covers URLError (refused, DNS, timeout); ValueError covers malformed URLs.
+        except (OSError, DataError, ValueError, http.client.HTTPException) as e:
+            # OSError covers URLError (refused, DNS, timeout); ValueError covers malformed URLs;
+            # HTTPException covers a connection cut mid-body (IncompleteRead).
             reason = e.reason if isinstance(e, urllib.error.URLError) else e
             failures.append(f"{url}: {reason}")
         finally:

@@ -65,7 +65,14 @@ class SMNISTConfig(BaseModel):
     seed: int = 17
     """Seed of the permutations and of the per-(task, class) transform draws (the MOML script uses 17)."""
     transforms: tuple[TransformName, ...] = ALL_TRANSFORMS
-    """Transforms to apply. All draws are always made, so turning one off leaves the others identical."""
+    """Transforms to apply. All draws are always made, so turning one off leaves the others identical.
+    As in the official code, the 4-pixel shift fills with 0 in normalised space (a grey bar, not the
+    black background) and the half-scale uses Pillow's bicubic resize (moml.md §4.1)."""
+
+    @property
+    def train_per_task(self) -> int:
+        """Training images per task (60 for T = 1000)."""
+        return N_TRAIN // self.tasks
 
     @field_validator("tasks")
     @classmethod
