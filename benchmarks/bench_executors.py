@@ -17,14 +17,12 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import time
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
+from benchmarks.timing import device_name, median_seconds
 from metacli.engine.algorithms.maml import MAML, FOMAMLConfig, MAMLConfig
 from metacli.engine.data.sinusoid import SinusoidConfig
 from metacli.engine.data.sinusoid import build as build_sinusoid
@@ -69,30 +67,11 @@ def omniglot_case(device: torch.device, first_order: bool, steps: int) -> Case:
     return Case(name, MAML(cfg, Learner(model, "cross_entropy")), lambda b: omniglot_tasks(b, device))
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_executor(case: Case, n_tasks: int, executor: str, repeats: int, device: torch.device) -> float:
     """Median seconds of one meta-step (sampling excluded) after one warm-up."""
     meta = case.algo.init_meta(case.algo.learner.init_params())
     tasks = case.sample(n_tasks)
-    times = []
-    for i in range(repeats + 1):
-        sync(device)
-        start = time.perf_counter()
-        case.algo.meta_step(meta, tasks, executor)
-        sync(device)
-        if i > 0:  # the first call pays for allocator growth and kernel selection
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}"
+    return median_seconds(lambda: case.algo.meta_step(meta, tasks, executor), repeats, device)
 
 
 def run(cases: list[Case], batch_sizes: list[int], repeats: int, device: torch.device) -> None:

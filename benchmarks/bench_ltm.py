@@ -24,14 +24,13 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from benchmarks.timing import device_name, median_seconds
 from metacli.engine.functional import Learner
 from metacli.engine.models.mlp import MLP
 from metacli.engine.online import finetune_and_test, finetune_and_test_vmap
@@ -70,36 +69,6 @@ def smnist_stream(root: Path, device: torch.device) -> OnlineStream:
     )
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_time(
-    fn: Callable[[torch.Tensor, int], object],
-    ids: torch.Tensor,
-    steps: int,
-    repeats: int,
-    device: torch.device,
-) -> float:
-    """Median seconds of ``fn(ids, steps)`` over ``repeats`` calls after one warm-up (allocator growth)."""
-    times = []
-    for i in range(repeats + 1):
-        sync(device)
-        start = time.perf_counter()
-        fn(ids, steps)
-        sync(device)
-        if i > 0:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}"
-
-
 def run(
     stream: OnlineStream,
     ts: list[int],
@@ -124,7 +93,7 @@ def run(
     for t in ts:
         ids = torch.arange(t, device=device)
         for steps in steps_list:
-            secs = {p: median_time(calls[p], ids, steps, repeats, device) for p in paths}
+            secs = {p: median_seconds(partial(calls[p], ids, steps), repeats, device) for p in paths}
             row = f"{t:>5} {steps:>5}" + "".join(f" {secs[p]:>15.3f}" for p in paths)
             if "vmap" in secs and "fast" in secs:
                 row += f" {secs['vmap'] / secs['fast']:>10.1f}"

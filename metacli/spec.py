@@ -143,7 +143,7 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
         "model": {"name": "mlp", "hidden": [40, 40]},
         "data": {"name": "sinusoid", "shots": 5, "queries": 5},
     },
-    # Seed 17: torch.manual_seed(17) before building mnist_2NN gives the official code's θ₀ (moml.md §7.2).
+    # Seed 17: θ₀ seeded as the official code does, torch.manual_seed(17) then mnist_2NN (moml.md §7.2).
     "smnist": {"model": {"name": "mlp", "hidden": [200]}, "data": {"name": "smnist"}, "seed": 17},
 }
 PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {

@@ -25,7 +25,7 @@ adapts full-batch on all train images with clipping and no weight decay.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -188,16 +188,34 @@ def params_to_cpu(p: Params) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in p.items()}
 
 
-class MOML:
-    """MOML (moml.md §2.6). Memory: the current task's data plus 3d."""
+class EvalConfig(Protocol):
+    """What :class:`OnlineLearner` reads from an algorithm's config."""
+
+    @property
+    def clip_norm(self) -> float: ...
+
+    def eval_variants(self) -> dict[str, tuple[float, int]]: ...
+
+
+C = TypeVar("C", bound=EvalConfig)
+
+
+class OnlineLearner(Generic[C]):
+    """Common constructor of the online algorithms: the config, the learner, and the CTM/LTM evaluation
+    settings :func:`~metacli.engine.online.run_online` reads (fine-tune variants and clip norm)."""
 
     ctm_after_update = False
+    """CTM is measured before the round's update (the meta-learners); TOE and FS set True (moml.md §5.2)."""
 
-    def __init__(self, cfg: MOMLConfig, learner: Learner) -> None:
+    def __init__(self, cfg: C, learner: Learner) -> None:
         self.cfg = cfg
         self.learner = learner
         self.eval_variants = cfg.eval_variants()
         self.eval_clip_norm = cfg.clip_norm
+
+
+class MOML(OnlineLearner[MOMLConfig]):
+    """MOML (moml.md §2.6). Memory: the current task's data plus 3d."""
 
     def init_state(self, theta0: Params) -> MOMLState:
         """θ = ω = θ₀, λ = 0 (§2.1)."""
@@ -240,16 +258,8 @@ def update_buffer(
     return (*buffer[:slot], t, *buffer[slot + 1 :])
 
 
-class BMOML:
+class BMOML(OnlineLearner[BMOMLConfig]):
     """B-MOML (moml.md §2.7). Memory: the buffer's tasks' data plus 3d."""
-
-    ctm_after_update = False
-
-    def __init__(self, cfg: BMOMLConfig, learner: Learner) -> None:
-        self.cfg = cfg
-        self.learner = learner
-        self.eval_variants = cfg.eval_variants()
-        self.eval_clip_norm = cfg.clip_norm
 
     def init_state(self, theta0: Params) -> BMOMLState:
         """θ = ω = θ₀, λ = 0, empty buffer."""

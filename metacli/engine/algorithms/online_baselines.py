@@ -25,11 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metacli.engine.algorithms.moml import (
     MetaSGDConfig,
+    OnlineLearner,
     meta_sgd_round,
     params_to_cpu,
     task_bytes,
 )
-from metacli.engine.functional import Learner, clip_by_global_norm, tensor_bytes
+from metacli.engine.functional import clip_by_global_norm, tensor_bytes
 from metacli.engine.types import Batch, OnlineStream, Params
 
 EvalVariant = Literal["ft1", "ft5", "noft"]
@@ -55,20 +56,28 @@ class ThetaState(NamedTuple):
     theta: Params
 
 
-class _MetaSGDBaseline:
-    """Shared body of FTML and MOGD: state θ, K second-order outer steps per round, no regulariser."""
-
-    ctm_after_update = False
-
-    def __init__(self, cfg: MetaSGDConfig, learner: Learner) -> None:
-        self.cfg = cfg
-        self.learner = learner
-        self.eval_variants = cfg.eval_variants()
-        self.eval_clip_norm = cfg.clip_norm
+class _ThetaOnly:
+    """State handling of the algorithms whose whole state is one parameter set θ (FTML, MOGD, FS)."""
 
     def init_state(self, theta0: Params) -> ThetaState:
         """θ = θ₀."""
         return ThetaState({k: v.detach().clone() for k, v in theta0.items()})
+
+    def eval_model(self, state: ThetaState) -> Params:
+        """θ, the model CTM/LTM fine-tune from."""
+        return state.theta
+
+    def state_dict(self, state: ThetaState) -> dict[str, Any]:
+        """θ as CPU tensors."""
+        return {"theta": params_to_cpu(state.theta)}
+
+    def load_state(self, d: dict[str, Any]) -> ThetaState:
+        """Inverse of :meth:`state_dict`."""
+        return ThetaState(dict(d["theta"]))
+
+
+class _MetaSGDBaseline(_ThetaOnly, OnlineLearner[MetaSGDConfig]):
+    """Shared body of FTML and MOGD: state θ, K second-order outer steps per round, no regulariser."""
 
     def _draw_task(self, t: int, generator: torch.Generator) -> int:
         raise NotImplementedError
@@ -87,18 +96,6 @@ class _MetaSGDBaseline:
             None,
         )
         return ThetaState(theta)
-
-    def eval_model(self, state: ThetaState) -> Params:
-        """θ_t."""
-        return state.theta
-
-    def state_dict(self, state: ThetaState) -> dict[str, Any]:
-        """θ as CPU tensors."""
-        return {"theta": params_to_cpu(state.theta)}
-
-    def load_state(self, d: dict[str, Any]) -> ThetaState:
-        """Inverse of :meth:`state_dict`."""
-        return ThetaState(dict(d["theta"]))
 
 
 class FTML(_MetaSGDBaseline):
@@ -176,7 +173,7 @@ class TOEState(NamedTuple):
     theta: Params
 
 
-class TOE:
+class TOE(OnlineLearner[TOEConfig]):
     """TOE (moml.md §3): from θ₀ every round, K SGD steps on the pooled data of tasks 0..t.
 
     The pool is shuffled (generator) and walked in consecutive batches of ``batch_size``, reshuffled when
@@ -184,12 +181,6 @@ class TOE:
     """
 
     ctm_after_update = True
-
-    def __init__(self, cfg: TOEConfig, learner: Learner) -> None:
-        self.cfg = cfg
-        self.learner = learner
-        self.eval_variants = cfg.eval_variants()
-        self.eval_clip_norm = cfg.clip_norm
 
     def init_state(self, theta0: Params) -> TOEState:
         """θ₀ kept for the per-round re-initialisation."""
@@ -233,20 +224,10 @@ class TOE:
         return TOEState(dict(d["theta0"]), dict(d["theta"]))
 
 
-class FS:
+class FS(_ThetaOnly, OnlineLearner[FSConfig]):
     """FS (moml.md §3): no training; every round evaluates θ₀ (CTM after the no-op update, as TOE)."""
 
     ctm_after_update = True
-
-    def __init__(self, cfg: FSConfig, learner: Learner) -> None:
-        self.cfg = cfg
-        self.learner = learner
-        self.eval_variants = cfg.eval_variants()
-        self.eval_clip_norm = cfg.clip_norm
-
-    def init_state(self, theta0: Params) -> ThetaState:
-        """θ₀."""
-        return ThetaState({k: v.detach().clone() for k, v in theta0.items()})
 
     def round(
         self, state: ThetaState, t: int, stream: OnlineStream, generator: torch.Generator
@@ -254,21 +235,9 @@ class FS:
         """No training."""
         return state
 
-    def eval_model(self, state: ThetaState) -> Params:
-        """θ₀."""
-        return state.theta
-
     def held_bytes(self, state: ThetaState, t: int, stream: OnlineStream) -> tuple[int, int]:
         """(no task data, θ₀): constant."""
         return 0, tensor_bytes(state.theta)
-
-    def state_dict(self, state: ThetaState) -> dict[str, Any]:
-        """θ₀ as CPU tensors."""
-        return {"theta": params_to_cpu(state.theta)}
-
-    def load_state(self, d: dict[str, Any]) -> ThetaState:
-        """Inverse of :meth:`state_dict`."""
-        return ThetaState(dict(d["theta"]))
 
 
 __all__ = ["FS", "FTML", "MOGD", "TOE", "FSConfig", "FTMLConfig", "MOGDConfig", "TOEConfig"]
