@@ -440,7 +440,7 @@ def render_table(report: HedgeReport, console: Console) -> None:
                 f"{s.regret_total:.3g} over {report.rounds} rounds = {s.regret_per_round:.3g} per round"
             ),
         )
-        table.add_column("run")
+        table.add_column("run", overflow="fold")  # fold, never cut: names differ at the end
         table.add_column(f"final {m.upper()} avg (%)", justify="right")
         table.add_column("final weight", justify="right")
         for name in report.experts:

@@ -349,9 +349,14 @@ def _finish_axes(fig: Figure, ax: Axes, spec: FigureSpec, drawn: Sequence[RunCur
         else:
             ax.set_ylim(bottom=0.0)
     handles, _ = ax.get_legend_handles_labels()
-    if len(handles) <= 4:
+    if len(handles) <= 4 and len(drawn) <= 4:
         ax.legend(loc="best", frameon=True, framealpha=0.9)
         fig.tight_layout()
+    elif len(handles) <= 4:
+        # A few entries over many curves (the grey "other runs"): no free corner exists inside, and
+        # grid-point labels are long, so the legend goes under the axes.
+        fig.tight_layout()
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     else:
         # Many entries would cover the curves: put the legend outside, right of the axes. Laid out
         # first so the axes keep their size; savefig(bbox_inches="tight") widens the image instead.
