@@ -226,12 +226,12 @@ def _expert_series(run_dir: Path, name: str, keys: Sequence[str]) -> dict[str, n
                 f"Hedge only the metrics every run logged (e.g. metrics=('ctm',))."
             )
         arr = np.array([float(rows[t][key]) for t in rounds])
-        bad = [t for t, a in zip(rounds, arr, strict=True) if not (math.isfinite(a) and 0.0 <= a <= 1.0)]
         if key == "ltm_acc" and np.isnan(arr).all():
             raise RunDirError(
                 f"Run {name!r} logs no LTM (trained with online.ltm: false), so it cannot be hedged on LTM. "
                 "Hedge its CTM only: metacli hedge FOLDER --metric ctm."
             )
+        bad = [t for t, a in zip(rounds, arr, strict=True) if not (math.isfinite(a) and 0.0 <= a <= 1.0)]
         if bad:
             raise RunDirError(
                 f"Run {name!r} has {key!r} outside [0, 1] or not finite at round(s) {bad[:5]} "

@@ -174,14 +174,9 @@ def staged_run_dir(final: Path) -> Iterator[Path]:
         yield final
     except BaseException:
         if not checkpoint_path(final).exists():
-            if created:
-                shutil.rmtree(final, ignore_errors=True)
-            else:
-                for child in final.iterdir():
-                    if child.is_dir():
-                        shutil.rmtree(child, ignore_errors=True)
-                    else:
-                        child.unlink()
+            shutil.rmtree(final, ignore_errors=True)
+            if not created:
+                final.mkdir()  # the user's own (empty) folder stays
         raise
 
 
