@@ -123,16 +123,34 @@ def train(
 def evaluate(
     run_dir: RunDirArg,
     tasks: Annotated[int | None, typer.Option(help="Number of test tasks (default: the spec's).")] = None,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(help="best (best validation step; the default when the run has one) or last."),
+    ] = None,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Meta-test a run's checkpoint on held-out tasks; writes eval.json (mean, 95% CI, tasks)."""
+    """Meta-test a run's checkpoint on fixed held-out tasks; writes eval.json (mean, 95% CI, n)."""
     from metacli.engine.runner import evaluate_run
 
-    out = evaluate_run(run_dir, device=device, tasks=tasks, quiet=quiet)
-    for name, m in out["metrics"].items():
-        console.print(f"{name}: {m['mean']:.4f} ± {m['ci95']:.4f} (n={m['n']})")
+    if checkpoint not in (None, "best", "last"):
+        raise MetacliError(f"--checkpoint {checkpoint}: choose best or last.")
+    out = evaluate_run(run_dir, device=device, tasks=tasks, quiet=quiet, which=checkpoint)
+    console.print(eval_table(out))
     console.print(f"wrote {run_dir / 'eval.json'}")
+
+
+def eval_table(out: dict[str, Any]) -> Any:
+    """A rich table of eval.json: one row per metric and adaptation-step count."""
+    from rich.table import Table
+
+    title = f"meta-test: {out['tasks']} tasks, {out['checkpoint']} checkpoint (step {out['checkpoint_step']})"
+    table = Table(title=title)
+    for col in ("metric", "mean", "95% CI", "n"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name, m in out["metrics"].items():
+        table.add_row(name, f"{m['mean']:.4f}", f"± {m['ci95']:.4f}", str(m["n"]))
+    return table
 
 
 @app.command()

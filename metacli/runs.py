@@ -8,6 +8,7 @@ Layout of ``runs/<name>/`` (this module owns every file name)::
     eval.json            written by ``metacli evaluate``
     events.out.tfevents.*  TensorBoard scalars (written through :mod:`metacli.tb`)
     checkpoints/last.pt  model, optimiser, RNG states and step (torch; engine only)
+    checkpoints/best.pt  the same, at the step of the best validation (few-shot runs with validation)
 
 A metrics line always holds ``"step"`` (episodic meta-iteration, 1-based) or ``"round"``
 (online round, 1-based) plus float scalars. Online runs log, per round:
@@ -43,11 +44,14 @@ SUMMARY_FILE = "summary.json"
 EVAL_FILE = "eval.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+CHECKPOINTS = {"last": LAST_CHECKPOINT, "best": BEST_CHECKPOINT}
+"""``last``: the latest state (resume); ``best``: the parameters of the best validation step."""
 
 
-def checkpoint_path(run_dir: Path) -> Path:
-    """Where the latest checkpoint of a run lives."""
-    return run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+def checkpoint_path(run_dir: Path, which: str = "last") -> Path:
+    """Where a run's ``last`` (latest) or ``best`` (best validation) checkpoint lives."""
+    return run_dir / CHECKPOINT_DIR / CHECKPOINTS[which]
 
 
 def write_json(path: Path, obj: Mapping[str, Any]) -> None:

@@ -42,6 +42,13 @@ class TrainSettings(BaseModel):
     """Meta-steps between metric lines (and TensorBoard points)."""
     checkpoint_every: int = Field(1000, ge=1)
     """Meta-steps between checkpoints (checkpoints/last.pt); the last step is always saved."""
+    val_every: int = Field(0, ge=0)
+    """Meta-steps between validations on the validation split (0: none). The parameters of the best
+    validation (accuracy, or loss for regression) are kept as checkpoints/best.pt."""
+    val_tasks: int = Field(100, ge=2)
+    """Validation tasks: one fixed set, drawn from val_seed, reused at every validation."""
+    val_seed: int = 4321
+    """Seed of the fixed validation task set (independent of training)."""
 
 
 class EvalSettings(BaseModel):
@@ -52,7 +59,7 @@ class EvalSettings(BaseModel):
     tasks: int = Field(600, ge=2)
     """Number of test tasks (the 95% confidence interval is 1.96 std / sqrt(tasks))."""
     batch: int = Field(25, ge=1)
-    """Test tasks sampled at a time."""
+    """Tasks evaluated at a time, as one batch (vmap over tasks); also used for validation."""
     inner_steps: tuple[int, ...] | None = None
     """Adaptation step counts to report (e.g. [1, 10]); default: the algorithm's eval_inner_steps."""
     seed: int = 1234
@@ -145,6 +152,21 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
     },
     # Seed 17: θ₀ seeded as the official code does, torch.manual_seed(17) then mnist_2NN (moml.md §7.2).
     "smnist": {"model": {"name": "mlp", "hidden": [200]}, "data": {"name": "smnist"}, "seed": 17},
+    # MAML's Omniglot setup: Conv4-64 with stride-2 convolutions, 28x28, rotations as new classes,
+    # the Vinyals split; query = K per class as the MAML code (maml_family.md §2.1).
+    "omniglot": {
+        "model": {"name": "conv4", "filters": 64, "pool": "stride"},
+        "data": {"name": "omniglot", "ways": 5, "shots": 1, "queries": 1},
+        "train": {"log_every": 100, "checkpoint_every": 1000, "val_every": 1000, "val_tasks": 200},
+        "eval": {"tasks": 600},
+    },
+    # MAML's miniImageNet setup: Conv4-32 with 2x2 max-pool, 84x84, Ravi split, 15 queries per class.
+    "miniimagenet": {
+        "model": {"name": "conv4", "filters": 32, "pool": "max"},
+        "data": {"name": "miniimagenet", "ways": 5, "shots": 1, "queries": 15},
+        "train": {"log_every": 100, "checkpoint_every": 1000, "val_every": 1000, "val_tasks": 200},
+        "eval": {"tasks": 600},
+    },
 }
 PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # vmap: ~10x the loop's tasks/s for the 40-40 MLP on a CPU (benchmarks/bench_executors.py).
@@ -168,6 +190,44 @@ PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "train": {"meta_batch": 5, "executor": "vmap"},
         "eval": {"inner_steps": [1, 32]},
         "threads": 1,
+    },
+    # The MAML TF code's inner loss is N x the mean cross-entropy (maml_family.md §1 pitfall 6), so its
+    # alpha = 0.4 (Omniglot 5-way) is alpha = 5 x 0.4 = 2.0 on metacli's mean loss.
+    ("maml", "omniglot"): {
+        "algorithm": {"alpha": 2.0, "inner_steps": 1, "eval_inner_steps": 3},
+        "train": {"meta_batch": 32, "meta_iters": 60_000},
+        "eval": {"inner_steps": [3, 10]},
+    },
+    ("fomaml", "omniglot"): {
+        "algorithm": {"alpha": 2.0, "inner_steps": 1, "eval_inner_steps": 3},
+        "train": {"meta_batch": 32, "meta_iters": 60_000},
+        "eval": {"inner_steps": [3, 10]},
+    },
+    # Reptile's Omniglot 5-way: Adam(beta1=0) 1e-3, inner batch 10, 5 steps on 10 images per class
+    # (train_shots 9 + the query image: Reptile pools them), meta-batch 5, 100k steps, 50 test steps.
+    ("reptile", "omniglot"): {
+        "algorithm": {"inner_lr": 1e-3, "inner_steps": 5, "inner_batch": 10, "eval_inner_steps": 50},
+        "data": {"train_shots": 9},
+        "train": {"meta_batch": 5, "meta_iters": 100_000, "val_every": 2000},
+        "eval": {"inner_steps": [50]},
+    },
+    # alpha 0.01 of the TF code on a 5-way summed loss = 0.05 on the mean; meta-gradients clipped to ±10.
+    ("maml", "miniimagenet"): {
+        "algorithm": {"alpha": 0.05, "inner_steps": 5, "eval_inner_steps": 10, "grad_clip": 10.0},
+        "train": {"meta_batch": 4, "meta_iters": 60_000},
+        "eval": {"inner_steps": [10]},
+    },
+    ("fomaml", "miniimagenet"): {
+        "algorithm": {"alpha": 0.05, "inner_steps": 5, "eval_inner_steps": 10, "grad_clip": 10.0},
+        "train": {"meta_batch": 4, "meta_iters": 60_000},
+        "eval": {"inner_steps": [10]},
+    },
+    # Reptile's miniImageNet 5-way: 8 inner steps of batch 10 on 15 images per class, 1 query per class.
+    ("reptile", "miniimagenet"): {
+        "algorithm": {"inner_lr": 1e-3, "inner_steps": 8, "inner_batch": 10, "eval_inner_steps": 50},
+        "data": {"queries": 1, "train_shots": 14},
+        "train": {"meta_batch": 5, "meta_iters": 100_000, "val_every": 2000},
+        "eval": {"inner_steps": [50]},
     },
 }
 

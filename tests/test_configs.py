@@ -26,14 +26,26 @@ def test_config_validates_and_documents_its_command(path: Path) -> None:
     assert first.startswith("# metacli train") and path.name in first
 
 
-PER_METHOD = [p for p in CONFIGS if not p.stem.endswith("_grid")]
+def preset_algorithm(path: Path) -> str | None:
+    """The preset a config must equal: ``<algo>.yaml``, or the 5-way 1-shot ``5way_1shot_<algo>.yaml``."""
+    if path.stem in ALGORITHMS:
+        return path.stem
+    prefix = "5way_1shot_"
+    return path.stem[len(prefix) :] if path.stem.startswith(prefix) else None
+
+
+PER_METHOD = [p for p in CONFIGS if preset_algorithm(p) is not None]
+
+
+def test_every_dataset_folder_has_preset_configs() -> None:
+    assert {p.parent.name for p in PER_METHOD} == {"sinusoid", "smnist", "omniglot", "miniimagenet"}
 
 
 @pytest.mark.parametrize("path", PER_METHOD, ids=[f"{p.parent.name}/{p.name}" for p in PER_METHOD])
 def test_per_method_configs_equal_their_presets(path: Path) -> None:
-    """configs/<dataset>/<algo>.yaml is exactly what --algo <algo> --dataset <dataset> runs."""
+    """configs/<dataset>/<algo>.yaml (or 5way_1shot_<algo>.yaml) is what --algo A --dataset D runs."""
     from_file, _ = load_spec(path)
-    preset, _ = load_spec(algo=path.stem, dataset=path.parent.name)
+    preset, _ = load_spec(algo=preset_algorithm(path), dataset=path.parent.name)
     assert from_file == preset
 
 

@@ -11,15 +11,15 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from torch import Tensor
 
 from metacli.engine.build import Parts
 from metacli.engine.checkpoint import save_atomic
-from metacli.engine.executors import task_at
-from metacli.engine.types import Params, Task
-from metacli.spec import EvalSettings, TrainSettings
+from metacli.engine.types import Batch, Params, Task
+from metacli.spec import TrainSettings
 
 LogFn = Callable[[int, dict[str, float]], None]
 
@@ -36,10 +36,12 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     generator: torch.Generator,
+    best: tuple[int, float] | None = None,
 ) -> None:
-    """Write ``checkpoints/last.pt`` atomically: meta-parameters, optimiser, RNG states, step."""
+    """Write a checkpoint atomically: meta-parameters, optimiser, RNG states, step, best validation."""
     state = {
         "step": step,
+        "best": best,
         "meta": {k: v.detach().cpu() for k, v in meta.items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -57,7 +59,11 @@ class TrainState:
         algo = parts.algorithm
         meta = algo.init_meta(parts.learner.init_params())
         self.step = 0
+        self.best: tuple[int, float] | None = None
+        """(step, selection value) of the best validation so far."""
         if checkpoint is not None:
+            best = checkpoint.get("best")
+            self.best = (int(best[0]), float(best[1])) if best is not None else None
             meta = {k: checkpoint["meta"][k].to(parts.device, parts.dtype) for k in meta}
             self.step = int(checkpoint["step"])
             parts.generator.set_state(checkpoint["generator"])
@@ -84,26 +90,64 @@ def outer_update(state: TrainState, grads: Params) -> None:
         state.scheduler.step()
 
 
+class Validation(NamedTuple):
+    """A fixed validation task set: the same ``tasks`` tasks, drawn from ``seed``, at every validation."""
+
+    every: int
+    tasks: int
+    seed: int
+    steps: int
+    batch: int
+
+
+def selection_value(scores: dict[str, float], steps: int) -> float:
+    """The number that picks the best checkpoint (higher is better): accuracy, or -loss for regression."""
+    acc = scores.get(f"val_acc@{steps}")
+    return acc if acc is not None else -scores[f"val_loss@{steps}"]
+
+
+def validate(parts: Parts, meta: Params, val: Validation) -> dict[str, float]:
+    """Mean query accuracy / loss on the fixed validation tasks, as ``val_acc@k`` / ``val_loss@k``."""
+    results = evaluate(parts, meta, "val", val.tasks, val.seed, [val.steps], val.batch)
+    return {name.replace("query_", "val_"): m["mean"] for name, m in results.items()}
+
+
 def train(
     parts: Parts,
     cfg: TrainSettings,
     state: TrainState,
     log: LogFn,
-    checkpoint: Callable[[TrainState], None],
+    checkpoint: Callable[[TrainState, bool], None],
     advance: Callable[[str], None],
+    val: Validation | None = None,
 ) -> TrainState:
-    """Meta-train from ``state.step`` to ``cfg.meta_iters``, logging and checkpointing on the way."""
+    """Meta-train from ``state.step`` to ``cfg.meta_iters``, validating, logging and checkpointing.
+
+    ``checkpoint(state, is_best)`` is called at every checkpoint step and after every validation that
+    improves on the best so far (``is_best=True``: also keep these parameters as the best checkpoint).
+    """
     t0 = time.perf_counter()
     while state.step < cfg.meta_iters:
         tasks = parts.dataset.sample("train", cfg.meta_batch, parts.generator, parts.device, parts.dtype)
         result = parts.algorithm.meta_step(state.meta, tasks, cfg.executor)
         outer_update(state, result.grads)
         state.step += 1
-        if state.step % cfg.log_every == 0 or state.step == cfg.meta_iters:
-            row = {"query_loss": result.loss, **result.metrics, "wall_time": time.perf_counter() - t0}
-            log(state.step, row)
-        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.meta_iters:
-            checkpoint(state)
+        last = state.step == cfg.meta_iters
+        row: dict[str, float] = {}
+        if state.step % cfg.log_every == 0 or last:
+            row = {"query_loss": result.loss, **result.metrics}
+        improved = False
+        if val is not None and (state.step % val.every == 0 or last):
+            scores = validate(parts, state.meta, val)
+            value = selection_value(scores, val.steps)
+            improved = state.best is None or value > state.best[1]
+            if improved:
+                state.best = (state.step, value)
+            row.update(scores)
+        if row:
+            log(state.step, {**row, "wall_time": time.perf_counter() - t0})
+        if state.step % cfg.checkpoint_every == 0 or last or improved:
+            checkpoint(state, improved)
         advance(f"loss {result.loss:.4f}")
     return state
 
@@ -111,41 +155,71 @@ def train(
 def evaluate(
     parts: Parts,
     meta: Params,
-    cfg: EvalSettings,
-    default_steps: int,
+    split: str,
+    n_tasks: int,
+    seed: int,
+    steps_list: list[int],
+    batch: int,
     advance: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Meta-test: adapt to ``cfg.tasks`` test tasks and measure the query loss (and accuracy).
+) -> dict[str, dict[str, float]]:
+    """Adapt to ``n_tasks`` fixed tasks of ``split`` and measure the query loss (and accuracy).
 
-    Returns, per adaptation step count, the mean, the 95% confidence interval 1.96 std/sqrt(n)
-    and the number of tasks, for the query loss and (classification) the accuracy.
+    Task i is drawn from its own generator, seeded from ``seed`` and i alone, so every run, method,
+    checkpoint and ``batch`` size is measured on the same tasks. Tasks are evaluated ``batch`` at a
+    time as one ``torch.func.vmap`` over tasks (adaptation included), without an autograd graph.
+
+    Returns, per metric and adaptation step count (``query_acc@5``), the mean, the 95% confidence
+    interval 1.96 std/sqrt(n) and the number of tasks n.
     """
-    steps_list = list(cfg.inner_steps or (default_steps,))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    values: dict[str, list[float]] = {}
-    done = 0
-    while done < cfg.tasks:
-        n = min(cfg.batch, cfg.tasks - done)
-        tasks = parts.dataset.sample("test", n, generator, parts.device, parts.dtype)
-        for i in range(n):
-            for name, v in task_metrics(parts, meta, task_at(tasks, i), steps_list).items():
-                values.setdefault(name, []).append(v)
-        done += n
+    values: dict[str, list[Tensor]] = {}
+    adapt_generator = torch.Generator().manual_seed(seed)
+    for start in range(0, n_tasks, batch):
+        ids = range(start, min(start + batch, n_tasks))
+        tasks = stack_tasks(
+            [parts.dataset.sample(split, 1, task_generator(seed, i), parts.device, parts.dtype) for i in ids]
+        )
+        for name, v in batch_metrics(parts, meta, tasks, steps_list, adapt_generator).items():
+            values.setdefault(name, []).append(v)
         if advance is not None:
-            advance(n)
-    return {name: summarize(vs) for name, vs in values.items()}
+            advance(len(ids))
+    return {name: summarize(torch.cat(vs).double().tolist()) for name, vs in values.items()}
 
 
-def task_metrics(parts: Parts, meta: Params, task: Task, steps_list: list[int]) -> dict[str, float]:
-    """Query loss (and accuracy) of one task after each number of adaptation steps."""
-    learner, out = parts.learner, {}
-    for steps in steps_list:
-        phi = parts.algorithm.adapt(meta, task.support, steps=steps)
-        with torch.no_grad():
-            out[f"query_loss@{steps}"] = float(learner.loss(phi, task.query))
+def task_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of fixed task ``index`` of the set ``seed``: a task set does not depend on batching."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+
+
+def stack_tasks(tasks: list[Task]) -> Task:
+    """Concatenate stacked tasks along the task axis."""
+    return Task(
+        Batch(torch.cat([t.support.x for t in tasks]), torch.cat([t.support.y for t in tasks])),
+        Batch(torch.cat([t.query.x for t in tasks]), torch.cat([t.query.y for t in tasks])),
+    )
+
+
+def batch_metrics(
+    parts: Parts, meta: Params, tasks: Task, steps_list: list[int], generator: torch.Generator
+) -> dict[str, Tensor]:
+    """Per-task query loss (and accuracy) of stacked ``tasks`` after each number of adaptation steps."""
+    learner, algo = parts.learner, parts.algorithm
+    frozen = {k: v.detach() for k, v in meta.items()}
+
+    def one(task: Task) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for steps in steps_list:
+            phi = algo.adapt(frozen, task.support, steps=steps, generator=generator)
+            logits = learner.forward(phi, task.query.x)
+            out[f"query_loss@{steps}"] = learner.loss_of_output(logits, task.query.y)
             if learner.criterion == "cross_entropy":
-                out[f"query_acc@{steps}"] = float(learner.accuracy(phi, task.query))
-    return out
+                out[f"query_acc@{steps}"] = (logits.argmax(-1) == task.query.y).to(logits.dtype).mean()
+        return out
+
+    # randomness="same": an algorithm that draws inside adaptation (Reptile's mini-batch order) draws
+    # once for the whole chunk, from the evaluation generator, never from the run's.
+    with torch.no_grad():
+        result: dict[str, Tensor] = torch.func.vmap(one, randomness="same")(tasks)
+    return result
 
 
 def summarize(values: list[float]) -> dict[str, float]:

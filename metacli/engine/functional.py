@@ -8,16 +8,15 @@ never mutate the module (no ``_parameters`` rewriting, no monkeypatching).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metacli.engine.types import Batch, Params
+from metacli.engine.types import Batch, Criterion, Params
 
-Criterion = Literal["mse", "cross_entropy"]
+__all__ = ["Criterion", "Learner", "grad_and_loss", "sgd_step"]
 
 
 class Learner:

@@ -22,35 +22,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from metacli.engine.functional import Learner, clip_by_global_norm, sgd_step
 from metacli.engine.online_fast import StreamGram, fast_path_applies, mlp_finetune_and_test_many
-from metacli.engine.types import Batch, OnlineStream, Params
+from metacli.engine.types import Batch, OnlineAlgorithm, OnlineStream, Params
 
 S = TypeVar("S")
 
 CHUNK_SIZE = 128
 """Tasks per vmap call of the generic path (bounds memory: about CHUNK_SIZE × steps × |θ| floats)."""
-
-
-class OnlineAlgorithm(Protocol[S]):
-    """What :func:`run_online` needs from MOML, B-MOML, FTML, MOGD, TOE and FS."""
-
-    ctm_after_update: bool
-    eval_variants: dict[str, tuple[float, int]]
-    eval_clip_norm: float
-
-    def init_state(self, theta0: Params) -> S: ...
-
-    def round(self, state: S, t: int, stream: OnlineStream, generator: torch.Generator) -> S: ...
-
-    def eval_model(self, state: S) -> Params: ...
-
-    def held_bytes(self, state: S, t: int, stream: OnlineStream) -> tuple[int, int]: ...
 
 
 def _adapt_and_test(

@@ -85,27 +85,42 @@ def _run_episodic(
     state = episodic.TrainState(parts, spec.train.meta_iters, checkpoint)
     logger = RunLogger(run_dir, "step", state.step if checkpoint else None)
 
-    def save(s: episodic.TrainState) -> None:
-        episodic.save_checkpoint(
-            checkpoint_path(run_dir), s.step, s.meta, s.optimizer, s.scheduler, parts.generator
-        )
+    def save(s: episodic.TrainState, is_best: bool) -> None:
+        # best.pt first: a kill between the two writes leaves last.pt at the previous checkpoint,
+        # whose recorded best step then has its best.pt on disk
+        paths = [checkpoint_path(run_dir, "best")] if is_best else []
+        for path in [*paths, checkpoint_path(run_dir)]:
+            episodic.save_checkpoint(path, s.step, s.meta, s.optimizer, s.scheduler, parts.generator, s.best)
 
     name = f"{spec.algorithm.name} on {spec.data.name}"
     try:
         with Reporter(name, spec.train.meta_iters, done=state.step, quiet=quiet, unit="step") as rep:
             log = _quiet_logger(logger, rep) if quiet else logger
-            episodic.train(parts, spec.train, state, log, save, lambda info: rep.advance(1, info))
+            episodic.train(
+                parts, spec.train, state, log, save, lambda info: rep.advance(1, info), validation(spec)
+            )
     finally:
         logger.close()
-    summary = {
+    summary: dict[str, Any] = {
         "algorithm": spec.algorithm.name,
         "dataset": spec.data.name,
         "steps": state.step,
         "device": str(parts.device),
         "train_seconds": time.perf_counter() - t0,
     }
+    if state.best is not None:
+        summary.update(best_step=state.best[0], best_val=state.best[1])
     write_json(run_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def validation(spec: RunSpec) -> episodic.Validation | None:
+    """The run's validation settings, or None when ``train.val_every`` is 0."""
+    t = spec.train
+    if t.val_every == 0:
+        return None
+    steps = int(cast(Any, spec.algorithm).eval_inner_steps)
+    return episodic.Validation(t.val_every, t.val_tasks, t.val_seed, steps, spec.eval.batch)
 
 
 def _quiet_logger(logger: RunLogger, rep: Reporter) -> Callable[[int, dict[str, float]], None]:
@@ -117,9 +132,16 @@ def _quiet_logger(logger: RunLogger, rep: Reporter) -> Callable[[int, dict[str, 
 
 
 def evaluate_run(
-    run_dir: Path, device: str | None = None, tasks: int | None = None, quiet: bool = False
+    run_dir: Path,
+    device: str | None = None,
+    tasks: int | None = None,
+    quiet: bool = False,
+    which: str | None = None,
 ) -> dict[str, Any]:
-    """Meta-test the checkpoint of an episodic run; writes and returns ``eval.json``."""
+    """Meta-test a checkpoint of an episodic run on the fixed test tasks; writes and returns ``eval.json``.
+
+    ``which`` is ``best`` (the best validation step), ``last``, or None: best when the run has one.
+    """
     raw = read_spec_dict(run_dir)
     if tasks is not None:  # validated like the spec's own eval.tasks (at least 2 for a confidence interval)
         raw = {**raw, "eval": {**raw.get("eval", {}), "tasks": tasks}}
@@ -130,21 +152,39 @@ def evaluate_run(
             f"{run_dir} is an online run ({spec.algorithm.name}): its CTM/LTM evaluation is part of "
             "training (see metrics.jsonl); use 'metacli hedge' or 'metacli plot' on it instead."
         )
-    ckpt = checkpoint_path(run_dir)
-    if not ckpt.is_file():
-        raise RunDirError(f"{run_dir} has no checkpoint ({ckpt}); train it first with 'metacli train'.")
+    which, ckpt = _choose_checkpoint(run_dir, which)
     parts = build(spec, device=device)
-    meta = {k: v.to(parts.device, parts.dtype) for k, v in ckpt_io.load(ckpt, parts.device)["meta"].items()}
+    state = ckpt_io.load(ckpt, parts.device)
+    meta = {k: v.to(parts.device, parts.dtype) for k, v in state["meta"].items()}
+    default_steps = int(cast(Any, spec.algorithm).eval_inner_steps)  # every few-shot config has it
+    steps_list = list(spec.eval.inner_steps or (default_steps,))
     t0 = time.perf_counter()
     with Reporter("meta-test", spec.eval.tasks, quiet=quiet, unit="task") as rep:
-        default_steps = int(cast(Any, spec.algorithm).eval_inner_steps)  # every few-shot config has it
-        results = episodic.evaluate(parts, meta, spec.eval, default_steps, rep.advance)
+        e = spec.eval
+        results = episodic.evaluate(parts, meta, "test", e.tasks, e.seed, steps_list, e.batch, rep.advance)
     out = {
         "metrics": results,
         "tasks": spec.eval.tasks,
         "seed": spec.eval.seed,
+        "checkpoint": which,
+        "checkpoint_step": int(state["step"]),
         "seconds": time.perf_counter() - t0,
         "device": str(parts.device),
     }
     write_json(run_dir / EVAL_FILE, out)
     return out
+
+
+def _choose_checkpoint(run_dir: Path, which: str | None) -> tuple[str, Path]:
+    """(name, path) of the checkpoint to meta-test; a clear error when it does not exist."""
+    if which is None:
+        which = "best" if checkpoint_path(run_dir, "best").is_file() else "last"
+    ckpt = checkpoint_path(run_dir, which)
+    if ckpt.is_file():
+        return which, ckpt
+    if which == "best":
+        raise RunDirError(
+            f"{run_dir} has no best checkpoint ({ckpt}): it was trained without validation "
+            "(train.val_every: 0). Use --checkpoint last, or train with train.val_every set."
+        )
+    raise RunDirError(f"{run_dir} has no checkpoint ({ckpt}); train it first with 'metacli train'.")

@@ -6,11 +6,18 @@ no module is mutated by an algorithm.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
+import torch
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from metacli.engine.functional import Learner
+
 Params = dict[str, Tensor]
+Criterion = Literal["mse", "cross_entropy"]
 
 
 class Batch(NamedTuple):
@@ -53,3 +60,135 @@ class OnlineStream(NamedTuple):
     train: Batch
     test: Batch
     n_classes: int
+
+
+class DataContext(NamedTuple):
+    """What every dataset builder receives besides its config section (one contract for both protocols).
+
+    Attributes:
+        root: the resolved data root (raw datasets, possibly read-only).
+        cache: the cache folder for derived data (decoded images, built streams).
+        device: where the dataset's tensors are held and tasks are drawn.
+        dtype: floating dtype of the tasks handed to algorithms.
+        download: whether missing raw files may be downloaded.
+        progress: whether to show progress bars (downloads, decoding).
+    """
+
+    root: Path
+    cache: Path
+    device: torch.device
+    dtype: torch.dtype
+    download: bool
+    progress: bool
+
+
+@runtime_checkable
+class EpisodicDataset(Protocol):
+    """A source of stacked few-shot tasks (sinusoid, Omniglot, miniImageNet)."""
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """Shape of one input, without the batch axis."""
+        ...
+
+    @property
+    def out_features(self) -> int:
+        """Outputs of the network (N ways, or 1 for regression)."""
+        ...
+
+    @property
+    def criterion(self) -> Criterion:
+        """The task loss."""
+        ...
+
+    def sample(
+        self,
+        split: str,
+        n_tasks: int,
+        generator: torch.Generator,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Task:
+        """``n_tasks`` tasks of ``split`` ("train", "val", "test") stacked on a leading axis."""
+        ...
+
+
+@runtime_checkable
+class TaskStream(Protocol):
+    """A stream of T same-shaped classification tasks for the online protocol (see OnlineStream)."""
+
+    @property
+    def train(self) -> Batch: ...
+
+    @property
+    def test(self) -> Batch: ...
+
+    @property
+    def n_classes(self) -> int: ...
+
+
+DatasetBuilder = Callable[[Any, DataContext], "EpisodicDataset | TaskStream"]
+"""``build(cfg, ctx)``: a dataset module's entry point in the ``DATASETS`` registry."""
+
+
+class EpisodicAlgorithm(Protocol):
+    """What the episodic loop needs from MAML, FOMAML, Reptile and every few-shot variant.
+
+    ``cfg.eval_inner_steps`` is the default number of adaptation steps at meta-test.
+    """
+
+    cfg: Any
+
+    def init_meta(self, params: Params) -> Params:
+        """Meta-parameters to learn, from the network's initial parameters."""
+        ...
+
+    def adapt(
+        self,
+        meta: Params,
+        support: Batch,
+        steps: int | None = None,
+        create_graph: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Params:
+        """Fast weights for one unstacked task after ``steps`` adaptation steps (``generator``: any
+        randomness of the adaptation itself, so that evaluation never draws from the run's generator)."""
+        ...
+
+    def meta_step(self, meta: Params, tasks: Task, executor: str = "loop") -> StepResult:
+        """Mean query loss over stacked ``tasks`` and its meta-gradient."""
+        ...
+
+    def outer_optimizer(
+        self, meta: Params, total_steps: int
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+        """The outer optimiser (and schedule) over ``meta``."""
+        ...
+
+
+S = TypeVar("S")
+
+
+class OnlineAlgorithm(Protocol[S]):
+    """What the online loop needs from MOML, B-MOML, FTML, MOGD, TOE and FS (state type ``S``)."""
+
+    ctm_after_update: bool
+    eval_variants: dict[str, tuple[float, int]]
+    eval_clip_norm: float
+
+    def init_state(self, theta0: Params) -> S: ...
+
+    def round(self, state: S, t: int, stream: OnlineStream, generator: torch.Generator) -> S: ...
+
+    def eval_model(self, state: S) -> Params: ...
+
+    def held_bytes(self, state: S, t: int, stream: OnlineStream) -> tuple[int, int]: ...
+
+    def state_dict(self, state: S) -> dict[str, Any]: ...
+
+    def load_state(self, d: dict[str, Any]) -> S: ...
+
+
+AlgorithmFactory = Callable[[Any, "Learner", torch.Generator], "EpisodicAlgorithm | OnlineAlgorithm[Any]"]
+"""``cls(cfg, learner, generator)``: every algorithm class takes the same three arguments; the
+generator is the run's (checkpointed) one, for algorithms that draw random numbers themselves."""

@@ -6,7 +6,7 @@ the dict and the union name the same algorithms.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field
 
@@ -23,6 +23,7 @@ from metacli.engine.algorithms.online_baselines import (
     TOEConfig,
 )
 from metacli.engine.algorithms.reptile import Reptile, ReptileConfig
+from metacli.engine.types import AlgorithmFactory
 
 AlgorithmConfig = Annotated[
     MAMLConfig
@@ -37,8 +38,8 @@ AlgorithmConfig = Annotated[
     Field(discriminator="name"),
 ]
 
-EPISODIC_ALGORITHMS: dict[str, type[Any]] = {"maml": MAML, "fomaml": MAML, "reptile": Reptile}
-ONLINE_ALGORITHMS: dict[str, type[Any]] = {
+EPISODIC_ALGORITHMS: dict[str, AlgorithmFactory] = {"maml": MAML, "fomaml": MAML, "reptile": Reptile}
+ONLINE_ALGORITHMS: dict[str, AlgorithmFactory] = {
     "moml": MOML,
     "bmoml": BMOML,
     "ftml": FTML,
@@ -46,4 +47,4 @@ ONLINE_ALGORITHMS: dict[str, type[Any]] = {
     "toe": TOE,
     "fs": FS,
 }
-ALGORITHMS: dict[str, type[Any]] = {**EPISODIC_ALGORITHMS, **ONLINE_ALGORITHMS}
+ALGORITHMS: dict[str, AlgorithmFactory] = {**EPISODIC_ALGORITHMS, **ONLINE_ALGORITHMS}

@@ -72,9 +72,11 @@ class MAML:
     Args:
         cfg: the algorithm section of the run spec.
         learner: model structure and task criterion.
+        generator: unused; every algorithm takes the run's generator (the registry's one signature).
     """
 
-    def __init__(self, cfg: MAMLConfig, learner: Learner) -> None:
+    def __init__(self, cfg: MAMLConfig, learner: Learner, generator: torch.Generator | None = None) -> None:
+        del generator  # MAML draws no random numbers of its own
         self.cfg = cfg
         self.learner = learner
 
@@ -83,7 +85,12 @@ class MAML:
         return {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
 
     def adapt(
-        self, meta: Params, support: Batch, steps: int | None = None, create_graph: bool = False
+        self,
+        meta: Params,
+        support: Batch,
+        steps: int | None = None,
+        create_graph: bool = False,
+        generator: torch.Generator | None = None,
     ) -> Params:
         """Fast weights phi^K for one task: ``steps`` SGD steps of size alpha on the support loss.
 
@@ -92,10 +99,12 @@ class MAML:
             support: the task's support set, unstacked.
             steps: number of inner steps; None means ``cfg.inner_steps``.
             create_graph: keep the inner gradients differentiable (second-order meta-gradient).
+            generator: unused (MAML's adaptation is deterministic).
 
         Returns:
             The adapted parameters, keyed like ``meta``.
         """
+        del generator
         steps = self.cfg.inner_steps if steps is None else steps
         fast, _ = self._inner_loop(meta, support, steps, create_graph)
         return fast

@@ -207,7 +207,8 @@ class OnlineLearner(Generic[C]):
     ctm_after_update = False
     """CTM is measured before the round's update (the meta-learners); TOE and FS set True (moml.md §5.2)."""
 
-    def __init__(self, cfg: C, learner: Learner) -> None:
+    def __init__(self, cfg: C, learner: Learner, generator: torch.Generator | None = None) -> None:
+        del generator  # the online loop hands each round the run's generator instead
         self.cfg = cfg
         self.learner = learner
         self.eval_variants = cfg.eval_variants()

@@ -124,8 +124,11 @@ class Reptile:
         """Meta-parameters to learn: the initialisation theta, as fresh leaves requiring grad."""
         return {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
 
-    def _schedule(self, n: int, steps: int, device: torch.device) -> Tensor:
-        return minibatch_schedule(n, steps, min(self.cfg.inner_batch, n), self.generator).to(device)
+    def _schedule(
+        self, n: int, steps: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> Tensor:
+        gen = self.generator if generator is None else generator
+        return minibatch_schedule(n, steps, min(self.cfg.inner_batch, n), gen).to(device)
 
     def _inner_loop(self, meta: Params, data: Batch, schedule: Tensor) -> tuple[Params, Tensor | None]:
         """phi^K from theta by the inner optimiser on ``data[schedule[k]]``; also the first batch loss."""
@@ -143,7 +146,12 @@ class Reptile:
         return fast, first_loss
 
     def adapt(
-        self, meta: Params, support: Batch, steps: int | None = None, create_graph: bool = False
+        self,
+        meta: Params,
+        support: Batch,
+        steps: int | None = None,
+        create_graph: bool = False,
+        generator: torch.Generator | None = None,
     ) -> Params:
         """Fast weights for one task: ``steps`` inner steps on mini-batches of the support.
 
@@ -152,13 +160,16 @@ class Reptile:
             support: the task's support set, unstacked.
             steps: number of inner steps; None means ``cfg.inner_steps``.
             create_graph: unused; Reptile's inner loop is first order (accepted for a uniform interface).
+            generator: draws the mini-batch order; default the run's generator. Evaluation passes its
+                own, so that meta-testing never changes the training run's random stream.
 
         Returns:
             The adapted parameters, detached, keyed like ``meta``.
         """
         del create_graph
         steps = self.cfg.inner_steps if steps is None else steps
-        return self._inner_loop(meta, support, self._schedule(support.x.shape[0], steps, support.x.device))[0]
+        schedule = self._schedule(support.x.shape[0], steps, support.x.device, generator)
+        return self._inner_loop(meta, support, schedule)[0]
 
     def task_loss(self, meta: Params, task: Task) -> tuple[Tensor, dict[str, Tensor]]:
         """Surrogate loss of one task whose theta-gradient is ``theta - phi^K``, and aux scalars.

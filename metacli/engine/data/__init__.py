@@ -1,18 +1,31 @@
-"""Dataset registry: ``DATASETS`` (name -> builder) beside the discriminated union ``DataConfig``."""
+"""Dataset registry: ``DATASETS`` (name -> builder) beside the discriminated union ``DataConfig``.
+
+Every builder has the one signature ``build(cfg, ctx: DataContext)`` and returns an
+:class:`~metacli.engine.types.EpisodicDataset` (few-shot tasks) or a
+:class:`~metacli.engine.types.TaskStream` (the online protocol).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field
 
-from metacli.engine.data import sinusoid
+from metacli.engine.data import miniimagenet, omniglot, sinusoid, smnist
+from metacli.engine.data.miniimagenet import MiniImageNetConfig
+from metacli.engine.data.omniglot import OmniglotConfig
 from metacli.engine.data.sinusoid import SinusoidConfig
 from metacli.engine.data.smnist import SMNISTConfig
+from metacli.engine.types import DatasetBuilder
 
-DataConfig = Annotated[SinusoidConfig | SMNISTConfig, Field(discriminator="name")]
+DataConfig = Annotated[
+    SinusoidConfig | OmniglotConfig | MiniImageNetConfig | SMNISTConfig, Field(discriminator="name")
+]
 
-EPISODIC_DATASETS: dict[str, Callable[..., Any]] = {"sinusoid": sinusoid.build}
-ONLINE_DATASETS: dict[str, type[Any]] = {"smnist": SMNISTConfig}
-DATASETS: dict[str, Any] = {**EPISODIC_DATASETS, **ONLINE_DATASETS}
+EPISODIC_DATASETS: dict[str, DatasetBuilder] = {
+    "sinusoid": sinusoid.build,
+    "omniglot": omniglot.build,
+    "miniimagenet": miniimagenet.build,
+}
+ONLINE_DATASETS: dict[str, DatasetBuilder] = {"smnist": smnist.build}
+DATASETS: dict[str, DatasetBuilder] = {**EPISODIC_DATASETS, **ONLINE_DATASETS}

@@ -11,7 +11,6 @@ the only canonical checksum; it is stored decompressed.
 from __future__ import annotations
 
 import gzip
-import os
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -20,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from metacli.engine.data.download import download as _download
+from metacli.engine.data.paths import ENV_VAR
 from metacli.errors import DataError
 
 MIRRORS: tuple[str, ...] = (
@@ -51,18 +51,6 @@ _EXPECTED: dict[str, tuple[int, tuple[int, ...]]] = {
 }
 """IDX magic number (0x0803 = ubyte, 3 dims; 0x0801 = ubyte, 1 dim) and shape of each file."""
 
-ENV_VAR = "METACLI_DATA"
-OFFLINE_VAR = "METACLI_OFFLINE"
-"""Set to 1 to forbid downloads (missing data is then a clear error); the test suite sets it."""
-
-
-def downloads_allowed() -> bool:
-    """Whether metacli may download missing data (``$METACLI_OFFLINE`` is not ``1``)."""
-    return os.environ.get(OFFLINE_VAR, "") != "1"
-
-
-"""Environment variable naming the data root when ``--data-root`` is not given."""
-
 
 class MNISTArrays(NamedTuple):
     """Raw MNIST: images uint8 (N, 28, 28) in [0, 255], labels int64 (N,) in 0..9."""
@@ -71,30 +59,6 @@ class MNISTArrays(NamedTuple):
     train_y: npt.NDArray[np.int64]
     test_x: npt.NDArray[np.uint8]
     test_y: npt.NDArray[np.int64]
-
-
-def resolve_data_root(explicit: Path | None) -> Path:
-    """The data root: ``explicit``, else ``$METACLI_DATA``, else a per-user cache folder.
-
-    The cache folder is ``$XDG_CACHE_HOME/metacli``, or ``~/.cache/metacli`` when
-    ``XDG_CACHE_HOME`` is unset or empty (the XDG base-directory rule).
-    """
-    if explicit is not None:
-        return explicit.expanduser()
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    return user_cache_dir()
-
-
-def user_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/metacli`` or ``~/.cache/metacli``: where metacli writes derived data.
-
-    Built streams are cached here, never in the data root, which may be shared or read-only.
-    """
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "metacli"
 
 
 def _missing_message(folder: Path, cause: str) -> str:

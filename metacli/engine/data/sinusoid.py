@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from metacli.engine.types import Batch, Task
+from metacli.engine.types import Batch, DataContext, Task
 
 
 class SinusoidConfig(BaseModel):
@@ -69,7 +69,7 @@ class Sinusoid:
         split: str,
         n_tasks: int,
         generator: torch.Generator,
-        device: torch.device,
+        device: torch.device | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Task:
         """``n_tasks`` tasks stacked on a leading axis.
@@ -78,7 +78,7 @@ class Sinusoid:
             split: ignored (all splits draw from the same task distribution).
             n_tasks: number of tasks B.
             generator: a CPU generator; all randomness comes from it.
-            device: where the returned tensors live.
+            device: where the returned tensors live (default: the CPU).
             dtype: floating dtype of the returned tensors.
 
         Returns:
@@ -96,6 +96,7 @@ class Sinusoid:
         return Task(Batch(x[:, :k], y[:, :k]), Batch(x[:, k:], y[:, k:]))
 
 
-def build(cfg: SinusoidConfig) -> Sinusoid:
-    """A :class:`Sinusoid` task sampler for ``cfg``."""
+def build(cfg: SinusoidConfig, ctx: DataContext | None = None) -> Sinusoid:
+    """The dataset contract: a :class:`Sinusoid` task sampler for ``cfg`` (it reads no files)."""
+    del ctx
     return Sinusoid(cfg)

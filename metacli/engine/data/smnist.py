@@ -29,7 +29,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from metacli.engine.data.mnist import load_mnist
-from metacli.engine.types import Batch, OnlineStream
+from metacli.engine.types import Batch, DataContext, OnlineStream
 
 TransformName = Literal["rotate", "flip", "scale", "shift"]
 ALL_TRANSFORMS: tuple[TransformName, ...] = ("rotate", "flip", "scale", "shift")
@@ -357,4 +357,23 @@ def build_stream(
         train=Batch(torch.from_numpy(arrays.train_x), torch.from_numpy(arrays.train_y)),
         test=Batch(torch.from_numpy(arrays.test_x), torch.from_numpy(arrays.test_y)),
         n_classes=N_CLASSES,
+    )
+
+
+def build(cfg: SMNISTConfig, ctx: DataContext) -> OnlineStream:
+    """The dataset contract: the S-MNIST stream from ``ctx.root``, cached under ``ctx.cache/streams``.
+
+    Returns the stream on ``ctx.device``, images in ``ctx.dtype``.
+    """
+    stream = build_stream(
+        cfg,
+        ctx.root,
+        cache_dir=ctx.cache / "streams" / cache_name(cfg),
+        download=ctx.download,
+        progress=ctx.progress,
+    )
+    return OnlineStream(
+        train=Batch(stream.train.x.to(ctx.device, ctx.dtype), stream.train.y.to(ctx.device)),
+        test=Batch(stream.test.x.to(ctx.device, ctx.dtype), stream.test.y.to(ctx.device)),
+        n_classes=stream.n_classes,
     )

@@ -1,25 +1,55 @@
-"""Model registry: ``MODELS`` (name -> builder) beside the discriminated union ``ModelConfig``."""
+"""Model registry: ``MODELS`` (name -> builder) beside the discriminated union ``ModelConfig``.
+
+Every model names its parameters ``body.*`` (feature extractor) or ``head.*`` (the final linear layer
+only), so that variants can select what adapts by name: ANIL adapts the head, BOIL the body
+(``docs/reference/maml_family.md`` §2.4, §2.5). :func:`param_group` maps a name to its group.
+
+- ``mlp``: ReLU multilayer perceptron (:mod:`.mlp`).
+- ``conv4``: four conv blocks, MAML's Omniglot / miniImageNet backbone (:mod:`.conv4`).
+- ``resnet12``: MetaOptNet / BOIL / Sparse-MAML ResNet-12 (:mod:`.resnet12`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 from torch import nn
 
-from metacli.engine.models import conv4, mlp
+from metacli.engine.models import conv4, mlp, resnet12
 from metacli.engine.models.conv4 import Conv4Config
 from metacli.engine.models.mlp import MLPConfig
+from metacli.engine.models.resnet12 import ResNet12Config
 
-ModelConfig = Annotated[MLPConfig | Conv4Config, Field(discriminator="name")]
+__all__ = ["MODELS", "PARAM_GROUPS", "ModelConfig", "ParamGroup", "build_model", "param_group"]
+
+ModelConfig = Annotated[MLPConfig | Conv4Config | ResNet12Config, Field(discriminator="name")]
 
 MODELS: dict[str, Callable[[Any, tuple[int, ...], int], nn.Module]] = {
     "mlp": mlp.build,
     "conv4": conv4.build,
+    "resnet12": resnet12.build,
 }
 
+ParamGroup = Literal["body", "head"]
+PARAM_GROUPS: tuple[ParamGroup, ...] = ("body", "head")
 
-def build_model(cfg: MLPConfig | Conv4Config, in_shape: tuple[int, ...], out_features: int) -> nn.Module:
+
+def build_model(
+    cfg: MLPConfig | Conv4Config | ResNet12Config, in_shape: tuple[int, ...], out_features: int
+) -> nn.Module:
     """Build the model named by ``cfg.name`` for the given input shape and output size."""
     return MODELS[cfg.name](cfg, in_shape, out_features)
+
+
+def param_group(name: str) -> ParamGroup:
+    """``"head"`` for the final linear layer's parameters (``head.*``), ``"body"`` for the rest (``body.*``).
+
+    Raises:
+        ValueError: for a name outside both groups (a model that breaks the naming contract).
+    """
+    for group in PARAM_GROUPS:
+        if name.startswith(group + "."):
+            return group
+    raise ValueError(f"parameter {name!r} is in neither group: model parameters must be body.* or head.*")

@@ -1,13 +1,22 @@
-"""Conv4: the four-block convolutional backbone of MAML (Finn et al., 2017).
+"""Conv4: the four-block convolutional backbone of MAML (Finn et al., 2017) and its successors.
 
-Each block is ``conv3x3 -> batch norm -> ReLU -> (2x2 max-pool | stride 2)``, then a linear head.
-Omniglot uses 64 filters and stride-2 convolutions; miniImageNet 32 filters and max-pooling.
+Architecture (``docs/reference/maml_family.md`` §2.1, §2.5, §2.6), four identical blocks then a linear head:
 
-The batch norm is written from primitive ops, ``(x - mean) / sqrt(var + eps) * gamma + beta`` with
-batch statistics, because ``torch.func.vmap`` with second-order gradients through the fused
-``F.batch_norm`` gives wrong meta-gradients (measured 0.5-7 % in float64, torch 2.13/2.14,
-``docs/reference/maml_family.md`` §5). Statistics are always those of the batch (transductive), as
-in every reference implementation; there are no running statistics.
+- ``pool: "max"`` (miniImageNet): ``conv3x3 (padding 1, stride 1) -> BatchNorm -> ReLU -> 2x2 max-pool``;
+  every block halves the side (floor), 84x84 -> 42 -> 21 -> 10 -> 5, so the head sees ``filters * 5 * 5``
+  features (800 for Conv4-32).
+- ``pool: "stride"`` (Omniglot, "strided convolutions instead of max-pooling"):
+  ``conv3x3 (padding 1, stride 2) -> BatchNorm -> ReLU``; every block maps a side s to ceil(s / 2),
+  28x28 -> 14 -> 7 -> 4 -> 2, so the head sees ``filters * 2 * 2`` features (256 for Conv4-64).
+
+Published widths: 32 filters on miniImageNet (MAML, ANIL), 48 (MAML++), 64 on Omniglot (MAML, Reptile) and
+in the miniImageNet ConvNets of BOIL and Sparse-MAML. The batch norm is the primitive-op
+:class:`~metacli.engine.models.layers.BatchNorm` (batch statistics, exact under ``vmap`` at second order).
+
+Parameter names: ``body.<block>.conv.{weight,bias}``, ``body.<block>.norm.{weight,bias}`` and
+``head.{weight,bias}``; ANIL adapts ``head.*`` only, BOIL ``body.*`` only
+(:func:`metacli.engine.models.param_group`). Initialisation is PyTorch's default for conv and linear layers,
+ones and zeros for the batch-norm scale and offset.
 """
 
 from __future__ import annotations
@@ -15,63 +24,75 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
+
+from metacli.engine.models.layers import BatchNorm
+from metacli.errors import SpecError
+
+__all__ = ["BatchNorm", "Conv4", "Conv4Config", "ConvBlock", "Pool", "build", "feature_side"]
+
+Pool = Literal["max", "stride"]
+N_BLOCKS = 4
 
 
 class Conv4Config(BaseModel):
-    """Four conv blocks with batch norm and a linear head."""
+    """Four conv blocks (``conv3x3 -> batch norm -> ReLU -> downsample``) and a linear head."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     name: Literal["conv4"] = "conv4"
-    filters: int = 64
-    """Channels of every conv layer (64 Omniglot, 32 miniImageNet)."""
-    pool: Literal["max", "stride"] = "stride"
-    """Downsampling: 2x2 max-pool (miniImageNet) or stride-2 convolutions (Omniglot)."""
+    """Model name (discriminator)."""
+    filters: int = Field(default=64, ge=1)
+    """Channels of every conv layer: 32 miniImageNet (MAML), 48 (MAML++), 64 Omniglot; any positive width."""
+    pool: Pool = "stride"
+    """``max`` = 2x2 max-pool after the ReLU (miniImageNet), ``stride`` = stride-2 convs (Omniglot)."""
 
 
-class BatchNorm(nn.Module):
-    """Batch norm with batch statistics from primitive ops (exact under vmap at second order)."""
-
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        dims = [0, *range(2, x.dim())]
-        mean = x.mean(dim=dims, keepdim=True)
-        var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)  # biased, as F.batch_norm normalises
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        return (x - mean) / torch.sqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+def feature_side(side: int, pool: Pool, blocks: int = N_BLOCKS) -> int:
+    """Feature-map side after ``blocks`` blocks: floor(s / 2) per max-pool, ceil(s / 2) per stride-2 conv."""
+    for _ in range(blocks):
+        side = side // 2 if pool == "max" else (side + 1) // 2
+    return side
 
 
 class ConvBlock(nn.Module):
-    """``conv3x3 -> BatchNorm -> ReLU -> downsample``."""
+    """``conv3x3 -> BatchNorm -> ReLU -> downsample`` (2x2 max-pool, or none after a stride-2 conv)."""
 
-    def __init__(self, c_in: int, c_out: int, pool: str) -> None:
+    def __init__(self, c_in: int, c_out: int, pool: Pool) -> None:
         super().__init__()
-        stride = 2 if pool == "stride" else 1
-        self.conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=2 if pool == "stride" else 1, padding=1)
         self.norm = BatchNorm(c_out)
-        self.pool = nn.MaxPool2d(2) if pool == "max" else nn.Identity()
+        self.pool: nn.Module = nn.MaxPool2d(2) if pool == "max" else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(torch.relu(self.norm(self.conv(x))))  # type: ignore[no-any-return]
 
 
 class Conv4(nn.Module):
-    """Four :class:`ConvBlock` s (``body``) and a linear ``head``."""
+    """Four :class:`ConvBlock` s (``body``) and a linear ``head`` on the flattened features.
 
-    def __init__(self, in_shape: tuple[int, ...], filters: int, pool: str, out_features: int) -> None:
+    Args:
+        in_shape: ``(channels, height, width)`` of one image.
+        filters: channels of every conv layer.
+        pool: ``"max"`` or ``"stride"`` downsampling.
+        out_features: outputs of the head (ways).
+
+    Raises:
+        SpecError: for an image too small to keep a 1x1 feature map after four blocks.
+    """
+
+    def __init__(self, in_shape: tuple[int, ...], filters: int, pool: Pool, out_features: int) -> None:
         super().__init__()
-        c_in = in_shape[0]
-        self.body = nn.Sequential(*[ConvBlock(c_in if i == 0 else filters, filters, pool) for i in range(4)])
-        with torch.no_grad():
-            n_feat = self.body(torch.zeros(2, *in_shape)).flatten(1).shape[1]
-        self.head = nn.Linear(n_feat, out_features)
+        if len(in_shape) != 3:
+            raise SpecError(f"conv4 needs (channels, height, width) inputs, got shape {in_shape}")
+        c_in, height, width = in_shape
+        h, w = feature_side(height, pool), feature_side(width, pool)
+        if h < 1 or w < 1:
+            raise SpecError(f"conv4 with max-pooling needs images of at least 16x16, got {height}x{width}")
+        blocks = [ConvBlock(c_in if i == 0 else filters, filters, pool) for i in range(N_BLOCKS)]
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Linear(filters * h * w, out_features)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x).flatten(1))  # type: ignore[no-any-return]

@@ -1,0 +1,243 @@
+"""Model contracts: shapes, parameter counts, body/head groups, primitive-op batch norm, exact meta-gradients.
+
+The meta-gradient checks run second-order MAML in float64 through tiny Conv4 and ResNet-12 networks: the
+``vmap`` executor must equal the per-task loop (fused batch norm would be off by 0.5-7 %,
+``docs/reference/maml_family.md`` §5), and the loop must equal central finite differences.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+from torch import Tensor, nn
+
+from metacli.engine.algorithms.maml import MAML, MAMLConfig
+from metacli.engine.executors import task_at
+from metacli.engine.functional import Learner
+from metacli.engine.models import MODELS, build_model, param_group
+from metacli.engine.models.conv4 import Conv4Config, Pool
+from metacli.engine.models.layers import BatchNorm
+from metacli.engine.models.mlp import MLPConfig
+from metacli.engine.models.resnet12 import Pooling, ResNet12Config, feature_sides
+from metacli.engine.types import Batch, Task
+from metacli.errors import SpecError
+
+F64 = torch.float64
+WAYS = 5
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- shapes and sizes
+
+
+@pytest.mark.parametrize(
+    ("in_shape", "pool", "side"),
+    [
+        ((1, 28, 28), "stride", 2),
+        ((1, 28, 28), "max", 1),
+        ((3, 84, 84), "stride", 6),
+        ((3, 84, 84), "max", 5),
+    ],
+)
+@pytest.mark.parametrize("filters", [32, 48, 64])
+def test_conv4_shapes(filters: int, in_shape: tuple[int, int, int], pool: Pool, side: int) -> None:
+    model = build_model(Conv4Config(filters=filters, pool=pool), in_shape, WAYS)
+    x = torch.randn(3, *in_shape)
+    with torch.no_grad():
+        assert model.body(x).shape == (3, filters, side, side)  # type: ignore[operator]
+        assert model(x).shape == (3, WAYS)
+
+
+def test_conv4_rejects_images_too_small_to_pool() -> None:
+    with pytest.raises(SpecError, match="16x16"):
+        build_model(Conv4Config(filters=4, pool="max"), (1, 12, 12), WAYS)
+    with pytest.raises(ValidationError):
+        Conv4Config(filters=0)
+
+
+@pytest.mark.parametrize(
+    ("in_shape", "pooling", "side"),
+    [
+        ((3, 84, 84), "every_block", 5),  # MetaOptNet: 84 -> 42 -> 21 -> 10 -> 5
+        ((3, 84, 84), "first_three", 11),  # BOIL / Sparse-MAML: 84 -> 42 -> 21 -> 11 -> 11
+        ((3, 32, 32), "every_block", 2),
+        ((3, 32, 32), "first_three", 5),
+    ],
+)
+def test_resnet12_shapes(in_shape: tuple[int, int, int], pooling: Pooling, side: int) -> None:
+    cfg = ResNet12Config(pooling=pooling)
+    model = build_model(cfg, in_shape, WAYS)
+    x = torch.randn(2, *in_shape)
+    with torch.no_grad():
+        assert model.body(x).shape == (2, 640, side, side)  # type: ignore[operator]
+        assert model(x).shape == (2, WAYS)
+    assert feature_sides(in_shape[1], cfg.pooling)[-1] == side
+    assert model.head.in_features == 640  # type: ignore[union-attr]
+
+
+def test_resnet12_widths_and_init() -> None:
+    model = build_model(ResNet12Config(widths=(64, 128, 256, 512)), (3, 32, 32), WAYS)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs[::4]] == [64, 128, 256, 512]  # conv1 of every block
+    assert len(convs) == 16 and all(c.bias is None for c in convs)  # 4 x (3 convs + 1x1 shortcut)
+    assert not model.head.bias.detach().any()  # type: ignore[union-attr, operator]
+    bound = (6 / (9 * 64 + 9 * 64)) ** 0.5  # Xavier-uniform, block 1 conv2: fan_in = fan_out = 9 * 64
+    largest = float(convs[1].weight.detach().abs().max())
+    assert 0.9 * bound < largest <= bound
+
+
+def test_parameter_counts() -> None:
+    """ResNet-12 64-160-320-640 is MetaOptNet's 12.4M; Conv4 counts by hand (weights + biases + BN + head)."""
+    assert n_params(build_model(ResNet12Config(), (3, 84, 84), WAYS)) == 12_427_525
+    conv4_32 = (3 * 9 * 32 + 32) + 3 * (32 * 9 * 32 + 32) + 4 * 2 * 32 + (800 * 5 + 5)
+    assert n_params(build_model(Conv4Config(filters=32, pool="max"), (3, 84, 84), WAYS)) == conv4_32 == 32_901
+    conv4_64 = (9 * 64 + 64) + 3 * (64 * 9 * 64 + 64) + 4 * 2 * 64 + (256 * 5 + 5)
+    assert n_params(build_model(Conv4Config(filters=64), (1, 28, 28), WAYS)) == conv4_64 == 113_221
+
+
+# ---------------------------------------------------------------- body / head groups
+
+AnyConfig = MLPConfig | Conv4Config | ResNet12Config
+
+GROUP_CASES: list[tuple[str, AnyConfig, tuple[int, ...]]] = [
+    ("mlp", MLPConfig(), (1,)),
+    ("mlp_no_hidden", MLPConfig(hidden=()), (4,)),
+    ("conv4_stride", Conv4Config(filters=4), (1, 28, 28)),
+    ("conv4_max", Conv4Config(filters=4, pool="max"), (3, 16, 16)),
+    ("resnet12", ResNet12Config(widths=(4, 6, 8, 10)), (3, 16, 16)),
+    ("resnet12_first_three", ResNet12Config(widths=(4, 6, 8, 10), pooling="first_three"), (3, 16, 16)),
+]
+
+
+def test_group_cases_cover_every_model() -> None:
+    assert {cfg.name for _, cfg, _ in GROUP_CASES} == set(MODELS)
+
+
+@pytest.mark.parametrize(("cfg", "in_shape"), [c[1:] for c in GROUP_CASES], ids=[c[0] for c in GROUP_CASES])
+def test_parameters_split_into_body_and_a_final_linear_head(
+    cfg: AnyConfig, in_shape: tuple[int, ...]
+) -> None:
+    model = build_model(cfg, in_shape, 3)
+    groups = {name: param_group(name) for name, _ in model.named_parameters()}
+    assert {n for n, g in groups.items() if g == "head"} == {"head.weight", "head.bias"}
+    assert isinstance(model.head, nn.Linear) and model.head.out_features == 3
+    captured: list[Tensor] = []
+    model.head.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    with torch.no_grad():
+        out = model(torch.randn(4, *in_shape))
+    assert len(captured) == 1 and torch.equal(captured[0], out)  # the head is applied last, once
+    if len(groups) > 2:
+        assert {n for n, g in groups.items() if g == "body"} == set(groups) - {"head.weight", "head.bias"}
+
+
+@pytest.mark.parametrize("name", ["weight", "headless.weight", "backbone.0.weight", "bodyx.bias"])
+def test_param_group_rejects_names_outside_both_groups(name: str) -> None:
+    with pytest.raises(ValueError, match="neither group"):
+        param_group(name)
+
+
+# ---------------------------------------------------------------- primitive-op batch norm
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (5, 3, 7, 6)], ids=["NC", "NCHW"])
+def test_batch_norm_equals_fused_batch_statistics(shape: tuple[int, ...]) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = (3 * torch.randn(shape, generator=gen, dtype=F64) + 1).requires_grad_(True)
+    norm = BatchNorm(shape[1]).to(F64)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(shape[1], generator=gen, dtype=F64))
+        norm.bias.copy_(torch.randn(shape[1], generator=gen, dtype=F64))
+    ours = norm(x)
+    fused = F.batch_norm(x, None, None, norm.weight, norm.bias, training=True, eps=norm.eps)
+    torch.testing.assert_close(ours, fused, rtol=1e-12, atol=1e-12)
+    probe = torch.randn(shape, generator=gen, dtype=F64)
+    params = [x, norm.weight, norm.bias]
+    for a, b in zip(
+        torch.autograd.grad((ours * probe).sum(), params),
+        torch.autograd.grad((fused * probe).sum(), params),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_batch_norm_is_reexported_by_conv4() -> None:
+    from metacli.engine.models import conv4
+
+    assert conv4.BatchNorm is BatchNorm
+
+
+# ---------------------------------------------------------------- second-order meta-gradients
+
+
+def fewshot_problem(
+    cfg: Conv4Config | ResNet12Config, in_shape: tuple[int, int, int], n_tasks: int = 2
+) -> tuple[Learner, Task]:
+    """A float64 model and ``n_tasks`` stacked 2-way 1-shot tasks with 2 queries per class."""
+    ways, queries = 2, 2
+    torch.manual_seed(0)
+    learner = Learner(build_model(cfg, in_shape, ways).to(F64), "cross_entropy")
+    gen = torch.Generator().manual_seed(1)
+    support = Batch(
+        torch.randn(n_tasks, ways, *in_shape, generator=gen, dtype=F64), torch.arange(ways).repeat(n_tasks, 1)
+    )
+    query = Batch(
+        torch.randn(n_tasks, ways * queries, *in_shape, generator=gen, dtype=F64),
+        torch.arange(ways).repeat_interleave(queries).repeat(n_tasks, 1),
+    )
+    return learner, Task(support, query)
+
+
+MAML_CFG = MAMLConfig(alpha=0.1, inner_steps=2)
+
+EXACT_CASES = [
+    ("conv4_32_max", Conv4Config(filters=32, pool="max"), (3, 16, 16)),
+    ("resnet12", ResNet12Config(widths=(4, 6, 8, 10)), (3, 16, 16)),
+    ("resnet12_first_three", ResNet12Config(widths=(4, 6, 8, 10), pooling="first_three"), (3, 16, 16)),
+]
+
+
+@pytest.mark.parametrize(("cfg", "in_shape"), [c[1:] for c in EXACT_CASES], ids=[c[0] for c in EXACT_CASES])
+def test_second_order_meta_gradients_loop_equals_vmap(
+    cfg: Conv4Config | ResNet12Config, in_shape: tuple[int, int, int]
+) -> None:
+    learner, tasks = fewshot_problem(cfg, in_shape)
+    algo = MAML(MAML_CFG, learner)
+    meta = algo.init_meta(learner.init_params())
+    loop, vmap = algo.meta_step(meta, tasks, "loop"), algo.meta_step(meta, tasks, "vmap")
+    assert loop.loss == pytest.approx(vmap.loss, rel=1e-12)
+    assert set(loop.grads) == set(vmap.grads) == set(meta)
+    assert all(float(g.abs().max()) > 0 for g in loop.grads.values())  # every tensor reaches the loss
+    for k in meta:
+        torch.testing.assert_close(vmap.grads[k], loop.grads[k], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("pooling", ["every_block", "first_three"])
+def test_resnet12_meta_gradient_matches_finite_differences(pooling: Pooling) -> None:
+    """<grad, v> against a central difference along a random v, through two second-order inner steps.
+
+    The post-adaptation loss is only piecewise smooth in theta, and not even continuous: the inner gradient
+    jumps where a LeakyReLU input or a max-pool argmax changes sign or place, and phi = theta - alpha g
+    jumps with it. The step eps is kept at 1e-7 (float64 round-off ~1e-9 relative) so that the stencil
+    does not straddle such a jump; at 1e-5 most random directions do.
+    """
+    cfg = ResNet12Config(widths=(4, 6, 8, 10), pooling=pooling)
+    learner, tasks = fewshot_problem(cfg, (3, 16, 16))
+    algo = MAML(MAML_CFG, learner)
+    meta = algo.init_meta(learner.init_params())
+    result = algo.meta_step(meta, tasks, "loop")
+    gen = torch.Generator().manual_seed(2)
+    direction = {k: torch.randn(v.shape, generator=gen, dtype=F64) for k, v in meta.items()}
+    eps, n_tasks = 1e-7, tasks.query.x.shape[0]
+
+    def loss_at(sign: float) -> float:
+        shifted = {k: (v + sign * eps * direction[k]).detach() for k, v in meta.items()}
+        return sum(float(algo.task_loss(shifted, task_at(tasks, i))[0]) for i in range(n_tasks)) / n_tasks
+
+    finite_difference = (loss_at(1.0) - loss_at(-1.0)) / (2 * eps)
+    analytic = float(sum((result.grads[k] * direction[k]).sum() for k in meta))
+    assert analytic == pytest.approx(finite_difference, rel=1e-6)

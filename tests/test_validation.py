@@ -1,0 +1,149 @@
+"""Validation during meta-training, the best checkpoint, and batched meta-testing on fixed task sets.
+
+Runs are MAML on sinusoid through the real CLI (seconds); the sinusoid's "val" and "test" splits draw
+from the same task family, so the selection metric is the validation MSE (lower is better).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from metacli.cli import app
+from metacli.engine import episodic
+from metacli.engine.build import build
+from metacli.engine.checkpoint import load
+from metacli.spec import load_spec
+
+runner = CliRunner()
+VAL = [
+    "--set",
+    "train.meta_iters=40",
+    "--set",
+    "train.meta_batch=2",
+    "--set",
+    "train.log_every=10",
+    "--set",
+    "train.checkpoint_every=20",
+    "--set",
+    "train.val_every=4",
+    "--set",
+    "train.val_tasks=8",
+    "--set",
+    "algorithm.outer_lr=0.01",
+    "--set",
+    "eval.tasks=10",
+    "--quiet",
+]
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    out = result.output + (result.stderr if result.stderr_bytes else "")
+    return result.exit_code, " ".join(out.split())  # the console wraps long messages
+
+
+def rows(run: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_best_checkpoint_is_the_best_validation_step(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    code, out = invoke("train", "--out", str(run), *VAL)
+    assert code == 0, out
+    val = [(int(r["step"]), r["val_loss@10"]) for r in rows(run) if "val_loss@10" in r]
+    assert [s for s, _ in val] == list(range(4, 41, 4))  # every val_every steps, the last included
+    best_step = min(val, key=lambda sv: sv[1])[0]  # ties: the first, as the loop keeps the first
+    best = load(run / "checkpoints" / "best.pt", torch.device("cpu"))
+    last = load(run / "checkpoints" / "last.pt", torch.device("cpu"))
+    assert best["step"] == best_step and last["step"] == 40
+    assert json.loads((run / "summary.json").read_text())["best_step"] == best_step
+    # The best checkpoint holds the parameters of that step: re-validating them gives the logged value.
+    spec, _ = load_spec(run / "spec.yaml")
+    parts = build(spec, device="cpu")
+    v = episodic.validate(parts, best["meta"], episodic.Validation(4, 8, spec.train.val_seed, 10, 25))
+    assert math.isclose(v["val_loss@10"], dict(val)[best_step], rel_tol=1e-5)
+
+    code, out = invoke("evaluate", str(run), "--quiet")
+    assert code == 0, out
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["checkpoint"] == "best" and ev["checkpoint_step"] == best_step
+    code, out = invoke("evaluate", str(run), "--checkpoint", "last", "--quiet")
+    assert code == 0, out
+    ev_last = json.loads((run / "eval.json").read_text())
+    assert ev_last["checkpoint_step"] == 40
+    assert ev_last["metrics"]["query_loss@10"]["mean"] != ev["metrics"]["query_loss@10"]["mean"]
+    assert "query_loss@10" in out and "±" in out  # the rich table
+
+
+def test_without_validation_evaluate_uses_last_and_best_is_a_clear_error(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert invoke("train", "--out", str(run), *VAL, "--set", "train.val_every=0")[0] == 0
+    assert not (run / "checkpoints" / "best.pt").exists()
+    assert all("val_loss@10" not in r for r in rows(run))
+    code, out = invoke("evaluate", str(run), "--checkpoint", "best", "--quiet")
+    assert code == 2 and "no best checkpoint" in out and "--checkpoint last" in out
+    code, out = invoke("evaluate", str(run), "--quiet")
+    assert code == 0 and json.loads((run / "eval.json").read_text())["checkpoint"] == "last"
+    code, out = invoke("evaluate", str(run), "--checkpoint", "middle", "--quiet")
+    assert code == 2 and "best or last" in out
+
+
+def test_resumed_run_keeps_its_best_so_far(tmp_path: Path) -> None:
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert invoke("train", "--out", str(straight), *VAL)[0] == 0
+    assert invoke("train", "--out", str(split), *VAL, "--set", "train.meta_iters=20")[0] == 0
+    spec_path = split / "spec.yaml"
+    spec_path.write_text(spec_path.read_text().replace("meta_iters: 20", "meta_iters: 40"))
+    assert invoke("train", "--resume", str(split), "--quiet")[0] == 0
+    a = load(straight / "checkpoints" / "best.pt", torch.device("cpu"))
+    b = load(split / "checkpoints" / "best.pt", torch.device("cpu"))
+    assert a["step"] == b["step"] and a["best"] == b["best"]
+    assert all(torch.equal(a["meta"][k], b["meta"][k]) for k in a["meta"])
+
+
+def fixed_eval(seed: int, batch: int) -> dict[str, dict[str, float]]:
+    spec, _ = load_spec(algo="maml", dataset="sinusoid", overrides=["dtype=float64"])
+    parts = build(spec, device="cpu")
+    meta = parts.learner.init_params()
+    return episodic.evaluate(parts, meta, "test", 12, seed, [1, 3], batch)
+
+
+def test_fixed_test_tasks_do_not_depend_on_the_batching() -> None:
+    """One seed, one task set: chunks of 5 (5, 5, 2) and one chunk of 12 give the same per-task values."""
+    a, b = fixed_eval(1234, 5), fixed_eval(1234, 12)
+    for name in a:
+        assert a[name]["n"] == 12
+        assert math.isclose(a[name]["mean"], b[name]["mean"], rel_tol=1e-12)
+        assert math.isclose(a[name]["ci95"], b[name]["ci95"], rel_tol=1e-9)
+    assert fixed_eval(1235, 12)["query_loss@1"]["mean"] != a["query_loss@1"]["mean"]
+
+
+def test_batched_evaluation_equals_a_per_task_loop() -> None:
+    """The vmap over tasks computes exactly what adapting each task on its own would."""
+    spec, _ = load_spec(algo="maml", dataset="sinusoid", overrides=["dtype=float64"])
+    parts = build(spec, device="cpu")
+    meta = parts.learner.init_params()
+    tasks = parts.dataset.sample(
+        "test", 4, torch.Generator().manual_seed(0), torch.device("cpu"), torch.float64
+    )
+    batched = episodic.batch_metrics(parts, meta, tasks, [2], torch.Generator())["query_loss@2"]
+    for i in range(4):
+        phi = parts.algorithm.adapt(
+            meta, type(tasks.support)(tasks.support.x[i], tasks.support.y[i]), steps=2
+        )
+        loss = parts.learner.loss(phi, type(tasks.query)(tasks.query.x[i], tasks.query.y[i]))
+        assert math.isclose(float(batched[i]), float(loss), rel_tol=1e-10)
+
+
+def test_summary_confidence_interval_is_1_96_sigma_over_sqrt_n() -> None:
+    values = [1.0, 2.0, 4.0, 7.0]
+    mean = 3.5
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / 3)  # sample standard deviation
+    out = episodic.summarize(values)
+    assert out["mean"] == mean and out["n"] == 4
+    assert math.isclose(out["ci95"], 1.96 * std / 2.0, rel_tol=1e-12)
