@@ -1,12 +1,15 @@
-"""Shared fixtures: the real-data root, tiny specs, and the gpu marker's skip."""
+"""Shared fixtures: the real-data root, tiny specs, the local HTTP server, and the gpu marker's skip."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.httpserver import serve_folder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,6 +30,22 @@ def data_root() -> Path:
     if root is None:
         pytest.skip("real data not found: set METACLI_DATA or put shared/data beside the repository")
     return root
+
+
+@pytest.fixture
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests to a local test server must never go through a proxy from the environment."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def file_server(tmp_path: Path, no_proxy: None) -> Iterator[tuple[str, Path]]:
+    """A threaded HTTP server on 127.0.0.1 (free port) serving ``<tmp>/served``; yields (base URL, folder)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    with serve_folder(served) as url:
+        yield url, served
 
 
 def pytest_configure(config: pytest.Config) -> None:

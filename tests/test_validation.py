@@ -147,3 +147,20 @@ def test_summary_confidence_interval_is_1_96_sigma_over_sqrt_n() -> None:
     out = episodic.summarize(values)
     assert out["mean"] == mean and out["n"] == 4
     assert math.isclose(out["ci95"], 1.96 * std / 2.0, rel_tol=1e-12)
+
+
+def test_two_methods_are_meta_tested_on_identical_tasks() -> None:
+    """MAML and Reptile runs (other models and seeds), built separately, draw the same test tasks."""
+    drawn = []
+    same_data = ["data.shots=5", "data.queries=5", f"data.phase=[0.0, {math.pi}]"]
+    for algo, seed in (("maml", 0), ("reptile", 7)):
+        spec, _ = load_spec(algo=algo, dataset="sinusoid", overrides=[*same_data, f"seed={seed}"])
+        parts = build(spec, device="cpu")
+        ids = range(7)
+        drawn.append(
+            episodic.stack_tasks(
+                [parts.dataset.sample("test", 1, episodic.task_generator(1234, i)) for i in ids]
+            )
+        )
+    a, b = drawn
+    assert torch.equal(a.support.x, b.support.x) and torch.equal(a.query.y, b.query.y)

@@ -22,6 +22,9 @@ import pytest
 
 from metacli.engine.data.download import ChecksumError, download, partial_path
 from metacli.errors import DataError
+from tests.httpserver import LOCAL, QuietHandler, serving
+
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 PAYLOAD = os.urandom(1) + bytes(range(256)) * 800  # 204,801 bytes: several read chunks
 CUT = 70_000
@@ -52,7 +55,7 @@ class _Server(http.server.ThreadingHTTPServer):
     state: _State
 
 
-class _RangeHandler(http.server.BaseHTTPRequestHandler):
+class _RangeHandler(QuietHandler):
     server: _Server
     protocol_version = "HTTP/1.1"  # Content-Length framing, so a cut is detectable
 
@@ -88,30 +91,14 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
         state.sent.append(len(chunk))
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
-        """Keep pytest output clean."""
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Requests to the local test server must never go through a proxy from the environment."""
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
 
 @pytest.fixture
 def server() -> Iterator[tuple[str, _State]]:
     """The Range-aware server on a free port; yields (URL of the payload, its state)."""
-    httpd = _Server(("127.0.0.1", 0), _RangeHandler)
+    httpd = _Server(LOCAL, _RangeHandler)
     httpd.state = _State()
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/archive.zip", httpd.state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serving(httpd) as base:
+        yield f"{base}archive.zip", httpd.state
 
 
 def _files(folder: Path) -> list[str]:

@@ -8,17 +8,13 @@ come from the real split CSVs when they are available (``$METACLI_DATA`` or ``<r
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import io
 import os
 import pickle
 import shutil
 import struct
-import threading
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -45,6 +41,8 @@ from metacli.engine.data.miniimagenet import (
 )
 from metacli.engine.types import DataContext
 from metacli.errors import DataError
+
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 torch.set_num_threads(1)
 
@@ -178,13 +176,6 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Fixture:
 def fresh(tmp_path: Path) -> Fixture:
     """A fixture of the test's own, for tests that change files."""
     return write_fixture(tmp_path / "root")
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Requests to the local test server must never go through a proxy from the environment."""
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
 
 
 def _md5(path: Path) -> str:
@@ -483,29 +474,6 @@ def test_config_defaults_and_600_image_limit() -> None:
 # --- downloads from a local HTTP server ---------------------------------------------------------------------
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
-        """Keep pytest output clean."""
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A threaded HTTP server on 127.0.0.1 (free port) serving ``<tmp>/served``; yields (base URL, folder)."""
-    served = tmp_path / "served"
-    served.mkdir()
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(served))
-    )
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/", served
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
 def _serve_pickles(
     source: Fixture, served: Path, base: str
 ) -> tuple[dict[Split, list[str]], dict[Split, str]]:
@@ -519,8 +487,10 @@ def _serve_pickles(
     return urls, md5
 
 
-def test_download_fetches_verified_pickles(source: Fixture, server: tuple[str, Path], tmp_path: Path) -> None:
-    base, served = server
+def test_download_fetches_verified_pickles(
+    source: Fixture, file_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    base, served = file_server
     urls, md5 = _serve_pickles(source, served, base)
     root = tmp_path / "root"
     with warnings.catch_warnings():
@@ -532,9 +502,9 @@ def test_download_fetches_verified_pickles(source: Fixture, server: tuple[str, P
 
 
 def test_download_with_wrong_md5_is_refused(
-    source: Fixture, server: tuple[str, Path], tmp_path: Path
+    source: Fixture, file_server: tuple[str, Path], tmp_path: Path
 ) -> None:
-    base, served = server
+    base, served = file_server
     urls, md5 = _serve_pickles(source, served, base)
     md5["val"] = "0" * 32
     root = tmp_path / "root"

@@ -7,15 +7,11 @@ downloader verifies.
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import http.server
 import os
 import shutil
-import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +29,9 @@ from metacli.engine.data.mnist import (
 )
 from metacli.engine.data.paths import resolve_data_root
 from metacli.errors import DataError
+from tests.httpserver import LOCAL, QuietHandler, refused_url, serving
+
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,43 +53,6 @@ def shared_root() -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Requests to the local test server must never go through a proxy from the environment."""
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
-        """Keep pytest output clean."""
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A threaded HTTP server on 127.0.0.1 (free port) serving ``<tmp>/served``; yields (base URL, folder)."""
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(served))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/", served
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
-def _refused_url() -> str:
-    """A 127.0.0.1 URL on a port nobody listens on (bound then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -103,9 +65,9 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def test_download_real_gz_verifies_decompressed_sha256_and_replaces_atomically(
-    server: tuple[str, Path], shared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    file_server: tuple[str, Path], shared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base, served = server
+    base, served = file_server
     name = TRAIN_LABELS
     shutil.copy(shared_root / "mnist" / f"{name}.gz", served / f"{name}.gz")
     # The shared .gz is not byte-identical to the canonical one, so only a decompressed check can pass.
@@ -134,9 +96,9 @@ def test_download_real_gz_verifies_decompressed_sha256_and_replaces_atomically(
 
 
 def test_load_mnist_downloads_all_four_files_from_mirror(
-    server: tuple[str, Path], shared_root: Path, tmp_path: Path
+    file_server: tuple[str, Path], shared_root: Path, tmp_path: Path
 ) -> None:
-    base, served = server
+    base, served = file_server
     for name in FILES:
         shutil.copy(shared_root / "mnist" / f"{name}.gz", served / f"{name}.gz")
     root = tmp_path / "root"
@@ -148,7 +110,7 @@ def test_load_mnist_downloads_all_four_files_from_mirror(
     assert data.train_x.shape == (60000, 28, 28)
     assert data.train_y[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     # A second load reads the uncompressed files without any server.
-    again = load_mnist(root, download=False, mirrors=[_refused_url()])
+    again = load_mnist(root, download=False, mirrors=[refused_url()])
     assert np.array_equal(again.test_x, data.test_x)
 
 
@@ -157,9 +119,9 @@ def test_load_mnist_downloads_all_four_files_from_mirror(
 
 @pytest.mark.parametrize("kind", ["wrong_content", "not_gzip", "truncated_gzip"])
 def test_corrupt_download_rejected_and_nothing_left(
-    server: tuple[str, Path], shared_root: Path, tmp_path: Path, kind: str
+    file_server: tuple[str, Path], shared_root: Path, tmp_path: Path, kind: str
 ) -> None:
-    base, served = server
+    base, served = file_server
     name = TRAIN_IMAGES
     good = (shared_root / "mnist" / f"{name}.gz").read_bytes()
     if kind == "wrong_content":
@@ -181,8 +143,8 @@ def test_corrupt_download_rejected_and_nothing_left(
     assert _leftovers(dest.parent) == []  # no partial temporary file either
 
 
-def test_failed_download_keeps_previous_dest_untouched(server: tuple[str, Path], tmp_path: Path) -> None:
-    base, served = server
+def test_failed_download_keeps_previous_dest_untouched(file_server: tuple[str, Path], tmp_path: Path) -> None:
+    base, served = file_server
     (served / "f.bin").write_bytes(b"new but wrong")
     dest = tmp_path / "f.bin"
     dest.write_bytes(b"old")
@@ -196,9 +158,9 @@ def test_failed_download_keeps_previous_dest_untouched(server: tuple[str, Path],
 
 
 def test_first_mirror_404_second_mirror_used(
-    server: tuple[str, Path], shared_root: Path, tmp_path: Path
+    file_server: tuple[str, Path], shared_root: Path, tmp_path: Path
 ) -> None:
-    base, served = server
+    base, served = file_server
     (served / "good").mkdir()
     shutil.copy(shared_root / "mnist" / f"{TEST_LABELS}.gz", served / "good" / f"{TEST_LABELS}.gz")
     dest = tmp_path / TEST_LABELS
@@ -212,8 +174,8 @@ def test_first_mirror_404_second_mirror_used(
     assert _sha256(dest) == SHA256[TEST_LABELS]
 
 
-def test_mirror_with_bad_content_falls_through_to_next(server: tuple[str, Path], tmp_path: Path) -> None:
-    base, served = server
+def test_mirror_with_bad_content_falls_through_to_next(file_server: tuple[str, Path], tmp_path: Path) -> None:
+    base, served = file_server
     (served / "bad").mkdir()
     (served / "good").mkdir()
     (served / "bad" / "x").write_bytes(b"tampered")
@@ -223,9 +185,9 @@ def test_mirror_with_bad_content_falls_through_to_next(server: tuple[str, Path],
     assert dest.read_bytes() == b"payload"
 
 
-def test_all_mirrors_fail_lists_each(server: tuple[str, Path], tmp_path: Path) -> None:
-    base, _ = server
-    refused = _refused_url()
+def test_all_mirrors_fail_lists_each(file_server: tuple[str, Path], tmp_path: Path) -> None:
+    base, _ = file_server
+    refused = refused_url()
     with pytest.raises(DataError) as info:
         download([f"{base}nope", f"{refused}nope"], tmp_path / "nope", "0" * 64, progress=False)
     msg = str(info.value)
@@ -233,7 +195,7 @@ def test_all_mirrors_fail_lists_each(server: tuple[str, Path], tmp_path: Path) -
     assert _leftovers(tmp_path) == ["served"]
 
 
-class _CutOffHandler(http.server.BaseHTTPRequestHandler):
+class _CutOffHandler(QuietHandler):
     """Promises 1000 bytes, sends 10, then hangs up: a connection lost mid-download."""
 
     def do_GET(self) -> None:  # noqa: N802 (stdlib name)
@@ -244,20 +206,14 @@ class _CutOffHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
-        """Keep pytest output clean."""
-
 
 def test_connection_cut_mid_body_falls_through_and_leaves_nothing(
-    server: tuple[str, Path], tmp_path: Path
+    file_server: tuple[str, Path], tmp_path: Path
 ) -> None:
-    base, served = server
+    base, served = file_server
     (served / "x").write_bytes(b"payload")
-    cut = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CutOffHandler)
-    thread = threading.Thread(target=cut.serve_forever, daemon=True)
-    thread.start()
-    try:
-        cut_url = f"http://127.0.0.1:{cut.server_address[1]}/x"
+    with serving(http.server.ThreadingHTTPServer(LOCAL, _CutOffHandler)) as cut_base:
+        cut_url = f"{cut_base}x"
         dest = tmp_path / "x"
         with pytest.raises(DataError, match="connection closed after 10 of 1000 bytes"):
             download([cut_url], dest, hashlib.sha256(b"payload").hexdigest(), progress=False)
@@ -266,10 +222,6 @@ def test_connection_cut_mid_body_falls_through_and_leaves_nothing(
         download([cut_url, f"{base}x"], dest, hashlib.sha256(b"payload").hexdigest(), progress=False)
         assert dest.read_bytes() == b"payload"
         assert _leftovers(tmp_path) == ["served", "x"]
-    finally:
-        cut.shutdown()
-        cut.server_close()
-        thread.join(timeout=5)
 
 
 # --- (d) no server / download off: one clear paragraph naming the four files ---------------------------
@@ -286,7 +238,7 @@ def _assert_missing_message(msg: str, folder: Path) -> None:
 def test_connection_refused_raises_data_error_naming_files(tmp_path: Path) -> None:
     root = tmp_path / "root"
     with pytest.raises(DataError) as info:
-        load_mnist(root, download=True, progress=False, mirrors=[_refused_url()])
+        load_mnist(root, download=True, progress=False, mirrors=[refused_url()])
     _assert_missing_message(str(info.value), root / "mnist")
     assert "download failed" in str(info.value)
     assert _leftovers(root / "mnist") == []
@@ -295,7 +247,7 @@ def test_connection_refused_raises_data_error_naming_files(tmp_path: Path) -> No
 def test_download_off_raises_data_error_naming_files(tmp_path: Path) -> None:
     with pytest.raises(DataError) as info:
         # A mirror that would refuse: download=False must not even try it.
-        load_mnist(tmp_path, download=False, mirrors=[_refused_url()])
+        load_mnist(tmp_path, download=False, mirrors=[refused_url()])
     _assert_missing_message(str(info.value), tmp_path / "mnist")
     assert "downloading is off" in str(info.value)
 

@@ -7,15 +7,11 @@ that cache. Everything else runs on a tiny archive pair written by the test in t
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import io
 import os
 import random
-import socket
 import struct
-import threading
 import time
 import zipfile
 import zlib
@@ -47,19 +43,15 @@ from metacli.engine.data.omniglot import (
 from metacli.engine.types import DataContext
 from metacli.errors import DataError
 from tests.conftest import shared_data_root
+from tests.httpserver import refused_url
+
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 U8 = npt.NDArray[np.uint8]
 
 
 def _ctx(root: Path, cache: Path, download: bool = False, progress: bool = False) -> DataContext:
     return DataContext(root, cache, torch.device("cpu"), torch.float32, download, progress)
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Requests to the local test server must never go through a proxy from the environment."""
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
 
 
 def _no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -360,7 +352,8 @@ def test_corrupt_cache_is_rebuilt(tiny_root: Path, tmp_path: Path, monkeypatch: 
     assert calls == []  # a good cache is read
     for damage in (b"not a torch file", path.read_bytes()[:1000]):
         path.write_bytes(damage)
-        again = build(LAKE, ctx)
+        with pytest.warns(UserWarning, match="unreadable Omniglot cache"):
+            again = build(LAKE, ctx)
         assert torch.equal(again.splits["train"].images, first.splits["train"].images)
     assert len(calls) == 2
     build(LAKE, ctx)  # and it was rewritten whole
@@ -394,7 +387,7 @@ def _assert_missing_message(msg: str, folder: Path) -> None:
 def test_missing_archive_with_download_off(tmp_path: Path) -> None:
     root = tmp_path / "root"
     with pytest.raises(DataError) as info:
-        build(LAKE, _ctx(root, tmp_path / "cache"), mirrors=[_refused_url()])
+        build(LAKE, _ctx(root, tmp_path / "cache"), mirrors=[refused_url()])
     _assert_missing_message(str(info.value), root / "omniglot")
     assert "downloading is off" in str(info.value)
     assert not (root / "omniglot").exists()
@@ -424,40 +417,10 @@ def test_damaged_png_names_the_member(tiny_root: Path, tmp_path: Path) -> None:
 # --- downloads from a local server --------------------------------------------------------------------
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
-        """Keep pytest output clean."""
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A threaded HTTP server on 127.0.0.1 (free port) serving ``<tmp>/served``; yields (base URL, folder)."""
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(served))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/", served
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
-def _refused_url() -> str:
-    """A 127.0.0.1 URL on a port nobody listens on (bound then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
-
-
 def test_download_verified_by_md5(
-    server: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    file_server: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base, served = server
+    base, served = file_server
     write_tiny_archives(served)
     for name in ARCHIVES.values():  # the fixture stands in for the official files
         monkeypatch.setitem(MD5, name, hashlib.md5((served / name).read_bytes()).hexdigest())
@@ -469,8 +432,8 @@ def test_download_verified_by_md5(
     assert ds.splits["test"].images.shape[0] == 3
 
 
-def test_download_with_wrong_md5_refused(server: tuple[str, Path], tmp_path: Path) -> None:
-    base, served = server
+def test_download_with_wrong_md5_refused(file_server: tuple[str, Path], tmp_path: Path) -> None:
+    base, served = file_server
     write_tiny_archives(served)  # not the official archives, so the official MD5 refuses them
     root = tmp_path / "root"
     with pytest.raises(DataError) as info:
@@ -483,7 +446,7 @@ def test_download_with_wrong_md5_refused(server: tuple[str, Path], tmp_path: Pat
 
 def test_present_archives_used_as_they_are(tiny_root: Path, tmp_path: Path) -> None:
     """Download allowed, but the archives are there: no request, and no MD5 check (the shared zips differ)."""
-    ds = build(LAKE, _ctx(tiny_root, tmp_path / "cache", download=True), mirrors=[_refused_url()])
+    ds = build(LAKE, _ctx(tiny_root, tmp_path / "cache", download=True), mirrors=[refused_url()])
     assert ds.splits["train"].images.shape[0] == 5
 
 

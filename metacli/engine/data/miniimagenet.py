@@ -30,9 +30,7 @@ import codecs
 import csv
 import hashlib
 import importlib
-import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -49,7 +47,14 @@ from torch import Tensor
 
 from metacli.engine.data.download import download as _download
 from metacli.engine.data.images import SPLITS, ClassImages, FewShotConfig, FewShotImages, Split
-from metacli.engine.data.paths import ENV_VAR, OFFLINE_VAR, cache_key, file_identity
+from metacli.engine.data.paths import (
+    ENV_VAR,
+    OFFLINE_VAR,
+    cache_key,
+    file_identity,
+    read_cache_file,
+    write_cache_file,
+)
 from metacli.engine.types import DataContext
 from metacli.errors import DataError
 
@@ -558,12 +563,8 @@ def read_cache(path: Path) -> dict[Split, SplitImages] | None:
 
     A corrupt cache is not an error: the caller rebuilds it from the sources.
     """
-    if not path.is_file():
-        return None
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged zip or pickle can raise many types
-        warnings.warn(f"ignoring the unreadable miniImageNet cache {path} ({e}); rebuilding it", stacklevel=3)
+    blob = read_cache_file(path, "miniImageNet")
+    if blob is None:
         return None
     ok = isinstance(blob, dict) and blob.get("format_version") == FORMAT_VERSION
     splits = blob.get("splits") if ok else None
@@ -583,22 +584,7 @@ def write_cache(path: Path, splits: Mapping[Split, SplitImages]) -> None:
         "format_version": FORMAT_VERSION,
         "splits": {s: {"images": v.images, "classes": list(v.classes)} for s, v in splits.items()},
     }
-    tmp: Path | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        tmp = Path(name)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-    except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as RuntimeError
-        warnings.warn(f"could not cache the decoded miniImageNet in {path.parent}: {e}", stacklevel=3)
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+    write_cache_file(path, blob, "decoded miniImageNet")
 
 
 # --- loading ----------------------------------------------------------------------------------------------

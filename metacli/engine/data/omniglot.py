@@ -48,9 +48,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
-import tempfile
-import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -69,7 +66,7 @@ from torch import Tensor
 
 from metacli.engine.data.download import download as _download
 from metacli.engine.data.images import SPLITS, ClassImages, FewShotConfig, FewShotImages, Split
-from metacli.engine.data.paths import ENV_VAR, cache_key, file_identity
+from metacli.engine.data.paths import ENV_VAR, cache_key, file_identity, read_cache_file, write_cache_file
 from metacli.engine.types import DataContext
 from metacli.errors import DataError
 
@@ -317,11 +314,10 @@ def cache_path(cache: Path, recipe: dict[str, Any]) -> Path:
 
 def _load_cache(path: Path, recipe: dict[str, Any]) -> OmniglotCharacters | None:
     """The cached characters if ``path`` holds a well-formed entry for ``recipe``; None otherwise."""
-    if not path.is_file():
+    blob = read_cache_file(path, "Omniglot")
+    if blob is None:
         return None
     try:
-        # weights_only: a cache file is data, never code (it may sit in a shared folder).
-        blob = torch.load(path, map_location="cpu", weights_only=True)
         images, names = blob["images"], blob["characters"]
         side = recipe["image_size"]
         ok = (
@@ -331,7 +327,7 @@ def _load_cache(path: Path, recipe: dict[str, Any]) -> OmniglotCharacters | None
             and tuple(images.shape) == (len(names), DRAWERS, 1, side, side)
         )
         characters = [Character(*(str(x) for x in n)) for n in names]
-    except Exception:  # any failure to read a cache only means: decode again
+    except Exception:  # a cache of another shape only means: decode again
         return None
     return OmniglotCharacters(characters, images) if ok else None
 
@@ -343,19 +339,7 @@ def _save_cache(path: Path, recipe: dict[str, Any], decoded: OmniglotCharacters)
         "characters": [list(c) for c in decoded.characters],
         "images": decoded.images,
     }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(blob, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    except OSError as e:
-        warnings.warn(f"could not cache the decoded Omniglot images in {path.parent}: {e}", stacklevel=3)
+    write_cache_file(path, blob, "decoded Omniglot images")
 
 
 def load_characters(

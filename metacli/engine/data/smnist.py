@@ -16,8 +16,6 @@ are identical. The built arrays are cached as ``.npy`` files and reused by later
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -29,6 +27,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from metacli.engine.data.mnist import load_mnist
+from metacli.engine.data.paths import atomic_write
 from metacli.engine.types import Batch, DataContext, OnlineStream
 
 TransformName = Literal["rotate", "flip", "scale", "shift"]
@@ -304,23 +303,14 @@ def _load_cache(folder: Path, cfg: SMNISTConfig) -> StreamArrays | None:
     return StreamArrays(**arrays)  # type: ignore[arg-type]
 
 
-def _save_atomic(path: Path, arr: npt.NDArray[np.generic]) -> None:
-    """Write one ``.npy`` through a temporary file and ``os.replace``, so a reader never sees half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _save_cache(folder: Path, arrays: StreamArrays) -> None:
     """Cache the arrays; a failure (e.g. read-only data root) only warns, the stream is still usable."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for key, arr in arrays._asdict().items():
-            _save_atomic(folder / f"{key}.npy", arr)
+            # No fsync: a stream is rebuilt whenever a file is missing or fails to load.
+            with atomic_write(folder / f"{key}.npy", suffix=".part", fsync=False) as f:
+                np.save(f, arr, allow_pickle=False)
     except OSError as e:
         warnings.warn(f"could not cache the S-MNIST stream in {folder}: {e}", stacklevel=3)
 
