@@ -210,7 +210,7 @@ def interleaved_times(timers: dict[str, Timer], repeats: int, warmup: int) -> di
 def training_step(case: Case, executor: str, n_tasks: int, device: torch.device) -> Callable[[], None]:
     """One meta-training step of a fresh run (own meta-parameters, Adam state, task generator)."""
     generator = torch.Generator().manual_seed(case.spec.seed)
-    parts = Parts(device, torch.float32, generator, case.learner, case.algo, case.data)
+    parts = Parts(device, torch.float32, generator, case.learner, case.algo, case.data)  # no spec
     state = TrainState(parts, total_steps=1)
 
     def step() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from metacli.engine.algorithms import ONLINE_ALGORITHMS, AlgorithmConfig
 from metacli.engine.data import ONLINE_DATASETS, DataConfig
@@ -36,8 +36,9 @@ class TrainSettings(BaseModel):
     """Tasks per meta-step (B)."""
     meta_iters: int = Field(70_000, ge=1)
     """Number of meta-steps (outer iterations)."""
-    executor: Literal["loop", "vmap"] = "loop"
-    """How the meta-batch is processed: a per-task loop (low memory) or torch.func.vmap over tasks."""
+    executor: Literal["auto", "loop", "vmap"] = "auto"
+    """How the meta-batch is processed: a per-task loop (low memory) or torch.func.vmap over tasks; auto
+    chooses from the device, the input size and the meta-batch (README, "Threads and executors")."""
     log_every: int = Field(100, ge=1)
     """Meta-steps between metric lines (and TensorBoard points)."""
     checkpoint_every: int = Field(1000, ge=1)
@@ -90,8 +91,16 @@ class RunSpec(BaseModel):
     """Seed of every generator of the run (tasks, initialisation, sampling)."""
     device: str = "auto"
     """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
-    threads: int | None = Field(None, ge=1)
-    """CPU threads for torch (default: torch's choice); 1 is often fastest for tiny models."""
+    threads: int | Literal["auto"] | None = "auto"
+    """CPU threads for torch: auto (1 for small models, else the cores not busy with other work; the
+    chosen number is written to the run's spec.yaml), a number, or null for torch's own default."""
+
+    @field_validator("threads")
+    @classmethod
+    def _positive_threads(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("threads must be at least 1 (or auto, or null for torch's default)")
+        return value
     dtype: Literal["float32", "float64"] = "float32"
     """Floating-point type of parameters and data."""
     data_root: str | None = None

@@ -51,6 +51,7 @@ def file_server(tmp_path: Path, no_proxy: None) -> Iterator[tuple[str, Path]]:
 def pytest_configure(config: pytest.Config) -> None:
     """One torch thread: the suite's models are tiny, and on 2 shared cores more threads are ~10x slower."""
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # and `threads: auto` of every run the tests start picks 1
     # No test may reach a real download mirror: missing data must be a clear error, not a download.
     os.environ["METACLI_OFFLINE"] = "1"
 

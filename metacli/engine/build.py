@@ -18,6 +18,7 @@ from metacli.engine.data.paths import downloads_allowed, resolve_data_root, user
 from metacli.engine.device import resolve_device
 from metacli.engine.functional import Learner
 from metacli.engine.models import build_model
+from metacli.engine.policy import choose_executor, choose_threads
 from metacli.engine.types import Batch, DataContext, EpisodicDataset, OnlineStream, TaskStream
 from metacli.spec import RunSpec
 
@@ -33,6 +34,8 @@ class Parts(NamedTuple):
     """An ``EpisodicAlgorithm`` or ``OnlineAlgorithm`` (protocols of :mod:`metacli.engine.types`)."""
     dataset: Any
     """An :class:`~metacli.engine.types.EpisodicDataset` or, for online runs, an :class:`OnlineStream`."""
+    spec: RunSpec | None = None
+    """The spec with every ``auto`` resolved, as the run directory's spec.yaml records it (set by build)."""
 
 
 def make_generator(seed: int) -> torch.Generator:
@@ -50,8 +53,6 @@ def build(spec: RunSpec, device: str | None = None, progress: bool = False) -> P
     """Build every part of ``spec``; ``device`` overrides ``spec.device``."""
     dev = resolve_device(device or spec.device)
     dtype = torch.float64 if spec.dtype == "float64" else torch.float32
-    if spec.threads is not None:
-        torch.set_num_threads(spec.threads)
     dataset = DATASETS[spec.data.name](spec.data, data_context(spec, dev, dtype, progress))
     if isinstance(dataset, EpisodicDataset):
         in_shape, n_out, criterion = dataset.in_shape, dataset.out_features, dataset.criterion
@@ -62,10 +63,24 @@ def build(spec: RunSpec, device: str | None = None, progress: bool = False) -> P
     # that building (or reading a cache) cannot change it.
     torch.manual_seed(spec.seed)
     model = build_model(spec.model, in_shape, n_out).to(device=dev, dtype=dtype)
+    spec = resolve_auto(spec, dev, in_shape, sum(p.numel() for p in model.parameters()))
+    if isinstance(spec.threads, int):
+        torch.set_num_threads(spec.threads)
     learner = Learner(model, criterion)
     generator = make_generator(spec.seed)
     algorithm = ALGORITHMS[spec.algorithm.name](spec.algorithm, learner, generator)
-    return Parts(dev, dtype, generator, learner, algorithm, dataset)
+    return Parts(dev, dtype, generator, learner, algorithm, dataset, spec)
+
+
+def resolve_auto(spec: RunSpec, device: torch.device, in_shape: tuple[int, ...], n_params: int) -> RunSpec:
+    """``spec`` with ``threads: auto`` and ``train.executor: auto`` replaced by the chosen values."""
+    update: dict[str, Any] = {}
+    if spec.threads == "auto":
+        update["threads"] = choose_threads(n_params)
+    if spec.train.executor == "auto":
+        executor = choose_executor(device, in_shape, spec.train.meta_batch)
+        update["train"] = spec.train.model_copy(update={"executor": executor})
+    return spec.model_copy(update=update) if update else spec
 
 
 def first_rounds(stream: TaskStream, rounds: int | None) -> OnlineStream:

@@ -112,6 +112,16 @@ def validate(parts: Parts, meta: Params, val: Validation) -> dict[str, float]:
     return {name.replace("query_", "val_"): m["mean"] for name, m in results.items()}
 
 
+def validate_and_track(parts: Parts, state: TrainState, val: Validation) -> tuple[dict[str, float], bool]:
+    """Validate ``state.meta``; keep it as ``state.best`` when it beats the best so far (ties: the first)."""
+    scores = validate(parts, state.meta, val)
+    value = selection_value(scores, val.steps)
+    improved = state.best is None or value > state.best[1]
+    if improved:
+        state.best = (state.step, value)
+    return scores, improved
+
+
 def train(
     parts: Parts,
     cfg: TrainSettings,
@@ -138,11 +148,7 @@ def train(
             row = {"query_loss": result.loss, **result.metrics}
         improved = False
         if val is not None and (state.step % val.every == 0 or last):
-            scores = validate(parts, state.meta, val)
-            value = selection_value(scores, val.steps)
-            improved = state.best is None or value > state.best[1]
-            if improved:
-                state.best = (state.step, value)
+            scores, improved = validate_and_track(parts, state, val)
             row.update(scores)
         if row:
             log(state.step, {**row, "wall_time": time.perf_counter() - t0})

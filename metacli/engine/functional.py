@@ -63,6 +63,11 @@ def grad_and_loss(
     ``torch.func`` transforms compose with ``vmap`` (the batched executor) and stay differentiable
     by an outer ``torch.autograd.grad``, so one inner-loop code path serves both executors. With
     ``create_graph=False`` the gradient is detached: the first-order approximation.
+
+    Outside ``vmap`` (the loop executor) a plain ``torch.autograd.grad(create_graph=True)`` gives the
+    same meta-gradient (float64, to 1e-14) but is not clearly faster: 0-5 % on a second-order Conv4-64
+    Omniglot MAML meta-step with fused batch norm (medians of 30 interleaved repeats, 1 thread, a noise
+    of +-10 % between runs; issue 8). Not worth a second inner-loop code path.
     """
     grads, loss = torch.func.grad_and_value(loss_fn)(params)
     if not create_graph:

@@ -94,6 +94,7 @@ def write_summary(
         "dataset": spec.data.name,
         "rounds": rounds,
         "device": str(parts.device),
+        "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "train_seconds": seconds,
         "total_wall_time": last.get("wall_time"),

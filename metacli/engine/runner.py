@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+import torch
+
 from metacli.engine import checkpoint as ckpt_io
 from metacli.engine import episodic
 from metacli.engine.build import Parts, build
@@ -54,6 +56,7 @@ def train_run(spec: RunSpec, run_dir: Path, device: str | None = None, quiet: bo
 
     with staged_run_dir(run_dir):
         parts = build(spec, device=device, progress=not quiet)
+        spec = resolved(parts)
         atomic_write_text(run_dir / SPEC_FILE, spec_to_yaml(spec))
         return _run(spec, parts, run_dir, checkpoint=None, quiet=quiet)
 
@@ -65,7 +68,14 @@ def resume_run(run_dir: Path, device: str | None = None, quiet: bool = False) ->
     if not ckpt.is_file():
         raise RunDirError(f"{run_dir} has no checkpoint ({ckpt}) to resume from; start a new run instead.")
     parts = build(spec, device=device, progress=not quiet)
-    return _run(spec, parts, run_dir, checkpoint=ckpt_io.load(ckpt, parts.device), quiet=quiet)
+    checkpoint = ckpt_io.load(ckpt, parts.device)
+    return _run(resolved(parts), parts, run_dir, checkpoint=checkpoint, quiet=quiet)
+
+
+def resolved(parts: Parts) -> RunSpec:
+    """The spec ``build`` resolved (its ``auto`` fields replaced by the chosen values)."""
+    assert parts.spec is not None  # build always sets it
+    return parts.spec
 
 
 def _run(
@@ -106,6 +116,8 @@ def _run_episodic(
         "dataset": spec.data.name,
         "steps": state.step,
         "device": str(parts.device),
+        "threads": torch.get_num_threads(),
+        "executor": spec.train.executor,
         "train_seconds": time.perf_counter() - t0,
     }
     if state.best is not None:

@@ -1,8 +1,9 @@
-"""Model contracts: shapes, parameter counts, body/head groups, primitive-op batch norm, exact meta-gradients.
+"""Model contracts: shapes, parameter counts, body/head groups, batch-norm kernels, exact meta-gradients.
 
 The meta-gradient checks run second-order MAML in float64 through tiny Conv4 and ResNet-12 networks: the
-``vmap`` executor must equal the per-task loop (fused batch norm would be off by 0.5-7 %,
-``docs/reference/maml_family.md`` §5), and the loop must equal central finite differences.
+``vmap`` executor (primitive-op batch norm; fused would be off by 0.5-7 %, ``docs/reference/maml_family.md``
+§5) must equal the per-task loop (fused batch norm), and the loop must equal central finite differences.
+Which kernel runs where: ``tests/engine/test_fused.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from metacli.engine.executors import task_at
 from metacli.engine.functional import Learner
 from metacli.engine.models import MODELS, build_model, param_group
 from metacli.engine.models.conv4 import Conv4Config, Pool
-from metacli.engine.models.layers import BatchNorm
+from metacli.engine.models.layers import BatchNorm, batch_norm_primitive
 from metacli.engine.models.mlp import MLPConfig
 from metacli.engine.models.resnet12 import Pooling, ResNet12Config, feature_sides
 from metacli.engine.types import Batch, Task
@@ -141,19 +142,20 @@ def test_param_group_rejects_names_outside_both_groups(name: str) -> None:
         param_group(name)
 
 
-# ---------------------------------------------------------------- primitive-op batch norm
+# ---------------------------------------------------------------- batch norm kernels
 
 
 @pytest.mark.parametrize("shape", [(6, 4), (5, 3, 7, 6)], ids=["NC", "NCHW"])
-def test_batch_norm_equals_fused_batch_statistics(shape: tuple[int, ...]) -> None:
+def test_primitive_batch_norm_equals_fused_batch_statistics(shape: tuple[int, ...]) -> None:
     gen = torch.Generator().manual_seed(0)
     x = (3 * torch.randn(shape, generator=gen, dtype=F64) + 1).requires_grad_(True)
     norm = BatchNorm(shape[1]).to(F64)
     with torch.no_grad():
         norm.weight.copy_(torch.randn(shape[1], generator=gen, dtype=F64))
         norm.bias.copy_(torch.randn(shape[1], generator=gen, dtype=F64))
-    ours = norm(x)
+    ours = batch_norm_primitive(x, norm.weight, norm.bias, norm.eps)
     fused = F.batch_norm(x, None, None, norm.weight, norm.bias, training=True, eps=norm.eps)
+    torch.testing.assert_close(norm(x), fused, rtol=0, atol=0)  # the module takes the fused kernel here
     torch.testing.assert_close(ours, fused, rtol=1e-12, atol=1e-12)
     probe = torch.randn(shape, generator=gen, dtype=F64)
     params = [x, norm.weight, norm.bias]

@@ -1,27 +1,92 @@
 """Layers shared by the convolutional models.
 
-:class:`BatchNorm` is batch norm written from primitive ops,
-``(x - mean) / sqrt(var + eps) * gamma + beta`` over the batch and spatial axes, because
-``torch.func.vmap`` with second-order gradients through the fused ``F.batch_norm`` gives wrong
-meta-gradients (measured 0.5-7 % in float64, torch 2.13/2.14, ``docs/reference/maml_family.md`` §5,
-pytorch/functorch#534). Statistics are always those of the batch (transductive), as in every
-reference implementation of MAML and its variants (``track_running_stats=False`` or ``.train()``);
-there are no running statistics, so the layer has no buffers and no train/eval modes.
+:class:`BatchNorm` normalises with the statistics of the batch (transductive), as in every reference
+implementation of MAML and its variants (``track_running_stats=False`` or ``.train()``); there are no
+running statistics, so the layer has no buffers and no train/eval modes. It has two kernels with the same
+value and the same exact derivatives where each is used:
+
+- :func:`batch_norm_fused`: PyTorch's ``F.batch_norm`` (one native kernel, and a native double backward).
+  Exact at second order in plain autograd and under ``torch.func.grad`` (measured in float64: 1e-15 to 2e-14
+  relative to the primitive form, 1e-10 to finite differences, Conv4 and ResNet-12), and 1.5x faster for
+  a second-order Conv4-64 MAML meta-step on the CPU (issue 8).
+- :func:`batch_norm_primitive`: ``(x - mean) / sqrt(var + eps) * gamma + beta`` from primitive ops.
+  ``torch.func.vmap`` with second-order gradients through the fused kernel gives wrong meta-gradients
+  (measured 0.3-1.4 % in float64 for issue 8, 0.5-7 % in ``docs/reference/maml_family.md`` §5,
+  pytorch/functorch#534); through primitive ops it is exact.
+
+:meth:`BatchNorm.forward` takes the fused kernel unless a ``vmap`` (or any functorch transform other than
+``grad``) is active, :func:`fused_is_exact`. So the per-task loop executor gets the fused kernel, and the
+``vmap`` executor and the batched evaluation (``episodic.batch_metrics``) get the primitive one, with no flag
+to set and none to forget.
+
+Why ask torch rather than be told by the executor (a ``contextvars.ContextVar`` scoped to the call): which
+kernel is exact is a property of the transforms active when the layer runs, and torch knows them at that
+point; a variable set by the loop executor would be wrong for a ``vmap`` run inside its scope (a task loss or
+an evaluation that batches internally) and would leave every other un-batched caller on the slow path. The
+price is one private API, ``torch._C._functorch.get_interpreter_stack`` (torch 2.13; typed in torch's
+``_C/_functorch.pyi``); without it every call takes the primitive kernel (always exact, only slower), and
+``tests/engine/test_fused.py`` fails if the API goes or stops reporting a ``vmap``. Not seen: a backward
+batched after the forward, ``torch.autograd.grad(..., is_grads_batched=True)``; metacli does not use it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BatchNorm"]
+try:  # private functorch API: the transforms active at this point of the call, outermost first
+    from torch._C._functorch import TransformType, get_interpreter_stack
+
+    HAS_INTERPRETER_STACK = True
+except ImportError:  # pragma: no cover - a torch without it: the primitive kernel everywhere
+    HAS_INTERPRETER_STACK = False
+
+__all__ = ["BatchNorm", "batch_norm_fused", "batch_norm_primitive", "fused_is_exact"]
+
+BatchNormKernel = Callable[[Tensor, Tensor, Tensor, float], Tensor]
+"""``(x, weight, bias, eps) -> normalised x`` with batch statistics over all axes but axis 1."""
+
+
+def fused_is_exact() -> bool:
+    """True where fused kernels have exact derivatives of every order: no functorch transform but ``grad``.
+
+    ``vmap``, ``vmap(grad(...))`` and ``grad(vmap(...))`` all put a ``Vmap`` interpreter on the stack;
+    ``jvp``/``jacfwd`` and ``functionalize`` are refused too (not measured). Without the private API: False.
+    """
+    if not HAS_INTERPRETER_STACK:  # pragma: no cover - see the import
+        return False
+    stack = get_interpreter_stack() or []  # None outside every transform (the stub says list)
+    return all(interpreter.key() == TransformType.Grad for interpreter in stack)
+
+
+def batch_norm_fused(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """PyTorch's fused batch norm with batch statistics (exact at second order outside ``vmap`` only)."""
+    return F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)
+
+
+def batch_norm_primitive(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """Batch norm from primitive ops (exact at second order under ``vmap`` too).
+
+    Equal to :func:`batch_norm_fused`: the variance is the biased one (divided by the number of elements per
+    channel), as ``F.batch_norm`` normalises.
+    """
+    dims = [0, *range(2, x.dim())]
+    mean = x.mean(dim=dims, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    return (x - mean) / torch.sqrt(var + eps) * weight.view(shape) + bias.view(shape)
+
+
+def batch_norm_kernel() -> BatchNormKernel:
+    """The fastest kernel exact under the transforms active now (:func:`fused_is_exact`)."""
+    return batch_norm_fused if fused_is_exact() else batch_norm_primitive
 
 
 class BatchNorm(nn.Module):
-    """Batch norm with batch statistics from primitive ops (exact under vmap at second order).
-
-    Equal to ``F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)``: the variance is the
-    biased one (divided by the number of elements per channel), as ``F.batch_norm`` normalises.
+    """Batch norm with batch statistics: the fused kernel outside ``vmap``, primitive ops under it.
 
     Args:
         channels: size of axis 1 of the input (``(N, C)`` or ``(N, C, *spatial)``).
@@ -35,8 +100,4 @@ class BatchNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        dims = [0, *range(2, x.dim())]
-        mean = x.mean(dim=dims, keepdim=True)
-        var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        return (x - mean) / torch.sqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+        return batch_norm_kernel()(x, self.weight, self.bias, self.eps)

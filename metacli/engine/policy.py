@@ -1,0 +1,72 @@
+"""The automatic choices of a run: torch's CPU thread count and the meta-batch executor.
+
+``threads: auto`` and ``train.executor: auto`` (the defaults) are resolved here, once, when a run is
+built; the resolved values are written to the run's ``spec.yaml`` (so a resumed run uses the same ones,
+which keeps it bit-reproducible) and to ``summary.json``.
+
+Threads (CPU). torch's default is one intra-op thread per core, and on a machine where other processes
+already keep cores busy those threads spin against each other and a run can slow down many times over.
+So ``auto`` takes:
+
+1. ``$OMP_NUM_THREADS`` when it is set (the convention torch and OpenMP follow);
+2. 1 for small models (under :data:`SMALL_MODEL_PARAMS` parameters): intra-op threads only add
+   overhead to kernels that small;
+3. otherwise the cores this process may run on, less the other runnable work (the 1-minute load
+   average, rounded), and at least 1.
+
+Executor. ``vmap`` batches the meta-batch into fewer, larger kernels; ``loop`` keeps one task's graph
+alive at a time. Measured on the CPU (``python -m benchmarks.bench_fewshot``): vmap is faster for MLPs
+and for small images (Omniglot 28x28: about 2x), slower for 84x84 images (miniImageNet: 0.3-0.7x). So
+``auto`` takes ``vmap`` on CUDA (launch-bound: not measured in this project yet) and on the CPU for
+inputs of at most :data:`VMAP_MAX_INPUT` values per example; ``loop`` otherwise, and always for a
+meta-batch of one task.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Literal
+
+import torch
+
+SMALL_MODEL_PARAMS = 50_000
+"""Below this many parameters one CPU thread is fastest (sinusoid MLP: 1,761)."""
+
+VMAP_MAX_INPUT = 32 * 32 * 3
+"""Largest per-example input (values) for which vmap beats the loop on the CPU (Omniglot 784: yes;
+miniImageNet 21,168: no)."""
+
+
+def free_cores() -> int:
+    """Cores this process may use, less the other runnable work (1-minute load average), at least 1."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 1
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, usable - busy)
+
+
+def choose_threads(n_params: int) -> int:
+    """The thread count of ``threads: auto`` (see the module docstring)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    if n_params < SMALL_MODEL_PARAMS:
+        return 1
+    return free_cores()
+
+
+def choose_executor(
+    device: torch.device, in_shape: tuple[int, ...], meta_batch: int
+) -> Literal["loop", "vmap"]:
+    """The executor of ``train.executor: auto`` (see the module docstring)."""
+    if meta_batch == 1:
+        return "loop"
+    if device.type == "cuda":
+        return "vmap"
+    return "vmap" if math.prod(in_shape) <= VMAP_MAX_INPUT else "loop"

@@ -1,0 +1,75 @@
+"""``threads: auto`` and ``train.executor: auto``: the rules, and that a run records what they chose."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from metacli.cli import app
+from metacli.engine import policy
+from metacli.engine.build import build
+from metacli.spec import load_spec
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_omp_num_threads_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert policy.choose_threads(10_000_000) == 3
+
+
+def test_small_models_get_one_thread_large_ones_the_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(policy.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(policy.os, "getloadavg", lambda: (1.4, 0.0, 0.0))
+    assert policy.choose_threads(policy.SMALL_MODEL_PARAMS - 1) == 1
+    assert policy.choose_threads(policy.SMALL_MODEL_PARAMS) == 3  # 4 cores, about 1 busy
+    monkeypatch.setattr(policy.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert policy.choose_threads(10**6) == 1  # an overloaded machine still gets one thread
+
+
+@pytest.mark.parametrize(
+    ("device", "shape", "batch", "expected"),
+    [
+        (CPU, (1,), 25, "vmap"),  # sinusoid
+        (CPU, (1, 28, 28), 32, "vmap"),  # Omniglot
+        (CPU, (3, 84, 84), 4, "loop"),  # miniImageNet
+        (CUDA, (3, 84, 84), 4, "vmap"),
+        (CUDA, (3, 84, 84), 1, "loop"),  # one task: nothing to batch
+    ],
+)
+def test_executor_rule(device: torch.device, shape: tuple[int, ...], batch: int, expected: str) -> None:
+    assert policy.choose_executor(device, shape, batch) == expected
+
+
+def test_build_resolves_auto_and_keeps_explicit_choices() -> None:
+    spec, _ = load_spec(algo="maml", dataset="sinusoid", overrides=["threads=auto", "train.executor=auto"])
+    resolved = build(spec, device="cpu").spec
+    assert resolved is not None and resolved.threads == 1 and resolved.train.executor == "vmap"
+    spec, _ = load_spec(algo="maml", dataset="sinusoid", overrides=["threads=2", "train.executor=loop"])
+    resolved = build(spec, device="cpu").spec
+    assert resolved is not None and resolved.threads == 2 and resolved.train.executor == "loop"
+    torch.set_num_threads(1)
+
+
+def test_run_directory_records_the_chosen_values(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["train", "--out", str(run), "--set", "threads=auto", "--set", "train.executor=auto"]
+    args += ["--set", "train.meta_iters=2", "--set", "train.meta_batch=3", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    written = yaml.safe_load((run / "spec.yaml").read_text())
+    assert written["threads"] == 1 and written["train"]["executor"] == "vmap"  # no "auto" left to re-resolve
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["threads"] == 1 and summary["executor"] == "vmap"
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_bad_threads_are_refused(value: str) -> None:
+    result = CliRunner().invoke(app, ["train", "--set", f"threads={value}", "--fields"])
+    assert result.exit_code == 2 and "threads" in result.output
