@@ -78,6 +78,10 @@ def main_callback(
     ] = False,
 ) -> None:
     """A command-line laboratory for meta-learning research: MAML family and online meta-learning."""
+    import warnings
+
+    # A warning is one line for the user, not Python's "file:line: UserWarning:" with a source excerpt.
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
 
 
 @app.command()
