@@ -1,18 +1,20 @@
 """Meta-gradient executors: one task loss, two ways to batch it over a meta-batch.
 
 An algorithm supplies ``task_loss(meta, task) -> (query loss, aux)`` for ONE unstacked task, with its
-inner loop written through :func:`metacli.engine.functional.grad_and_loss` (``torch.func``). Such a
-function is differentiable by an outer :func:`torch.autograd.grad` and composes with
-:func:`torch.func.vmap`, so the same code serves both executors:
+inner loop written through :func:`metacli.engine.functional.grad_and_loss` (plain autograd outside
+``vmap``, ``torch.func`` inside). Such a function is differentiable by an outer
+:func:`torch.autograd.grad` and composes with :func:`torch.func.vmap`, so the same code serves both
+executors:
 
 - ``"loop"``: one task at a time, forward then ``autograd.grad`` of ``loss / B``, accumulated. Only one
   task's graph is alive at a time (lowest memory); the meta-gradient is exact. No ``vmap`` is active, so
   :class:`~metacli.engine.models.layers.BatchNorm` runs PyTorch's fused kernel, exact at every order here
-  (also inside the inner loop's ``torch.func.grad``) and 1.5x faster for Conv4-64 MAML.
+  and 1.5x faster for Conv4-64 MAML.
 - ``"vmap"``: ``vmap(task_loss, in_dims=(None, 0))`` over the stacked tasks and one ``autograd.grad``
   of the mean. Fewer, larger kernels (launch-bound GPUs); all B graphs alive at once. On the CPU it is
-  slower (``docs/reference/maml_family.md`` §5). Fused batch norm is wrong at second order under
-  ``vmap``; ``BatchNorm`` sees the active ``vmap`` and switches to its primitive-op form, which is exact
+  faster for small inputs (sinusoid, Omniglot) and slower for 84x84 images (``benchmarks/suite.py``).
+  Fused batch norm is wrong at second order under ``vmap``; ``BatchNorm`` sees the active ``vmap``
+  and switches to its primitive-op form, which is exact
   (:func:`metacli.engine.models.layers.fused_is_exact`).
 
 The kernel choice is made by the layer from the transforms active when it runs, not passed by the

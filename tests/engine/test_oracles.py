@@ -234,7 +234,10 @@ def test_conv_maml_matches_finite_differences(steps: int) -> None:
 
     def loss_at(sign: float) -> float:
         shifted = {k: (v + sign * eps * direction[k]).detach() for k, v in meta.items()}
-        return sum(float(algo.task_loss(shifted, task_at(tasks, i))[0]) for i in range(N_TASKS)) / N_TASKS
+        return (
+            sum(float(algo.task_loss(shifted, task_at(tasks, i))[0].detach()) for i in range(N_TASKS))
+            / N_TASKS
+        )
 
     finite_difference = (loss_at(1.0) - loss_at(-1.0)) / (2 * eps)
     analytic = float(sum((result.grads[k] * direction[k]).sum() for k in meta))
