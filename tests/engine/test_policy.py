@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,38 @@ def test_omp_num_threads_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_small_models_get_one_thread_large_ones_the_free_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(policy.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setattr(policy.os, "getloadavg", lambda: (1.4, 0.0, 0.0))
+    monkeypatch.setattr(policy, "busy_cores", lambda: 1.4)
     assert policy.choose_threads(policy.SMALL_MODEL_PARAMS - 1) == 1
     assert policy.choose_threads(policy.SMALL_MODEL_PARAMS) == 3  # 4 cores, about 1 busy
-    monkeypatch.setattr(policy.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    monkeypatch.setattr(policy, "busy_cores", lambda: 9.0)
     assert policy.choose_threads(10**6) == 1  # an overloaded machine still gets one thread
+
+
+def test_busy_cores_reads_the_cpu_time_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the window, 3 of every 4 jiffies idle on a 2-core machine: half a core busy."""
+    samples = iter([[100, 0, 0, 700, 0, 0, 0, 0], [150, 0, 0, 850, 0, 0, 0, 0]])
+    monkeypatch.setattr(policy, "_cpu_times", lambda: next(samples))
+    monkeypatch.setattr(policy.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(policy.time, "sleep", lambda s: None)
+    assert policy.busy_cores() == pytest.approx(0.5)
+
+
+def test_busy_cores_sees_a_busy_process() -> None:
+    """A real spinning child process shows up as (about) one busy core."""
+    if policy._cpu_times() is None:
+        pytest.skip("no /proc/stat on this system")
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 5: pass"]
+    )
+    try:
+        time.sleep(0.3)
+        assert policy.busy_cores(window_s=0.5) > 0.6
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest.mark.parametrize(
