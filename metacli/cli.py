@@ -140,6 +140,10 @@ def evaluate(
     if checkpoint not in (None, "best", "last"):
         raise MetacliError(f"--checkpoint {checkpoint}: choose best or last.")
     out = evaluate_run(run_dir, device=device, tasks=tasks, quiet=quiet, which=checkpoint)
+    console.print(
+        f"meta-test of {run_dir}: {out['tasks']} fixed tasks (eval.seed {out['seed']}), "
+        f"{out['checkpoint']} checkpoint (step {out['checkpoint_step']})"
+    )
     console.print(eval_table(out))
     console.print(f"wrote {run_dir / 'eval.json'}")
 
@@ -148,8 +152,7 @@ def eval_table(out: dict[str, Any]) -> Any:
     """A rich table of eval.json: one row per metric and adaptation-step count."""
     from rich.table import Table
 
-    title = f"meta-test: {out['tasks']} tasks, {out['checkpoint']} checkpoint (step {out['checkpoint_step']})"
-    table = Table(title=title)
+    table = Table()
     for col in ("metric", "mean", "95% CI", "n"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for name, m in out["metrics"].items():

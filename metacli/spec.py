@@ -101,6 +101,7 @@ class RunSpec(BaseModel):
         if isinstance(value, int) and value < 1:
             raise ValueError("threads must be at least 1 (or auto, or null for torch's default)")
         return value
+
     dtype: Literal["float32", "float64"] = "float32"
     """Floating-point type of parameters and data."""
     data_root: str | None = None

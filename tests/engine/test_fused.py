@@ -9,7 +9,7 @@ its second-order derivatives are wrong (shown below by forcing it).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -35,15 +35,6 @@ CASES: list[tuple[str, ModelConfig, tuple[int, int, int]]] = [
 IDS = [c[0] for c in CASES]
 PARAMS = [c[1:] for c in CASES]
 JIT_DEPRECATION = "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add contention on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

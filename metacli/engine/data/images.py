@@ -193,23 +193,21 @@ class FewShotImages:
         x = self.splits[split].gather(classes, picks)
         if device is not None and x.device != device:
             x = x.to(device)
-        x = self.normalise(x, dtype)
         k = self.cfg.shots_for(split)  # type: ignore[arg-type]
-        return Task(self._flatten(x[:, :, :k]), self._flatten(x[:, :, k:]))
+        # Split while still uint8 (a quarter of the bytes to copy), then convert each part once.
+        return Task(self._flatten(x[:, :, :k], dtype), self._flatten(x[:, :, k:], dtype))
 
     def normalise(self, x: Tensor, dtype: torch.dtype) -> Tensor:
-        """uint8 -> ``dtype`` in [0, 1], then ``(x - mean) / std`` per channel when set."""
-        out = x.to(dtype) / 255.0
+        """uint8 -> ``dtype`` in [0, 1] (x / 255, as ``ToTensor``), then ``(x - mean) / std`` when set."""
+        out = x.to(dtype).div_(255.0)  # in place: one float buffer per part, no temporaries
         if self.mean is not None and self.std is not None:
             shape = (-1, 1, 1)
-            mean = torch.tensor(self.mean, dtype=dtype, device=x.device).view(shape)
-            std = torch.tensor(self.std, dtype=dtype, device=x.device).view(shape)
-            out = (out - mean) / std
+            out.sub_(torch.tensor(self.mean, dtype=dtype, device=x.device).view(shape))
+            out.div_(torch.tensor(self.std, dtype=dtype, device=x.device).view(shape))
         return out
 
-    @staticmethod
-    def _flatten(x: Tensor) -> Batch:
-        """(B, N, S, C, H, W) -> Batch(x (B, N·S, C, H, W), y (B, N·S)) with label j for class j."""
+    def _flatten(self, x: Tensor, dtype: torch.dtype) -> Batch:
+        """uint8 (B, N, S, C, H, W) -> Batch(x (B, N·S, C, H, W) in ``dtype``, y (B, N·S)), y = class j."""
         b, n, s = x.shape[:3]
         y = torch.arange(n, device=x.device).repeat_interleave(s).expand(b, n * s)
-        return Batch(x.reshape(b, n * s, *x.shape[3:]), y)
+        return Batch(self.normalise(x.reshape(b, n * s, *x.shape[3:]), dtype), y)
