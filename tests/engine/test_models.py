@@ -238,7 +238,8 @@ def test_resnet12_meta_gradient_matches_finite_differences(pooling: Pooling) -> 
 
     def loss_at(sign: float) -> float:
         shifted = {k: (v + sign * eps * direction[k]).detach() for k, v in meta.items()}
-        return sum(float(algo.task_loss(shifted, task_at(tasks, i))[0]) for i in range(n_tasks)) / n_tasks
+        losses = (algo.task_loss(shifted, task_at(tasks, i))[0].detach() for i in range(n_tasks))
+        return sum(float(v) for v in losses) / n_tasks
 
     finite_difference = (loss_at(1.0) - loss_at(-1.0)) / (2 * eps)
     analytic = float(sum((result.grads[k] * direction[k]).sum() for k in meta))
