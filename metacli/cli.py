@@ -45,7 +45,6 @@ DeviceOpt = Annotated[
     str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: the spec's, auto).")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Log lines instead of a progress bar.")]
-RunDirArg = Annotated[Path, typer.Argument(help="A run directory written by 'metacli train'.")]
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -125,7 +124,12 @@ def train(
 @app.command()
 @handle_errors
 def evaluate(
-    run_dir: RunDirArg,
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A run directory written by 'metacli train', or a folder of runs: one comparison table."
+        ),
+    ],
     tasks: Annotated[int | None, typer.Option(help="Number of test tasks (default: the spec's).")] = None,
     checkpoint: Annotated[
         str | None,
@@ -134,11 +138,19 @@ def evaluate(
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Meta-test a run's checkpoint on fixed held-out tasks; writes eval.json (mean, 95% CI, n)."""
+    """Meta-test a run's checkpoint on fixed held-out tasks; writes eval.json (mean, 95% CI, n).
+
+    On a folder of runs: evaluates each on the same fixed test tasks (reusing an eval.json written for
+    the same settings) and prints and writes one table, comparison.md and comparison.csv.
+    """
+    from metacli.compare import is_run_dir
     from metacli.engine.runner import evaluate_run
 
     if checkpoint not in (None, "best", "last"):
         raise MetacliError(f"--checkpoint {checkpoint}: choose best or last.")
+    if run_dir.is_dir() and not is_run_dir(run_dir):
+        compare_folder(run_dir, tasks, checkpoint, device, quiet)
+        return
     out = evaluate_run(run_dir, device=device, tasks=tasks, quiet=quiet, which=checkpoint)
     console.print(
         f"meta-test of {run_dir}: {out['tasks']} fixed tasks (eval.seed {out['seed']}), "
@@ -146,6 +158,25 @@ def evaluate(
     )
     console.print(eval_table(out))
     console.print(f"wrote {run_dir / 'eval.json'}")
+
+
+def compare_folder(
+    folder: Path, tasks: int | None, checkpoint: str | None, device: str | None, quiet: bool
+) -> None:
+    """``metacli evaluate FOLDER``: the comparison table of every few-shot run in it."""
+    from metacli.compare import compare, write_tables
+    from metacli.engine.runner import evaluate_run
+
+    def one(run_dir: Path) -> dict[str, Any]:
+        if not quiet:
+            console.print(f"meta-test of {run_dir}")
+        return evaluate_run(run_dir, device=device, tasks=tasks, quiet=quiet, which=checkpoint, reuse=True)
+
+    rows = compare(folder, one)
+    markdown, paths = write_tables(folder, rows)
+    console.print(markdown, markup=False, highlight=False)
+    for path in paths:
+        console.print(f"wrote {path}")
 
 
 def eval_table(out: dict[str, Any]) -> Any:
@@ -190,17 +221,28 @@ def hedge(
 @app.command()
 @handle_errors
 def plot(
-    folder: Annotated[Path, typer.Argument(help="Folder of online runs (and hedge/ where present).")] = Path(
+    folder: Annotated[Path, typer.Argument(help="Folder of runs (online, few-shot, hedge/).")] = Path(
         "results"
     ),
     out: Annotated[Path, typer.Option(help="Where figures (PNG, SVG) and TensorBoard files go.")] = Path(
         "figures"
     ),
 ) -> None:
-    """CTM and LTM running averages and held memory against the round, for every run in FOLDER."""
-    from metacli.plot import plot_runs
+    """Figures of every run in FOLDER, PNG and SVG.
 
-    for path in plot_runs(folder, out):
+    Online runs: CTM and LTM running averages and held memory against the round. Few-shot runs:
+    meta-training and validation curves against the step, and Sparse-MAML's per-layer sparsity.
+    """
+    from metacli.plot import plot_runs
+    from metacli.plot_fewshot import plot_episodic
+
+    written = plot_episodic(folder, out) if folder.is_dir() else []
+    try:
+        written += plot_runs(folder, out)
+    except MetacliError:
+        if not written:
+            raise
+    for path in written:
         console.print(f"wrote {path}")
 
 

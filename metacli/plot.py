@@ -139,7 +139,7 @@ TB_TAGS = {"ctm_avg": "CTM_Avg/acc", "ltm_avg": "LTM_Avg/acc", "ctm": "CTM/acc",
 # --------------------------------------------------------------------------- reading
 
 
-def _curve(rows: Sequence[dict[str, Any]], key: str) -> Curve | None:
+def curve_of(rows: Sequence[dict[str, Any]], key: str) -> Curve | None:
     """The rounds at which ``key`` was logged and its values, or ``None`` if never logged."""
     have = [r for r in rows if key in r and r[key] is not None]
     if not have:
@@ -162,8 +162,8 @@ def read_run_curves(run_dir: Path, name: str) -> RunCurves | None:
     rows = [by_round[t] for t in sorted(by_round)]
     series: dict[str, Curve] = {}
     for m in ("ctm", "ltm"):
-        per_round = _curve(rows, f"{m}_acc")
-        avg = _curve(rows, f"{m}_acc_avg")
+        per_round = curve_of(rows, f"{m}_acc")
+        avg = curve_of(rows, f"{m}_acc_avg")
         if avg is None and per_round is not None:
             avg = _running_average(per_round)
         if avg is not None:
@@ -175,7 +175,7 @@ def read_run_curves(run_dir: Path, name: str) -> RunCurves | None:
         mb = [(float(r["task_bytes"]) + float(r["state_bytes"])) / BYTES_PER_MB for r in held]
         series["held_mb"] = Curve(np.array([int(r["round"]) for r in held]), np.array(mb))
     for key in {k for r in rows for k in r if "_weight/" in k}:
-        c = _curve(rows, key)
+        c = curve_of(rows, key)
         if c is not None:
             series[key] = c
     if not any(k in series for k in ("ctm_avg", "ltm_avg", "held_mb")):
@@ -196,9 +196,9 @@ def load_runs(folder: Path) -> list[RunCurves]:
             found.append(curves)
     if not found:
         raise RunDirError(
-            f"No runs with online metrics (per-round ctm_acc, ltm_acc or task_bytes) under {folder}. "
-            "Pass the folder of runs trained on an online benchmark (e.g. runs/), "
-            "or run 'metacli train' first."
+            f"No runs with metrics to plot under {folder}: neither per-round online metrics (ctm_acc, "
+            "ltm_acc, task_bytes) nor per-step few-shot ones. Pass the folder of your runs (e.g. "
+            "results/), or run 'metacli train' first."
         )
     return sorted(found, key=lambda r: (r.is_hedge, r.name))
 
@@ -376,7 +376,7 @@ def draw_figure(spec: FigureSpec, all_runs: Sequence[RunCurves], style: Style) -
     return fig
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     """Save atomically (temporary file, then rename), so a viewer never sees half a PNG."""
     fmt = path.suffix.lstrip(".")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -441,7 +441,7 @@ def plot_runs(folder: Path, out: Path) -> list[Path]:
                 continue
             for ext in ("png", "svg"):
                 path = out / f"{spec.filename}.{ext}"
-                _save(fig, path)
+                save_figure(fig, path)
                 written.append(path)
     write_tensorboard(all_runs, out / "tensorboard")
     return written

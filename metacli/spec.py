@@ -80,6 +80,23 @@ class OnlineSettings(BaseModel):
     """Rounds between checkpoints; the last round is always saved."""
 
 
+class Published(BaseModel):
+    """A published number to print beside a run's result in comparison tables."""
+
+    model_config = _FROZEN
+
+    metric: str
+    """The eval.json metric it compares with, e.g. query_acc@3 or query_loss@1 (accuracy as a fraction)."""
+    value: float
+    """The published mean."""
+    ci95: float | None = None
+    """Its published 95% confidence half-width (same units), where given."""
+    source: str
+    """Where it comes from (paper and table)."""
+    when: dict[str, Any] = {}
+    """Only for runs whose spec has these dotted fields at these values, e.g. {data.shots: 5}."""
+
+
 class RunSpec(BaseModel):
     """A complete, validated run: what to train, on what, and how."""
 
@@ -119,7 +136,10 @@ class RunSpec(BaseModel):
     online: OnlineSettings = OnlineSettings()
     """Online-protocol settings (online algorithms)."""
     grid: dict[str, list[Any]] | None = None
-    """A sweep: dotted field -> values; `metacli train` runs every point of the product."""
+    """A sweep: dotted field -> values; `metacli train` runs every point of the product. A value may be
+    a whole section (e.g. algorithm: [{name: maml}, {name: anil, alpha: 0.1}]), named by its name."""
+    published: tuple[Published, ...] = ()
+    """Published results to print beside this run's in `metacli evaluate FOLDER` tables."""
 
     @model_validator(mode="after")
     def _protocol_matches(self) -> RunSpec:
@@ -242,6 +262,61 @@ PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+# The MAML-family variants (maml_family.md §2.8; "SUGGESTED" there where no paper gives a setting).
+_SINUSOID_MAML = PAIR_PRESETS[("maml", "sinusoid")]
+_OMNIGLOT_MAML = PAIR_PRESETS[("maml", "omniglot")]
+_MINI_MAML = PAIR_PRESETS[("maml", "miniimagenet")]
+VARIANT_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    # Sinusoid: MAML's settings for every variant, except where the reference code says otherwise.
+    ("lslr", "sinusoid"): {"algorithm": {"inner_steps": 5}},  # the PARL MAML++ regression: 5 steps
+    ("metacurvature", "sinusoid"): {"algorithm": {"alpha": 1e-3}},  # MC code default; M learns the scale
+    ("maml_enhanced", "sinusoid"): {},
+    ("anil", "sinusoid"): {},
+    ("boil", "sinusoid"): {},
+    ("sparse_maml", "sinusoid"): {},
+    ("sparse_relu_maml", "sinusoid"): {},
+    # Omniglot 5-way: MAML's alpha 0.4 on the TF summed loss = 2.0 on the mean (pitfall 6), 1 step.
+    ("lslr", "omniglot"): {  # MAML++ Omniglot: rates start at 0.1 (its code's task_learning_rate), 5/5 steps
+        "algorithm": {"alpha": 0.1, "inner_steps": 5, "eval_inner_steps": 5},
+        "train": {"meta_batch": 8, "meta_iters": 50_000},
+        "eval": {"inner_steps": [5]},
+    },
+    ("metacurvature", "omniglot"): {},  # the MC code's Omniglot run is MAML's: alpha 0.4 (TF), 1 step, B 32
+    ("maml_enhanced", "omniglot"): {},
+    ("anil", "omniglot"): {},
+    ("boil", "omniglot"): {"algorithm": {"alpha": 0.5}},  # BOIL's Conv4-64 body rate (mean loss)
+    ("sparse_maml", "omniglot"): {},
+    ("sparse_relu_maml", "omniglot"): {},
+    # miniImageNet 5-way 1-shot with Conv4.
+    ("lslr", "miniimagenet"): {  # MAML++: 48 filters, B 2, 5/5 steps, rates start at 0.1 (pitfall 5)
+        "model": {"filters": 48},
+        "algorithm": {"alpha": 0.1, "eval_inner_steps": 5, "grad_clip": 10.0},
+        "train": {"meta_batch": 2, "meta_iters": 50_000},
+        "eval": {"inner_steps": [5]},
+    },
+    ("metacurvature", "miniimagenet"): {},  # MC's Conv4 code was never released: MAML's settings
+    ("maml_enhanced", "miniimagenet"): {},
+    ("anil", "miniimagenet"): {},  # "the same as MAML" (Raghu et al. 2020)
+    ("boil", "miniimagenet"): {  # BOIL Conv4-64: body alpha 0.5, 1/1 step, B 4, 30k meta-iterations
+        "model": {"filters": 64},
+        "algorithm": {"alpha": 0.5, "inner_steps": 1, "eval_inner_steps": 1, "grad_clip": None},
+        "train": {"meta_iters": 30_000},
+        "eval": {"inner_steps": [1]},
+    },
+    ("sparse_maml", "miniimagenet"): {  # its ConvNet 1-shot run (with 1 training shot, not pitfall 4's 5)
+        "model": {"filters": 64},
+        "algorithm": {"alpha": 0.1, "inner_steps": 35, "eval_inner_steps": 35, "grad_clip": None},
+        "train": {"meta_batch": 2, "meta_iters": 40_000},
+        "eval": {"inner_steps": [35]},
+    },
+    ("sparse_relu_maml", "miniimagenet"): {  # no ConvNet script: as Sparse-MAML, rates start at alpha
+        "model": {"filters": 64},
+        "algorithm": {"alpha": 0.1, "inner_steps": 35, "eval_inner_steps": 35, "grad_clip": None},
+        "train": {"meta_batch": 2, "meta_iters": 40_000},
+        "eval": {"inner_steps": [35]},
+    },
+}
+
 # `metacli train` with no arguments: the MAML sinusoid preset, shortened to a demo of a few seconds.
 DEMO: dict[str, Any] = {"train": {"meta_iters": 2000}, "eval": {"tasks": 100}}
 
@@ -267,6 +342,12 @@ def deep_update(base: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
         else:
             base[key] = value
     return base
+
+
+# Each variant preset is MAML's preset for the dataset with the variant's own settings merged in.
+_FAMILY_BASES = {"sinusoid": _SINUSOID_MAML, "omniglot": _OMNIGLOT_MAML, "miniimagenet": _MINI_MAML}
+for (_algo, _dataset), _settings in VARIANT_PRESETS.items():
+    PAIR_PRESETS[(_algo, _dataset)] = deep_update(copy.deepcopy(_FAMILY_BASES[_dataset]), _settings)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -393,9 +474,25 @@ def grid_points(spec_dict: dict[str, Any], grid: dict[str, list[Any]]) -> list[t
         data.pop("grid", None)
         for k, v in zip(keys, values, strict=True):
             set_path(data, k.split("."), v)
-        name = "_".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values, strict=True))
+        name = "_".join(
+            f"{k.split('.')[-1]}={point_label(v, grid[k])}" for k, v in zip(keys, values, strict=True)
+        )
         points.append((name, validate(data, f"grid point {name}")))
     return points
+
+
+def point_label(value: Any, values: list[Any]) -> str:
+    """A grid value as it appears in a point's folder name.
+
+    A section (a mapping) is named by its ``name`` when that tells the key's values apart, else by
+    its fields: ``{name: sinusoid, shots: 10}`` -> ``name-sinusoid-shots-10``.
+    """
+    if not isinstance(value, dict):
+        return str(value)
+    names = [v.get("name") if isinstance(v, dict) else v for v in values]
+    if "name" in value and names.count(value["name"]) == 1:
+        return str(value["name"])
+    return "-".join(f"{k}-{v}" for k, v in value.items())
 
 
 def spec_to_yaml(spec: RunSpec) -> str:

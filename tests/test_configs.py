@@ -46,7 +46,8 @@ def test_per_method_configs_equal_their_presets(path: Path) -> None:
     """configs/<dataset>/<algo>.yaml (or 5way_1shot_<algo>.yaml) is what --algo A --dataset D runs."""
     from_file, _ = load_spec(path)
     preset, _ = load_spec(algo=preset_algorithm(path), dataset=path.parent.name)
-    assert from_file == preset
+    # a config may add the published numbers its comparison tables print; presets carry none
+    assert from_file.model_copy(update={"published": ()}) == preset
 
 
 def union_names(union: object) -> set[str]:

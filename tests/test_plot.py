@@ -115,7 +115,7 @@ def test_folder_without_online_runs_is_a_clear_error(tmp_path: Path) -> None:
     episodic.mkdir(parents=True)
     (episodic / "spec.yaml").write_text("schema_version: 1\nalgorithm: {name: maml}\n")
     (episodic / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
-    with pytest.raises(RunDirError, match="No runs with online metrics"):
+    with pytest.raises(RunDirError, match="No runs with metrics to plot"):
         plot_runs(tmp_path / "runs", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -145,7 +145,7 @@ def train(
         last = state.step == cfg.meta_iters
         row: dict[str, float] = {}
         if state.step % cfg.log_every == 0 or last:
-            row = {"query_loss": result.loss, **result.metrics}
+            row = {"query_loss": result.loss, **result.metrics, **parts.algorithm.extra_metrics(state.meta)}
         improved = False
         if val is not None and (state.step % val.every == 0 or last):
             scores, improved = validate_and_track(parts, state, val)

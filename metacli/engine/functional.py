@@ -16,7 +16,7 @@ from torch.func import functional_call
 
 from metacli.engine.types import Batch, Criterion, Params
 
-__all__ = ["Criterion", "Learner", "grad_and_loss", "sgd_step"]
+__all__ = ["Criterion", "Learner", "grad_and_loss"]
 
 
 class Learner:
@@ -102,13 +102,6 @@ def no_transform_active() -> bool:
     except ImportError:  # pragma: no cover - a torch without it
         return False
     return not get_interpreter_stack()
-
-
-def sgd_step(params: Params, grads: Params, lr: float | Tensor | dict[str, Tensor]) -> Params:
-    """``phi <- phi - lr * g`` for every tensor; ``lr`` may be a scalar or a per-name dict."""
-    if isinstance(lr, dict):
-        return {k: p - lr[k] * grads[k] for k, p in params.items()}
-    return {k: p - lr * grads[k] for k, p in params.items()}
 
 
 def clip_by_global_norm(grads: Params, max_norm: float) -> Params:

@@ -20,6 +20,7 @@ which evaluates all of a round's (lr, steps) variants from one first-layer produ
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -27,7 +28,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from metacli.engine.functional import Learner, clip_by_global_norm, sgd_step
+from metacli.engine.functional import Learner, clip_by_global_norm
+from metacli.engine.inner import descend, sgd_rule
 from metacli.engine.online_fast import StreamGram, fast_path_applies, mlp_finetune_and_test_many
 from metacli.engine.types import Batch, OnlineAlgorithm, OnlineStream, Params
 
@@ -41,10 +43,8 @@ def _adapt_and_test(
     learner: Learner, params: Params, train: Batch, test: Batch, lr: float, steps: int, clip_norm: float
 ) -> tuple[Tensor, Tensor]:
     """U_eval on one task, then (mean CE, accuracy) on its test set; vmap-able."""
-    phi = params
-    for _ in range(steps):
-        g = torch.func.grad(learner.loss)(phi, train)
-        phi = sgd_step(phi, clip_by_global_norm(g, clip_norm), lr)
+    rule = sgd_rule(lr, clip=functools.partial(clip_by_global_norm, max_norm=clip_norm))
+    phi, _ = descend(lambda k, p: learner.loss(p, train), params, steps, rule, create_graph=False)
     out = learner.forward(phi, test.x)
     return learner.loss_of_output(out, test.y), (out.argmax(-1) == test.y).to(out.dtype).mean()
 

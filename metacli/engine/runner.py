@@ -149,10 +149,13 @@ def evaluate_run(
     tasks: int | None = None,
     quiet: bool = False,
     which: str | None = None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Meta-test a checkpoint of an episodic run on the fixed test tasks; writes and returns ``eval.json``.
 
     ``which`` is ``best`` (the best validation step), ``last``, or None: best when the run has one.
+    ``reuse``: return the existing eval.json, without evaluating, when it was written for the same
+    checkpoint (name and step), task count, task seed and step counts.
     """
     raw = read_spec_dict(run_dir)
     if tasks is not None:  # validated like the spec's own eval.tasks (at least 2 for a confidence interval)
@@ -165,11 +168,17 @@ def evaluate_run(
             "training (see metrics.jsonl); use 'metacli hedge' or 'metacli plot' on it instead."
         )
     which, ckpt = _choose_checkpoint(run_dir, which)
-    parts = build(spec, device=device)
-    state = ckpt_io.load(ckpt, parts.device)
-    meta = {k: v.to(parts.device, parts.dtype) for k, v in state["meta"].items()}
     default_steps = int(cast(Any, spec.algorithm).eval_inner_steps)  # every few-shot config has it
     steps_list = list(spec.eval.inner_steps or (default_steps,))
+    state = ckpt_io.load(ckpt, torch.device("cpu"))
+    if reuse:
+        from metacli.compare import reusable_eval
+
+        old = reusable_eval(run_dir, spec.eval.tasks, spec.eval.seed, steps_list, which, int(state["step"]))
+        if old is not None:
+            return old
+    parts = build(spec, device=device)
+    meta = {k: v.to(parts.device, parts.dtype) for k, v in state["meta"].items()}
     t0 = time.perf_counter()
     with Reporter("meta-test", spec.eval.tasks, quiet=quiet, unit="task") as rep:
         e = spec.eval
@@ -178,6 +187,7 @@ def evaluate_run(
         "metrics": results,
         "tasks": spec.eval.tasks,
         "seed": spec.eval.seed,
+        "inner_steps": steps_list,
         "checkpoint": which,
         "checkpoint_step": int(state["step"]),
         "seconds": time.perf_counter() - t0,

@@ -159,6 +159,10 @@ class EpisodicAlgorithm(Protocol):
         """Mean query loss over stacked ``tasks`` and its meta-gradient."""
         ...
 
+    def extra_metrics(self, meta: Params) -> dict[str, float]:
+        """Scalars describing meta-parameters beyond theta (learned rates, masks), for the logs."""
+        ...
+
     def outer_optimizer(
         self, meta: Params, total_steps: int
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:

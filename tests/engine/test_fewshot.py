@@ -24,10 +24,13 @@ from metacli.spec import load_spec
 
 CPU = torch.device("cpu")
 NAMES = sorted(EPISODIC_ALGORITHMS)
-# Settings that learn within seconds (not the presets): outer lr 1e-2; Reptile 5 inner steps at 1e-2.
+# Settings that learn within seconds (not the presets): outer lr 1e-2 for theta and extras (LSLR's
+# rates at 1e-3: at 1e-2 they grow past stability for 10 evaluation steps); Reptile 5 inner steps at 1e-2.
 FAST = {
-    "maml": ["algorithm.outer_lr=0.01"],
-    "fomaml": ["algorithm.outer_lr=0.01"],
+    **{name: ["algorithm.outer_lr=0.01", "algorithm.extras_lr=0.01"] for name in NAMES if name != "reptile"},
+    "lslr": ["algorithm.outer_lr=0.01", "algorithm.extras_lr=0.001"],
+    "maml_enhanced": ["algorithm.outer_lr=0.01", "algorithm.extras_lr=0.001"],
+    "metacurvature": ["algorithm.outer_lr=0.01", "algorithm.extras_lr=0.001", "algorithm.alpha=0.01"],
     "reptile": [
         "algorithm.inner_lr=0.01",
         "algorithm.inner_steps=5",

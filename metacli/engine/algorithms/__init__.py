@@ -10,7 +10,18 @@ from typing import Annotated
 
 from pydantic import Field
 
-from metacli.engine.algorithms.maml import MAML, FOMAMLConfig, MAMLConfig
+from metacli.engine.algorithms.maml import (
+    MAML,
+    ANILConfig,
+    BOILConfig,
+    FOMAMLConfig,
+    LSLRConfig,
+    MAMLConfig,
+    MAMLEnhancedConfig,
+    MetaCurvatureConfig,
+    SparseMAMLConfig,
+    SparseReLUMAMLConfig,
+)
 from metacli.engine.algorithms.moml import BMOML, MOML, BMOMLConfig, MOMLConfig
 from metacli.engine.algorithms.online_baselines import (
     FS,
@@ -28,6 +39,13 @@ from metacli.engine.types import AlgorithmFactory
 AlgorithmConfig = Annotated[
     MAMLConfig
     | FOMAMLConfig
+    | LSLRConfig
+    | MetaCurvatureConfig
+    | MAMLEnhancedConfig
+    | ANILConfig
+    | BOILConfig
+    | SparseMAMLConfig
+    | SparseReLUMAMLConfig
     | ReptileConfig
     | MOMLConfig
     | BMOMLConfig
@@ -38,7 +56,19 @@ AlgorithmConfig = Annotated[
     Field(discriminator="name"),
 ]
 
-EPISODIC_ALGORITHMS: dict[str, AlgorithmFactory] = {"maml": MAML, "fomaml": MAML, "reptile": Reptile}
+EPISODIC_ALGORITHMS: dict[str, AlgorithmFactory] = {
+    "maml": MAML,
+    "fomaml": MAML,
+    "lslr": MAML,
+    "metacurvature": MAML,
+    "maml_enhanced": MAML,
+    "anil": MAML,
+    "boil": MAML,
+    "sparse_maml": MAML,
+    "sparse_relu_maml": MAML,
+    "reptile": Reptile,
+}
+"""Every MAML-family name runs the one :class:`MAML` class; its config picks the inner rule."""
 ONLINE_ALGORITHMS: dict[str, AlgorithmFactory] = {
     "moml": MOML,
     "bmoml": BMOML,

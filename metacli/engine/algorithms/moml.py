@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from metacli.engine.functional import Learner, clip_by_global_norm, tensor_bytes
+from metacli.engine.inner import descend, sgd_rule
 from metacli.engine.types import Batch, OnlineStream, Params
 
 
@@ -132,13 +133,8 @@ def meta_gradient(
 ) -> tuple[Params, Tensor]:
     """∇_θ CE(U(θ; S); Q), second order through ``cfg.inner_steps`` differentiable SGD steps (§2.2)."""
     leaves = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
-    phi: Params = leaves
-    for _ in range(cfg.inner_steps):
-        grads = torch.autograd.grad(learner.loss(phi, support), list(phi.values()), create_graph=True)
-        phi = {
-            k: p - cfg.inner_lr * (g + cfg.weight_decay * p)
-            for (k, p), g in zip(phi.items(), grads, strict=True)
-        }
+    rule = sgd_rule(cfg.inner_lr, cfg.weight_decay)
+    phi, _ = descend(lambda k, p: learner.loss(p, support), leaves, cfg.inner_steps, rule, create_graph=True)
     loss = learner.loss(phi, query)
     meta_grads = torch.autograd.grad(loss, list(leaves.values()))
     return dict(zip(leaves, meta_grads, strict=True)), loss.detach()

@@ -18,6 +18,7 @@ one; the others are logged under suffixed keys (``_ft1``, ``_ft5``, ``_noft``).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -31,6 +32,7 @@ from metacli.engine.algorithms.moml import (
     task_bytes,
 )
 from metacli.engine.functional import clip_by_global_norm, tensor_bytes
+from metacli.engine.inner import descend, sgd_rule
 from metacli.engine.types import Batch, OnlineStream, Params
 
 EvalVariant = Literal["ft1", "ft5", "noft"]
@@ -199,12 +201,14 @@ class TOE(OnlineLearner[TOEConfig]):
         """Re-initialise to θ₀ (reference behaviour, §10 item 4), then K clipped SGD steps on tasks 0..t."""
         x = stream.train.x[: t + 1].flatten(0, 1)
         y = stream.train.y[: t + 1].flatten(0, 1)
-        theta = state.theta0
-        for idx in self._batches(x.shape[0], generator):
-            idx = idx.to(x.device)
-            g = torch.func.grad(self.learner.loss)(theta, Batch(x[idx], y[idx]))
-            g = clip_by_global_norm(g, self.cfg.clip_norm)
-            theta = {k: p - self.cfg.lr * (g[k] + self.cfg.weight_decay * p) for k, p in theta.items()}
+        batches = [idx.to(x.device) for idx in self._batches(x.shape[0], generator)]
+        clip = functools.partial(clip_by_global_norm, max_norm=self.cfg.clip_norm)
+        rule = sgd_rule(self.cfg.lr, self.cfg.weight_decay, clip)
+
+        def loss_at(k: int, theta: Params) -> torch.Tensor:
+            return self.learner.loss(theta, Batch(x[batches[k]], y[batches[k]]))
+
+        theta, _ = descend(loss_at, state.theta0, len(batches), rule, create_graph=False)
         return TOEState(state.theta0, theta)
 
     def eval_model(self, state: TOEState) -> Params:

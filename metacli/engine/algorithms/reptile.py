@@ -44,7 +44,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from metacli.engine.executors import Executor, meta_gradient
-from metacli.engine.functional import Learner, grad_and_loss, sgd_step
+from metacli.engine.functional import Learner
+from metacli.engine.inner import StepRule, descend, sgd_rule
 from metacli.engine.types import Batch, Params, StepResult, Task
 
 ADAM_BETA2 = 0.999
@@ -103,6 +104,18 @@ def adam_beta1_zero_step(
     return new, v
 
 
+def adam_beta1_zero_rule(theta: Params, lr: float) -> StepRule:
+    """:func:`adam_beta1_zero_step` as a :data:`~metacli.engine.inner.StepRule`, second moments from zero."""
+    v = {k: torch.zeros_like(p) for k, p in theta.items()}
+
+    def rule(k: int, phi: Params, g: Params) -> Params:
+        nonlocal v
+        new, v = adam_beta1_zero_step(phi, g, v, k + 1, lr)
+        return new
+
+    return rule
+
+
 class Reptile:
     """Reptile on an explicit parameter dictionary.
 
@@ -132,18 +145,17 @@ class Reptile:
 
     def _inner_loop(self, meta: Params, data: Batch, schedule: Tensor) -> tuple[Params, Tensor | None]:
         """phi^K from theta by the inner optimiser on ``data[schedule[k]]``; also the first batch loss."""
-        fast = {k: v.detach() for k, v in meta.items()}  # first order: no graph back to theta
-        v = {k: torch.zeros_like(p) for k, p in fast.items()}
-        first_loss = None
-        for t in range(schedule.shape[0]):
-            batch = Batch(data.x[schedule[t]], data.y[schedule[t]])
-            grads, loss = grad_and_loss(functools.partial(self.learner.loss, batch=batch), fast, False)
-            if self.cfg.inner_optimizer == "adam":
-                fast, v = adam_beta1_zero_step(fast, grads, v, t + 1, self.cfg.inner_lr)
-            else:
-                fast = sgd_step(fast, grads, self.cfg.inner_lr)
-            first_loss = loss.detach() if first_loss is None else first_loss
-        return fast, first_loss
+        theta = {k: v.detach() for k, v in meta.items()}  # first order: no graph back to theta
+
+        def loss_at(k: int, phi: Params) -> Tensor:
+            return self.learner.loss(phi, Batch(data.x[schedule[k]], data.y[schedule[k]]))
+
+        rule = (
+            adam_beta1_zero_rule(theta, self.cfg.inner_lr)
+            if self.cfg.inner_optimizer == "adam"
+            else sgd_rule(self.cfg.inner_lr)
+        )
+        return descend(loss_at, theta, schedule.shape[0], rule, create_graph=False)
 
     def adapt(
         self,
@@ -210,6 +222,11 @@ class Reptile:
         task_loss = functools.partial(self._task_loss, schedule=schedule)
         result = meta_gradient(task_loss, meta, tasks, cast(Executor, executor))  # validated there
         return result._replace(loss=result.metrics["query_loss"])
+
+    def extra_metrics(self, meta: Params) -> dict[str, float]:
+        """Reptile learns nothing beyond theta."""
+        del meta
+        return {}
 
     def outer_optimizer(
         self, meta: Params, total_steps: int

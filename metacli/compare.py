@@ -1,0 +1,192 @@
+"""One comparison table over a folder of few-shot runs: ``metacli evaluate results/DIR``.
+
+Every run is meta-tested on the same fixed test tasks (its spec's ``eval`` section, or ``--tasks``),
+reusing its ``eval.json`` when that file was written for the same checkpoint, task set and step
+counts. The table has one row per run and one column per metric and adaptation-step count
+(accuracy in %, or MSE), each ``mean +- 95% CI``, with the published numbers the run's spec names
+(``published:``) beside it. It is printed and written as ``comparison.md`` and ``comparison.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from metacli.errors import RunDirError
+from metacli.runs import EVAL_FILE, atomic_write_text, find_runs, read_json, read_spec_dict
+
+COMPARISON_MD = "comparison.md"
+COMPARISON_CSV = "comparison.csv"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One run of the table: its name, its meta-test metrics and the published numbers it names."""
+
+    name: str
+    algorithm: str
+    metrics: dict[str, dict[str, float]]
+    published: dict[str, list[dict[str, Any]]]
+    checkpoint: str
+    step: int
+
+
+Evaluate = Callable[[Path], dict[str, Any]]
+"""Meta-test one run and return its eval.json content (:func:`metacli.engine.runner.evaluate_run`)."""
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is one run (it holds spec.yaml) rather than a folder of runs."""
+    return (path / "spec.yaml").is_file()
+
+
+def episodic_runs(folder: Path) -> list[Path]:
+    """The few-shot runs under ``folder`` (online runs are skipped: their evaluation is their training)."""
+    from metacli.spec import validate
+
+    runs = [r for r in find_runs(folder) if not validate(read_spec_dict(r), str(r)).is_online]
+    if not runs:
+        raise RunDirError(
+            f"{folder} holds no few-shot run directories (spec.yaml + metrics.jsonl). Train some with "
+            "'metacli train', e.g. a grid spec such as configs/sinusoid/table.yaml."
+        )
+    return runs
+
+
+def reusable_eval(
+    run_dir: Path, tasks: int, seed: int, steps: list[int], which: str, step: int
+) -> dict[str, Any] | None:
+    """The run's eval.json when it was written for these settings and this checkpoint, else None."""
+    path = run_dir / EVAL_FILE
+    if not path.is_file():
+        return None
+    old = read_json(path)
+    same = (
+        old.get("tasks") == tasks
+        and old.get("seed") == seed
+        and old.get("inner_steps") == steps
+        and old.get("checkpoint") == which
+        and old.get("checkpoint_step") == step
+    )
+    return old if same else None
+
+
+def dotted(data: dict[str, Any], key: str) -> Any:
+    """``data["a"]["b"]`` for ``"a.b"``; None where the path does not exist."""
+    value: Any = data
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def published_numbers(spec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The spec's published entries that apply to it (their ``when`` matches), by metric."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for entry in spec.get("published") or []:
+        when = entry.get("when") or {}
+        if all(dotted(spec, k) == v for k, v in when.items()):
+            out.setdefault(entry["metric"], []).append(entry)
+    return out
+
+
+def compare(folder: Path, evaluate: Evaluate) -> list[Row]:
+    """One :class:`Row` per few-shot run under ``folder``, evaluated (or reused) by ``evaluate``."""
+    rows = []
+    for run_dir in episodic_runs(folder):
+        out = evaluate(run_dir)
+        spec = read_spec_dict(run_dir)
+        rows.append(
+            Row(
+                name=str(run_dir.relative_to(folder)) if run_dir != folder else run_dir.name,
+                algorithm=str(dotted(spec, "algorithm.name")),
+                metrics=out["metrics"],
+                published=published_numbers(spec),
+                checkpoint=str(out["checkpoint"]),
+                step=int(out["checkpoint_step"]),
+            )
+        )
+    return rows
+
+
+def metric_order(rows: list[Row]) -> list[str]:
+    """Columns: accuracies before losses, each by step count."""
+
+    def key(name: str) -> tuple[int, int, str]:
+        base, _, steps = name.partition("@")
+        return (0 if "acc" in base else 1, int(steps) if steps.isdigit() else 0, base)
+
+    return sorted({m for r in rows for m in r.metrics}, key=key)
+
+
+def cell(metric: str, m: dict[str, float] | None) -> str:
+    """``mean +- ci`` in % for accuracies, as is for losses."""
+    if m is None:
+        return "-"
+    scale, digits = (100.0, 2) if "acc" in metric else (1.0, 3)
+    return f"{m['mean'] * scale:.{digits}f} ± {m['ci95'] * scale:.{digits}f}"
+
+
+def published_cell(metric: str, entries: list[dict[str, Any]]) -> str:
+    """The published numbers for one metric of one run, joined; empty when the spec names none."""
+    scale, digits = (100.0, 2) if "acc" in metric else (1.0, 2)
+    parts = []
+    for e in entries:
+        text = f"{e['value'] * scale:.{digits}f}"
+        if e.get("ci95") is not None:
+            text += f" ± {e['ci95'] * scale:.{digits}f}"
+        parts.append(f"{text} ({e['source']})")
+    return "; ".join(parts)
+
+
+def table_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells: run, algorithm, then per metric its value and the published one."""
+    metrics = metric_order(rows)
+    header = ["run", "algorithm", "checkpoint"]
+    for m in metrics:
+        header += [label(m), f"published {label(m)}"]
+    body = []
+    for r in rows:
+        line = [r.name, r.algorithm, f"{r.checkpoint} @ {r.step}"]
+        for m in metrics:
+            line += [cell(m, r.metrics.get(m)), published_cell(m, r.published.get(m, []))]
+        body.append(line)
+    return header, body
+
+
+def label(metric: str) -> str:
+    """``query_acc@3`` -> ``acc % (3 steps)``; ``query_loss@1`` -> ``MSE/loss (1 step)``."""
+    base, _, steps = metric.partition("@")
+    name = "acc %" if "acc" in base else "loss"
+    return f"{name} ({steps} step{'s' if steps != '1' else ''})"
+
+
+def to_markdown(header: list[str], body: list[list[str]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(header: list[str], body: list[list[str]]) -> str:
+    """The same table as CSV."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(body)
+    return buf.getvalue()
+
+
+def write_tables(folder: Path, rows: list[Row]) -> tuple[str, list[Path]]:
+    """Write comparison.md and comparison.csv into ``folder``; return the markdown and the paths."""
+    header, body = table_rows(rows)
+    markdown = to_markdown(header, body)
+    paths = [folder / COMPARISON_MD, folder / COMPARISON_CSV]
+    atomic_write_text(paths[0], markdown)
+    atomic_write_text(paths[1], to_csv(header, body))
+    return markdown, paths

@@ -1,0 +1,114 @@
+"""`metacli evaluate FOLDER` (one comparison table), grid sections, and the few-shot figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from metacli.cli import app
+from metacli.spec import grid_points, point_label
+
+runner = CliRunner()
+TINY = ["--set", "train.meta_iters=4", "--set", "train.meta_batch=2", "--set", "train.log_every=2", "--quiet"]
+PUBLISHED = (
+    "published=[{metric: query_loss@1, value: 0.67, source: MAML appendix, when: {algorithm.name: maml}},"
+    " {metric: query_loss@1, value: 9.0, source: wrong shots, when: {data.shots: 10}}]"
+)
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Two short sinusoid runs (MAML with published numbers, ANIL without) in one folder."""
+    runs = tmp_path / "results"
+    common = [*TINY, "--set", "eval.tasks=6", "--set", "eval.inner_steps=[1, 3]", "--set", PUBLISHED]
+    for algo in ("maml", "anil"):
+        code, out = invoke(
+            "train", "--algo", algo, "--dataset", "sinusoid", "--out", str(runs / algo), *common
+        )
+        assert code == 0, out
+    return runs
+
+
+def test_folder_comparison_table(folder: Path) -> None:
+    code, out = invoke("evaluate", str(folder), "--quiet")
+    assert code == 0, out
+    with (folder / "comparison.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["anil", "maml"]
+    assert list(rows[0])[:3] == ["run", "algorithm", "checkpoint"]
+    for row in rows:
+        evaluated = json.loads((folder / row["run"] / "eval.json").read_text())
+        for steps in (1, 3):
+            m = evaluated["metrics"][f"query_loss@{steps}"]
+            assert (
+                row[f"loss ({steps} step{'s' if steps > 1 else ''})"] == f"{m['mean']:.3f} ± {m['ci95']:.3f}"
+            )
+            assert m["n"] == 6
+    # the published number applies to MAML only; the 10-shot one to neither (both are 5-shot)
+    assert rows[1]["published loss (1 step)"] == "0.67 (MAML appendix)"
+    assert rows[0]["published loss (1 step)"] == ""
+    markdown = (folder / "comparison.md").read_text()
+    assert markdown.startswith("| run | algorithm |") and "0.67 (MAML appendix)" in markdown
+    assert "| maml |" in markdown and "| anil |" in markdown and "0.67" in out
+
+
+def test_folder_comparison_reuses_matching_evaluations(folder: Path) -> None:
+    assert invoke("evaluate", str(folder), "--quiet")[0] == 0
+    eval_file = folder / "maml" / "eval.json"
+    first = eval_file.read_text()
+    eval_file.write_text(first.replace('"seconds"', '"marker": 1, "seconds"'))  # a reused file is kept as is
+    assert invoke("evaluate", str(folder), "--quiet")[0] == 0
+    assert '"marker": 1' in eval_file.read_text()
+    assert (
+        invoke("evaluate", str(folder), "--tasks", "8", "--quiet")[0] == 0
+    )  # other settings: evaluated again
+    again = json.loads(eval_file.read_text())
+    assert "marker" not in again and again["metrics"]["query_loss@1"]["n"] == 8
+
+
+def test_folder_without_few_shot_runs_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    code, out = invoke("evaluate", str(tmp_path / "empty"))
+    assert code == 2 and "no few-shot run" in " ".join(out.split()) and "Traceback" not in out
+
+
+def test_grid_sections_are_named_by_name_or_fields() -> None:
+    algos = [{"name": "maml", "alpha": 0.1}, {"name": "anil"}]
+    assert point_label(algos[0], algos) == "maml"
+    data = [{"name": "sinusoid", "shots": 5}, {"name": "sinusoid", "shots": 10}]
+    assert [point_label(d, data) for d in data] == ["name-sinusoid-shots-5", "name-sinusoid-shots-10"]
+    spec = {
+        "algorithm": {"name": "maml", "alpha": 0.5},
+        "model": {"name": "mlp"},
+        "data": {"name": "sinusoid"},
+    }
+    points = grid_points(spec, {"algorithm": algos, "data": data})
+    assert len(points) == 4
+    name, first = points[0]
+    assert name == "algorithm=maml_data=name-sinusoid-shots-5"
+    assert first.algorithm.alpha == 0.1  # a section replaces the spec's section whole
+    assert points[2][1].algorithm.name == "anil" and points[2][1].algorithm.alpha == 0.01
+
+
+def test_few_shot_figures(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "sparse"
+    args = [*TINY, "--set", "train.val_every=2", "--set", "train.val_tasks=4", "--set", "eval.tasks=4"]
+    assert invoke("train", "--algo", "sparse_maml", "--dataset", "sinusoid", "--out", str(run), *args)[0] == 0
+    code, out = invoke("plot", str(tmp_path / "runs"), "--out", str(tmp_path / "figs"))
+    assert code == 0, out
+    for stem in ("meta_train", "validation", "sparsity_sparse"):
+        with Image.open(tmp_path / "figs" / f"{stem}.png") as img:
+            assert img.size[0] > 500 and img.size[1] > 300
+        assert (tmp_path / "figs" / f"{stem}.svg").stat().st_size > 1000
+    svg = (tmp_path / "figs" / "sparsity_sparse.svg").read_text()
+    assert "body.0" in svg and "head" in svg  # one line per layer, labelled
