@@ -427,21 +427,31 @@ def plot_runs(folder: Path, out: Path) -> list[Path]:
     :class:`RunDirError` when ``folder`` holds no run with online metrics.
     """
     all_runs = load_runs(Path(folder))
-    out = Path(out)
+    out = make_out_dir(Path(out))
+    style = make_style(all_runs)
+    with matplotlib.rc_context(STYLE):
+        written = save_figures([(spec.filename, draw_figure(spec, all_runs, style)) for spec in FIGURES], out)
+    write_tensorboard(all_runs, out / "tensorboard")
+    return written
+
+
+def make_out_dir(out: Path) -> Path:
+    """Create the figure folder, or fail with a message naming it."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunDirError(f"cannot write figures to {out}: {e}. Pass --out a writable folder.") from None
-    style = make_style(all_runs)
-    written: list[Path] = []
-    with matplotlib.rc_context(STYLE):
-        for spec in FIGURES:
-            fig = draw_figure(spec, all_runs, style)
-            if fig is None:
-                continue
-            for ext in ("png", "svg"):
-                path = out / f"{spec.filename}.{ext}"
-                save_figure(fig, path)
-                written.append(path)
-    write_tensorboard(all_runs, out / "tensorboard")
+    return out
+
+
+def save_figures(figures: Sequence[tuple[str, Figure | None]], out: Path) -> list[Path]:
+    """Save each (file stem, figure) as PNG and SVG under ``out``, skipping None; the paths written."""
+    written = []
+    for stem, fig in figures:
+        if fig is None:
+            continue
+        for ext in ("png", "svg"):
+            path = out / f"{stem}.{ext}"
+            save_figure(fig, path)
+            written.append(path)
     return written

@@ -22,7 +22,7 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from metacli import runs
-from metacli.plot import SPARE_COLOURS, STYLE, Curve, curve_of, save_figure
+from metacli.plot import SPARE_COLOURS, STYLE, Curve, curve_of, make_out_dir, save_figures
 
 RUN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", *SPARE_COLOURS)
 SPARSITY = "mask_sparsity/"
@@ -122,7 +122,7 @@ def plot_episodic(folder: Path, out: Path) -> list[Path]:
     all_runs = load_episodic(folder)
     if not all_runs:
         return []
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     figures: list[tuple[str, Figure | None]] = []
     with matplotlib.rc_context(STYLE):
         classification = any("accuracy" in r.series for r in all_runs)
@@ -140,12 +140,4 @@ def plot_episodic(folder: Path, out: Path) -> list[Path]:
         for r in all_runs:
             safe = r.name.replace("/", "__")
             figures.append((f"sparsity_{safe}", sparsity_figure(r)))
-        written = []
-        for stem, fig in figures:
-            if fig is None:
-                continue
-            for ext in ("png", "svg"):
-                path = out / f"{stem}.{ext}"
-                save_figure(fig, path)
-                written.append(path)
-    return written
+        return save_figures(figures, out)

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,14 +43,6 @@ from metacli.engine.types import Batch, Params, Task
 F64 = torch.float64
 N_TASKS, N_S, N_Q, D_IN, D_OUT = 2, 6, 5, 3, 2
 FAMILY = [cfg.model_fields["name"].default for cfg in MAML_VARIANTS]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_every_family_name_runs_the_maml_class() -> None:
