@@ -85,7 +85,7 @@ from benchmarks.bench_fewshot import (
 )
 from benchmarks.bench_ltm import N_CLASSES, N_TEST, N_TRAIN
 from benchmarks.peers import PEERS, REQUIRES, Problem
-from benchmarks.timing import peak_bytes
+from metacli.engine import memory
 from metacli.engine.algorithms import ALGORITHMS
 from metacli.engine.build import Parts, build, make_generator
 from metacli.engine.data.images import ClassImages, FewShotImages
@@ -94,6 +94,7 @@ from metacli.engine.data.omniglot import DRAWERS
 from metacli.engine.episodic import TrainState, outer_update
 from metacli.engine.executors import EXECUTORS
 from metacli.engine.functional import Learner
+from metacli.engine.memory import peak_bytes
 from metacli.engine.models import build_model
 from metacli.engine.models.mlp import MLP
 from metacli.engine.online import finetune_and_test_many, run_online
@@ -491,13 +492,6 @@ def online_rows(name: str, sizes: Sizes, repeats: int, device: torch.device) -> 
 # --- output ---------------------------------------------------------------------------------------------
 
 
-def memory_measure(device: torch.device) -> str:
-    """What the peak-memory column measures on this device."""
-    if device.type == "cuda":
-        return "torch.cuda.max_memory_allocated during one step, above the allocation before it"
-    return "peak of torch's CPU allocations minus frees during one step (torch.profiler memory events)"
-
-
 def table(cases: list[dict[str, Any]]) -> str:
     """One markdown table: a row per (case, contender), the case named on its first row."""
     lines = [
@@ -585,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"peer {name} left out: {why}")
     cases = [run_case(name, sizes, peers, args, device) for name in args.cases]
     out: dict[str, Any] = {"environment": env, "args": {k: str(v) for k, v in vars(args).items()}}
-    out |= {"sizes": sizes._asdict(), "peers_missing": missing, "memory_measure": memory_measure(device)}
+    out |= {"sizes": sizes._asdict(), "peers_missing": missing, "memory_measure": memory.method(device)}
     out["cases"] = cases
     print(
         f"\nOne meta-step per contender ({env['device']}, torch threads: {env['threads']}, median of "

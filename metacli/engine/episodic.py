@@ -16,9 +16,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from metacli.engine import memory
 from metacli.engine.build import Parts
 from metacli.engine.checkpoint import save_atomic
-from metacli.engine.types import Batch, Params, Task
+from metacli.engine.types import Batch, Params, StepResult, Task
 from metacli.spec import TrainSettings
 
 LogFn = Callable[[int, dict[str, float]], None]
@@ -37,11 +38,14 @@ def save_checkpoint(
     scheduler: Any,
     generator: torch.Generator,
     best: tuple[int, float] | None = None,
+    algorithm_state: dict[str, Any] | None = None,
 ) -> None:
-    """Write a checkpoint atomically: meta-parameters, optimiser, RNG states, step, best validation."""
+    """Write a checkpoint atomically: meta-parameters, optimiser, RNG states, step, best validation and
+    the algorithm's own state (warm starts)."""
     state = {
         "step": step,
         "best": best,
+        "algorithm_state": algorithm_state or {},
         "meta": {k: v.detach().cpu() for k, v in meta.items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -65,6 +69,9 @@ class TrainState:
             best = checkpoint.get("best")
             self.best = (int(best[0]), float(best[1])) if best is not None else None
             meta = {k: checkpoint["meta"][k].to(parts.device, parts.dtype) for k in meta}
+            algo.load_state_dict(
+                {k: v.to(parts.device, parts.dtype) for k, v in checkpoint.get("algorithm_state", {}).items()}
+            )
             self.step = int(checkpoint["step"])
             parts.generator.set_state(checkpoint["generator"])
             torch.set_rng_state(checkpoint["torch_rng"])
@@ -139,13 +146,16 @@ def train(
     t0 = time.perf_counter()
     while state.step < cfg.meta_iters:
         tasks = parts.dataset.sample("train", cfg.meta_batch, parts.generator, parts.device, parts.dtype)
-        result = parts.algorithm.meta_step(state.meta, tasks, cfg.executor)
-        outer_update(state, result.grads)
+        logged = (state.step + 1) % cfg.log_every == 0 or state.step + 1 == cfg.meta_iters
+        result, peak = meta_train_step(parts, cfg, state, tasks, measure=logged)
         state.step += 1
         last = state.step == cfg.meta_iters
         row: dict[str, float] = {}
-        if state.step % cfg.log_every == 0 or last:
+        if logged:
             row = {"query_loss": result.loss, **result.metrics, **parts.algorithm.extra_metrics(state.meta)}
+            row["peak_step_mb"] = peak / memory.BYTES_PER_MB
+            resident = memory.state_bytes(state.meta.values(), state.optimizer, parts.algorithm.state_dict())
+            row["state_mb"] = resident / memory.BYTES_PER_MB
         improved = False
         if val is not None and (state.step % val.every == 0 or last):
             scores, improved = validate_and_track(parts, state, val)
@@ -156,6 +166,27 @@ def train(
             checkpoint(state, improved)
         advance(f"loss {result.loss:.4f}")
     return state
+
+
+def meta_train_step(
+    parts: Parts, cfg: TrainSettings, state: TrainState, tasks: Task, measure: bool
+) -> tuple[StepResult, int]:
+    """One meta-step (meta-gradient and outer update) and, when ``measure``, its peak memory in bytes.
+
+    The peak is :func:`metacli.engine.memory.peak_bytes` (0 when not measured): on the CPU it runs the
+    step under the profiler, so it is taken only on the steps that are logged.
+    """
+    out: list[StepResult] = []
+
+    def step() -> None:
+        out.append(parts.algorithm.meta_step(state.meta, tasks, cfg.executor))
+        outer_update(state, out[0].grads)
+
+    if not measure:
+        step()
+        return out[0], 0
+    peak = memory.peak_bytes(step, parts.device)
+    return out[0], peak
 
 
 def evaluate(

@@ -69,7 +69,8 @@ def task_at(tasks: Task, i: int) -> Task:
     return Task(Batch(tasks.support.x[i], tasks.support.y[i]), Batch(tasks.query.x[i], tasks.query.y[i]))
 
 
-def _grads(loss: Tensor, meta: Params) -> dict[str, Tensor]:
+def meta_grads(loss: Tensor, meta: Params) -> dict[str, Tensor]:
+    """d loss / d meta for every key (zeros for keys the loss does not reach)."""
     # materialize_grads: keys the loss does not reach (e.g. a head frozen by a variant) get zeros
     grads = torch.autograd.grad(loss, list(meta.values()), allow_unused=True, materialize_grads=True)
     return dict(zip(meta, grads, strict=True))
@@ -83,7 +84,7 @@ def _loop(task_loss: TaskLoss, meta: Params, tasks: Task) -> StepResult:
     for i in range(n_tasks):
         loss, aux = task_loss(meta, task_at(tasks, i))
         # backward per task frees this task's graph before the next one is built
-        for k, g in _grads(loss / n_tasks, meta).items():
+        for k, g in meta_grads(loss / n_tasks, meta).items():
             total[k] += g
         loss_sum += loss.detach()
         for k, v in aux.items():
@@ -95,6 +96,6 @@ def _loop(task_loss: TaskLoss, meta: Params, tasks: Task) -> StepResult:
 def _vmap(task_loss: TaskLoss, meta: Params, tasks: Task) -> StepResult:
     losses, aux = torch.func.vmap(task_loss, in_dims=(None, 0))(meta, tasks)
     loss = losses.mean()
-    grads = _grads(loss, meta)
+    grads = meta_grads(loss, meta)
     metrics = {k: float(v.detach().mean()) for k, v in aux.items()}
     return StepResult(float(loss.detach()), grads, metrics)

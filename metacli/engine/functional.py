@@ -40,6 +40,11 @@ class Learner:
         out: Tensor = functional_call(self.model, params, (x,))
         return out
 
+    def features(self, params: Params, x: Tensor) -> Tensor:
+        """The body's output that the head reads (``forward(x, features_only=True)``); head keys unused."""
+        out: Tensor = functional_call(self.model, params, (x,), {"features_only": True})
+        return out
+
     def loss(self, params: Params, batch: Batch) -> Tensor:
         """Mean loss of ``f_params`` on ``batch``."""
         return self.loss_of_output(self.forward(params, batch.x), batch.y)
@@ -47,7 +52,10 @@ class Learner:
     def loss_of_output(self, out: Tensor, y: Tensor) -> Tensor:
         """Mean loss of given outputs (MSE or cross-entropy)."""
         if self.criterion == "mse":
-            return F.mse_loss(out, y)
+            # the primitive form, not F.mse_loss: forward-mode AD through F.mse_loss's backward
+            # fails in torch 2.13 ("ZeroTensors are immutable"), and the memory-reduced method's
+            # Hessian-vector products are jvp-of-grad
+            return ((out - y) ** 2).mean()
         return F.cross_entropy(out, y)
 
     def accuracy(self, params: Params, batch: Batch) -> Tensor:

@@ -14,7 +14,7 @@ from typing import Any, cast
 import torch
 
 from metacli.engine import checkpoint as ckpt_io
-from metacli.engine import episodic
+from metacli.engine import episodic, memory
 from metacli.engine.build import Parts, build
 from metacli.errors import RunDirError
 from metacli.progress import Reporter
@@ -100,7 +100,16 @@ def _run_episodic(
         # whose recorded best step then has its best.pt on disk
         paths = [checkpoint_path(run_dir, "best")] if is_best else []
         for path in [*paths, checkpoint_path(run_dir)]:
-            episodic.save_checkpoint(path, s.step, s.meta, s.optimizer, s.scheduler, parts.generator, s.best)
+            episodic.save_checkpoint(
+                path,
+                s.step,
+                s.meta,
+                s.optimizer,
+                s.scheduler,
+                parts.generator,
+                s.best,
+                parts.algorithm.state_dict(),
+            )
 
     name = f"{spec.algorithm.name} on {spec.data.name}"
     try:
@@ -118,6 +127,7 @@ def _run_episodic(
         "device": str(parts.device),
         "threads": torch.get_num_threads(),
         "executor": spec.train.executor,
+        "peak_step_mb": "peak_step_mb in metrics.jsonl: " + memory.method(parts.device),
         "train_seconds": time.perf_counter() - t0,
     }
     if state.best is not None:

@@ -163,6 +163,14 @@ class EpisodicAlgorithm(Protocol):
         """Scalars describing meta-parameters beyond theta (learned rates, masks), for the logs."""
         ...
 
+    def state_dict(self) -> dict[str, Any]:
+        """State the algorithm carries across meta-steps besides the meta-parameters (warm starts)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (from a checkpoint)."""
+        ...
+
     def outer_optimizer(
         self, meta: Params, total_steps: int
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:

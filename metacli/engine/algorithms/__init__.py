@@ -10,6 +10,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from metacli.engine.algorithms.implicit import BilevelHead, ITDBiOConfig, MemoryReducedConfig
 from metacli.engine.algorithms.maml import (
     MAML,
     ANILConfig,
@@ -47,6 +48,8 @@ AlgorithmConfig = Annotated[
     | SparseMAMLConfig
     | SparseReLUMAMLConfig
     | ReptileConfig
+    | MemoryReducedConfig
+    | ITDBiOConfig
     | MOMLConfig
     | BMOMLConfig
     | FTMLConfig
@@ -67,6 +70,8 @@ EPISODIC_ALGORITHMS: dict[str, AlgorithmFactory] = {
     "sparse_maml": MAML,
     "sparse_relu_maml": MAML,
     "reptile": Reptile,
+    "memory_reduced": BilevelHead,
+    "itd_bio": BilevelHead,
 }
 """Every MAML-family name runs the one :class:`MAML` class; its config picks the inner rule."""
 ONLINE_ALGORITHMS: dict[str, AlgorithmFactory] = {

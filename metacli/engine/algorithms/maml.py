@@ -34,7 +34,7 @@ Example:
 from __future__ import annotations
 
 import functools
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -298,6 +298,14 @@ class MAML:
     def extra_metrics(self, meta: Params) -> dict[str, float]:
         """What the extras learned, per layer (:func:`metacli.engine.inner.extra_metrics`); {} for MAML."""
         return extra_metrics(split_meta(meta)[1])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing beyond the meta-parameters is carried across meta-steps."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore."""
+        del state
 
     def outer_optimizer(
         self, meta: Params, total_steps: int

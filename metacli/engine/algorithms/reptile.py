@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -227,6 +227,14 @@ class Reptile:
         """Reptile learns nothing beyond theta."""
         del meta
         return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing beyond the meta-parameters is carried across meta-steps."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore."""
+        del state
 
     def outer_optimizer(
         self, meta: Params, total_steps: int

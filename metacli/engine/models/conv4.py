@@ -94,8 +94,10 @@ class Conv4(nn.Module):
         self.body = nn.Sequential(*blocks)
         self.head = nn.Linear(filters * h * w, out_features)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x).flatten(1))  # type: ignore[no-any-return]
+    def forward(self, x: Tensor, features_only: bool = False) -> Tensor:
+        """Logits, or with ``features_only`` the flattened body output the head reads."""
+        z = self.body(x).flatten(1)
+        return z if features_only else self.head(z)  # type: ignore[no-any-return]
 
 
 def build(cfg: Conv4Config, in_shape: tuple[int, ...], out_features: int) -> Conv4:

@@ -36,8 +36,10 @@ class MLP(nn.Module):
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, out_features)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x.flatten(1)))  # type: ignore[no-any-return]
+    def forward(self, x: Tensor, features_only: bool = False) -> Tensor:
+        """Outputs, or with ``features_only`` the last hidden layer the head reads."""
+        z = self.body(x.flatten(1))
+        return z if features_only else self.head(z)  # type: ignore[no-any-return]
 
 
 def build(cfg: MLPConfig, in_shape: tuple[int, ...], out_features: int) -> MLP:

@@ -159,8 +159,10 @@ class ResNet12(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x).mean(dim=(2, 3)))  # type: ignore[no-any-return]
+    def forward(self, x: Tensor, features_only: bool = False) -> Tensor:
+        """Logits, or with ``features_only`` the pooled body output the head reads."""
+        z = self.body(x).mean(dim=(2, 3))
+        return z if features_only else self.head(z)  # type: ignore[no-any-return]
 
 
 def build(cfg: ResNet12Config, in_shape: tuple[int, ...], out_features: int) -> ResNet12:

@@ -1,0 +1,165 @@
+"""Peak memory of one meta-training step against the number of inner steps K (the paper's Figure 2).
+
+Usage (from the repository root):
+    python -m benchmarks.bench_memory                          # CIFAR-FS shape, every device found
+    python -m benchmarks.bench_memory --shape mini --meta-batch 2 --steps 5 10 15 20
+    python -m benchmarks.bench_memory --algorithms memory_reduced maml --quick   # seconds, a smoke run
+
+For each device found (the CPU, and CUDA when present), each algorithm and each K: the algorithm's preset
+on miniImageNet (``--shape mini``: 3x84x84, Conv4-32) or on CIFAR-FS-shaped inputs (``--shape cifar``:
+3x32x32, Conv4-64), 5-way 5-shot with 5 queries per class, synthetic images, K inner steps (head steps for
+the memory-reduced method and ITD-BiO, all-parameter steps for MAML, head steps for ANIL), the loop executor
+(one task's graph at a time, gradients accumulated). One warm-up step, then the peak of one more step by
+:func:`metacli.engine.memory.peak_bytes`: on CUDA ``max_memory_allocated`` above the allocation before the
+step; on the CPU the peak of torch's tensor allocations minus frees during the step (profiler memory
+events). The table is printed in MB (10^6 bytes) with the paper's numbers beside it; the JSON (device,
+versions, every number) goes to ``benchmarks/results/memory_<device>.json``.
+
+The paper measured 32 tasks per iteration on a GPU with its own code, whose ANIL and ITD-BiO re-run the
+backbone with a graph at every inner step (memory_reduced.md §7 item 8); metacli computes the features
+once per task, so its ANIL and ITD-BiO grow far less with K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.bench_fewshot import RESULTS, environment, random_uint8
+from benchmarks.suite import episodic_parts
+from metacli.engine import memory
+from metacli.engine.data.images import ClassImages, FewShotImages
+from metacli.engine.episodic import TrainState, meta_train_step
+from metacli.spec import RunSpec, deep_update, preset, validate
+
+ALGORITHMS = ("memory_reduced", "itd_bio", "anil", "maml")
+SHAPES = {"cifar": (32, 64), "mini": (84, 32)}
+"""Image side and Conv4 filters of each input shape (the paper: 64 filters at 32x32, 32 at 84x84)."""
+PAPER_MB = {  # memory_reduced.md §6, Figure 2: K -> MB per algorithm
+    "mini": {
+        "memory_reduced": {5: 495.8, 10: 496.6, 15: 497.4, 20: 498.1},
+        "itd_bio": {5: 1094.1, 10: 1892.7, 15: 2693.1, 20: 3490.8},
+        "maml": {5: 1776.9, 10: 3149.3, 15: 4521.7, 20: 5894.1},
+        "anil": {5: 1094.1, 10: 1892.7, 15: 2693.2, 20: 3490.9},
+    },
+    "cifar": {
+        "memory_reduced": {5: 77.5, 10: 77.7, 15: 78.0, 20: 78.2},
+        "itd_bio": {5: 149.1, 10: 263.3, 15: 377.5, 20: 491.7},
+        "maml": {5: 262.0, 10: 463.6, 15: 665.1, 20: 866.6},
+        "anil": {5: 149.1, 10: 263.3, 15: 377.5, 20: 491.8},
+    },
+}
+
+
+def spec_for(algo: str, shape: str, steps: int, meta_batch: int) -> RunSpec:
+    """The algorithm's miniImageNet preset at this input shape, 5-way 5-shot, K steps, the loop executor."""
+    side, filters = SHAPES[shape]
+    data = preset(algo, "miniimagenet")
+    del side  # the images' side is set by the synthetic data, not the spec
+    deep_update(
+        data,
+        {
+            "threads": None,
+            "model": {"name": "conv4", "filters": filters, "pool": "max"},
+            "data": {"shots": 5, "queries": 5},
+            "algorithm": {"inner_steps": steps},
+            "train": {"meta_batch": meta_batch, "executor": "loop"},
+        },
+    )
+    return validate(data, f"memory benchmark {algo} K={steps}")
+
+
+def synthetic(spec: RunSpec, side: int, device: torch.device) -> FewShotImages:
+    """Seeded random uint8 images: 20 classes of 10 images of 3 x side x side."""
+    images = random_uint8((20, 10, 3, side, side), seed=0)
+    return FewShotImages(spec.data, {"train": ClassImages(images, device)})  # type: ignore[arg-type]
+
+
+def measure(algo: str, shape: str, steps: int, meta_batch: int, device: torch.device) -> int:
+    """Peak bytes of one meta-training step after a warm-up step."""
+    spec = spec_for(algo, shape, steps, meta_batch)
+    data = synthetic(spec, SHAPES[shape][0], device)
+    parts = episodic_parts(spec, data, device)
+    state = TrainState(parts, 2)
+    tasks = data.sample("train", meta_batch, parts.generator, device)
+    meta_train_step(parts, spec.train, state, tasks, measure=False)
+    return meta_train_step(parts, spec.train, state, tasks, measure=True)[1]
+
+
+def table(results: dict[str, dict[str, dict[int, int]]], shape: str) -> str:
+    """Markdown: a row per K, per algorithm metacli's MB and the paper's."""
+    algos = list(next(iter(results.values())).keys())
+    lines = []
+    for device, by_algo in results.items():
+        header = ["device", "K"] + [f"{a} (paper)" for a in algos]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for k in sorted(next(iter(by_algo.values()))):
+            cells = [device, str(k)]
+            for a in algos:
+                paper = PAPER_MB[shape][a].get(k)
+                ours = by_algo[a][k] / memory.BYTES_PER_MB
+                cells.append(f"{ours:.1f} ({paper:.1f})" if paper is not None else f"{ours:.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        last = max(next(iter(by_algo.values())))
+        if "memory_reduced" in by_algo and "maml" in by_algo:
+            ratio = by_algo["maml"][last] / max(by_algo["memory_reduced"][last], 1)
+            paper = PAPER_MB[shape]["maml"].get(last, float("nan")) / PAPER_MB[shape]["memory_reduced"].get(
+                last, 1
+            )
+            lines.append(
+                f"\nMAML / memory-reduced at K = {last} on {device}: {ratio:.1f}x (paper: {paper:.1f}x)\n"
+            )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="cifar")
+    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
+    parser.add_argument("--steps", nargs="+", type=int, default=[5, 10, 15, 20])
+    parser.add_argument(
+        "--meta-batch", type=int, default=2, help="tasks per step (the loop's peak is per task)"
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="K = 1, 2 and 2 algorithms: a smoke run")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    steps = [1, 2] if args.quick else args.steps
+    algos = args.algorithms[:2] if args.quick else args.algorithms
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    results: dict[str, dict[str, dict[int, int]]] = {}
+    for device in devices:
+        results[str(device)] = {
+            a: {k: measure(a, args.shape, k, args.meta_batch, device) for k in steps} for a in algos
+        }
+    out = {
+        "shape": args.shape,
+        "meta_batch": args.meta_batch,
+        "methods": {str(d): memory.method(d) for d in devices},
+        "peak_bytes": results,
+        "threads": args.threads,
+        "environment": environment(devices[-1]),
+    }
+    text = table(results, args.shape)
+    print(f"Peak memory of one meta-step (MB), {args.shape} shape, 5w5s, B={args.meta_batch}, loop executor")
+    for d in devices:
+        print(f"  {d}: {memory.method(d)}")
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = Path(RESULTS) / f"memory_{devices[-1].type}{'_quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(out, indent=2, default=str))
+    print(f"wrote {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""Memory-reduced meta-learning (Yang, Ma & Yu, AAAI 2025) and ITD-BiO, on a backbone / linear-head split.
+
+Both solve the bilevel problem with the backbone theta (``body.*``) as the upper level and a per-task
+linear head phi (``head.*``, flattened to one vector of N (e + 1) numbers) as the lower level:
+
+    min_theta  F(theta) = (1/B) sum_i f_i(theta, phi_i*(theta)),   f_i = CE on the query set
+    phi_i*(theta) = argmin_phi g_i(theta, phi),                     g_i = CE on the support + rho/2 |phi|^2
+
+with K gradient steps ``phi^{k+1} = phi^k - lambda grad_phi g_i(theta, phi^k)`` on the support features.
+
+- **Memory-reduced** (``memory_reduced``, the paper's Algorithm 1 and Subroutine 1): the K head steps keep
+  no graph; N conjugate-gradient steps on head-only Hessian-vector products solve
+  ``grad^2_phi g_i v = grad_phi f_i`` at phi^K; the hypergradient is
+  ``grad_theta f_i(theta, phi^K) - grad^2_{theta phi} g_i(theta, phi^K) v``, obtained as the gradient of the
+  surrogate ``f_i(theta, phi^K) - <grad_phi g_i(theta, phi^K), sg(v)>`` in one backbone backward. Memory
+  does not grow with K.
+- **ITD-BiO** (``itd_bio``, Ji, Yang & Liang, ICML 2021; the paper's baseline): the same K head steps
+  kept differentiable, back-propagated through (iterative differentiation): memory grows with K.
+
+Both compute each task's support and query features once (with a graph to theta) and reuse the detached
+copies for the head steps and CG. Warm starts (the paper): phi^0 and v^0 of batch slot i are slot i's
+phi^K and v^N of the previous outer step, state that checkpoints carry; off, every task starts from the
+fixed head initialisation and v^0 = 0 (the official code). The head initialisation is not meta-learned
+(as the code): its meta-gradient is zero. Hessian-vector products and the mixed term go through
+``torch.func`` (``grad``, ``jvp``), so both executors run the same per-task function.
+
+References:
+    Yang, Ma, Yu. "Memory-Reduced Meta-Learning with Guaranteed Convergence", AAAI 2025 (arXiv 2412.12030;
+    code yangxiaolin9527/RM-MetaL). Ji, Yang, Liang. "Bilevel Optimization: Convergence Analysis and
+    Enhanced Design", ICML 2021. Differences paper / code: docs/reference/memory_reduced.md §7.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, cast
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from metacli.engine.executors import EXECUTORS, meta_grads, task_at
+from metacli.engine.functional import Learner
+from metacli.engine.inner import descend, sgd_rule
+from metacli.engine.models import param_group
+from metacli.engine.types import Batch, Params, StepResult, Task
+from metacli.errors import SpecError
+
+HEAD_W, HEAD_B = "head.weight", "head.bias"
+
+
+class BilevelHeadConfig(BaseModel):
+    """Settings shared by the backbone / head bilevel algorithms."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    inner_lr: float = Field(default=0.1, gt=0)
+    """lambda_phi: step size of the K head gradient steps (code: 0.1 CIFAR-FS/FC100, 0.05 ImageNet)."""
+    inner_steps: int = Field(default=20, ge=1)
+    """K: head gradient steps per task in meta-training."""
+    reg: float = Field(default=1e-3, ge=0)
+    """rho: the lower level's L2 term rho/2 |phi|^2 (the paper's R; the official code has none: 0)."""
+    eval_inner_steps: int = Field(default=20, ge=0)
+    """Head steps at evaluation (backbone frozen; the code's protocol: 20)."""
+    eval_inner_lr: float | None = Field(default=None, gt=0)
+    """Head step size at evaluation; None: inner_lr (the code's protocol: 0.05)."""
+    outer_optimizer: Literal["sgd", "adam"] = "sgd"
+    """theta's optimiser: plain SGD (the paper's Algorithm 1) or Adam (the official code)."""
+    outer_lr: float = Field(default=0.1, gt=0)
+    """lambda_theta (SGD; SUGGESTED, the paper's value was not read) or Adam's rate (code: 1e-4 / 1e-3)."""
+    warm_start: bool = True
+    """Start slot i's head (and CG) from its values of the previous outer step (paper); false: the code."""
+    grad_clip: float | None = Field(default=None, gt=0)
+    """Clamp every meta-gradient element to [-grad_clip, grad_clip]; None: off."""
+
+
+class MemoryReducedConfig(BilevelHeadConfig):
+    """Memory-reduced meta-learning: implicit hypergradient at phi^K by N warm-started CG steps."""
+
+    name: Literal["memory_reduced"] = "memory_reduced"
+    """Algorithm name (discriminator)."""
+    cg_steps: int = Field(default=20, ge=1)
+    """N: conjugate-gradient steps on grad^2_phi g v = grad_phi f (Subroutine 1)."""
+    cg_tol: float = Field(default=0.0, ge=0)
+    """Stop CG updates once the residual norm is below this (0: always N steps, as the code)."""
+
+
+class ITDBiOConfig(BilevelHeadConfig):
+    """ITD-BiO: back-propagation through the K head steps (the paper's baseline)."""
+
+    name: Literal["itd_bio"] = "itd_bio"
+    """Algorithm name (discriminator)."""
+    warm_start: bool = False
+    """Start slot i's head from its previous phi^K (off: the fixed initialisation, as the code)."""
+
+
+def conjugate_gradient(
+    hvp: Callable[[Tensor], Tensor], b: Tensor, v0: Tensor, steps: int, tol: float = 0.0
+) -> Tensor:
+    """Subroutine 1: ``steps`` CG iterations on ``H v = b`` from ``v0`` (H symmetric positive definite).
+
+    ``r^0 = p^0 = b - H v^0``; ``eta = r'r / p'Hp``; ``v += eta p``; ``r -= eta Hp``;
+    ``p = r + (r'r)_new / (r'r)_old p``. Iterations whose residual is already below ``tol`` (or exactly
+    zero) change nothing: written with ``torch.where`` rather than a break, so it runs under vmap.
+    """
+    v = v0
+    r = b - hvp(v0)
+    p = r
+    rr = (r * r).sum()
+    for _ in range(steps):
+        h = hvp(p)
+        active = rr > tol * tol
+        php = (p * h).sum()
+        eta = torch.where(active & (php != 0), rr / torch.where(php != 0, php, 1.0), 0.0)
+        v = v + eta * p
+        r = r - eta * h
+        rr_new = (r * r).sum()
+        zeta = torch.where(active & (rr != 0), rr_new / torch.where(rr != 0, rr, 1.0), 0.0)
+        p = r + zeta * p
+        rr = rr_new
+    return v
+
+
+class BilevelHead:
+    """The memory-reduced algorithm and ITD-BiO: one class, the hypergradient chosen by ``cfg.name``.
+
+    Args:
+        cfg: the algorithm section of the run spec.
+        learner: a model with ``body.*`` parameters and a linear ``head``.
+        generator: unused (the algorithm draws nothing).
+    """
+
+    def __init__(
+        self,
+        cfg: MemoryReducedConfig | ITDBiOConfig,
+        learner: Learner,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        del generator
+        self.cfg = cfg
+        self.learner = learner
+        self.slots: dict[str, Tensor] = {}
+        """Warm starts per batch slot: ``phi`` (B, q) and, for the memory-reduced method, ``v`` (B, q)."""
+
+    # ---------------------------------------------------------------- the head as one vector
+
+    def init_meta(self, params: Params) -> Params:
+        """theta (the backbone) and the fixed head initialisation, as fresh leaves."""
+        if HEAD_W not in params or HEAD_B not in params:
+            raise SpecError(f"{self.cfg.name} needs a model with a linear head (head.weight, head.bias)")
+        return {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+
+    @staticmethod
+    def flat_head(meta: Params) -> Tensor:
+        """phi as one vector ``[vec(W), b]`` (q = N (e + 1) numbers)."""
+        return torch.cat([meta[HEAD_W].reshape(-1), meta[HEAD_B].reshape(-1)])
+
+    @staticmethod
+    def logits(phi: Tensor, z: Tensor) -> Tensor:
+        """``z W^T + b`` with W and b unpacked from the flat phi."""
+        n_out = phi.shape[0] // (z.shape[-1] + 1)
+        w = phi[: n_out * z.shape[-1]].view(n_out, z.shape[-1])
+        return F.linear(z, w, phi[n_out * z.shape[-1] :])
+
+    def lower(self, phi: Tensor, z: Tensor, y: Tensor) -> Tensor:
+        """g: the head's support loss (cross-entropy, or MSE for regression) plus ``rho/2 |phi|^2``."""
+        return self.learner.loss_of_output(self.logits(phi, z), y) + 0.5 * self.cfg.reg * (phi * phi).sum()
+
+    def upper(self, phi: Tensor, z: Tensor, y: Tensor) -> Tensor:
+        """f: the head's query loss."""
+        return self.learner.loss_of_output(self.logits(phi, z), y)
+
+    def head_steps(
+        self, phi0: Tensor, z: Tensor, y: Tensor, steps: int, lr: float, create_graph: bool
+    ) -> Tensor:
+        """phi^K: ``steps`` gradient steps on g from ``phi0`` (differentiable for ITD-BiO)."""
+        phi, _ = descend(
+            lambda k, p: self.lower(p["phi"], z, y), {"phi": phi0}, steps, sgd_rule(lr), create_graph
+        )
+        return phi["phi"]
+
+    # ---------------------------------------------------------------- one task
+
+    def task_terms(
+        self, meta: Params, task: Task, phi0: Tensor, v0: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """(surrogate whose theta-gradient is the task's hypergradient, phi^K, v^N, aux scalars)."""
+        zs = self.learner.features(meta, task.support.x)
+        zq = self.learner.features(meta, task.query.x)
+        ys, yq = task.support.y, task.query.y
+        cfg = self.cfg
+        if isinstance(cfg, ITDBiOConfig):
+            phi_k = self.head_steps(phi0, zs, ys, cfg.inner_steps, cfg.inner_lr, create_graph=True)
+            surrogate, v = self.upper(phi_k, zq, yq), v0
+        else:
+            zs_c, zq_c = zs.detach(), zq.detach()
+            phi_k = self.head_steps(phi0.detach(), zs_c, ys, cfg.inner_steps, cfg.inner_lr, False).detach()
+            b = torch.func.grad(self.upper)(phi_k, zq_c, yq)
+            grad_g = torch.func.grad(self.lower)
+
+            def hvp(w: Tensor) -> Tensor:
+                tangent: Tensor = torch.func.jvp(lambda p: grad_g(p, zs_c, ys), (phi_k,), (w,))[1]
+                return tangent
+
+            v = conjugate_gradient(hvp, b, v0, cfg.cg_steps, cfg.cg_tol).detach()
+            # d/dtheta of <grad_phi g(zs(theta), phi^K), v> is the mixed term grad^2_{theta phi} g v
+            mixed = (grad_g(phi_k, zs, ys) * v).sum()
+            surrogate = self.upper(phi_k, zq, yq) - mixed
+        with torch.no_grad():
+            out = self.logits(phi_k.detach(), zq.detach())
+            aux = {"query_loss": self.learner.loss_of_output(out, yq)}
+            if self.learner.criterion == "cross_entropy":
+                aux["accuracy"] = (out.argmax(-1) == yq).to(out.dtype).mean()
+        return surrogate, phi_k.detach(), v, aux
+
+    # ---------------------------------------------------------------- the meta-step
+
+    def _starts(self, meta: Params, n_tasks: int) -> tuple[Tensor, Tensor]:
+        phi_init = self.flat_head(meta).detach()
+        fresh = (
+            phi_init.expand(n_tasks, -1).clone(),
+            torch.zeros(n_tasks, phi_init.numel(), **_like(phi_init)),
+        )
+        if not self.cfg.warm_start or "phi" not in self.slots or self.slots["phi"].shape[0] != n_tasks:
+            return fresh
+        v0 = self.slots.get("v", fresh[1])
+        return self.slots["phi"].to(phi_init), v0.to(phi_init)
+
+    def meta_step(self, meta: Params, tasks: Task, executor: str = "loop") -> StepResult:
+        """The mean hypergradient over the stacked ``tasks``; updates the warm-start slots.
+
+        Args:
+            meta: meta-parameters (backbone and the fixed head initialisation).
+            tasks: B tasks stacked on a leading axis (slot i = task i).
+            executor: ``"loop"`` (one task's graph at a time) or ``"vmap"``.
+        """
+        n_tasks = tasks.query.x.shape[0]
+        phi0, v0 = self._starts(meta, n_tasks)
+        if executor == "loop":
+            grads = {k: torch.zeros_like(v) for k, v in meta.items()}
+            phis, vs, auxes = [], [], []
+            for i in range(n_tasks):
+                surrogate, phi_k, v, aux = self.task_terms(meta, task_at(tasks, i), phi0[i], v0[i])
+                for k, g in meta_grads(surrogate / n_tasks, meta).items():
+                    grads[k] += g
+                phis.append(phi_k)
+                vs.append(v)
+                auxes.append(aux)
+            phi_all, v_all = torch.stack(phis), torch.stack(vs)
+            aux_all = {k: torch.stack([a[k] for a in auxes]) for k in auxes[0]}
+        elif executor == "vmap":
+            surrogates, phi_all, v_all, aux_all = torch.func.vmap(self.task_terms, in_dims=(None, 0, 0, 0))(
+                meta, tasks, phi0, v0
+            )
+            grads = meta_grads(surrogates.mean(), meta)
+        else:
+            raise SpecError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+        if self.cfg.warm_start:
+            self.slots = {"phi": phi_all.detach()}
+            if isinstance(self.cfg, MemoryReducedConfig):
+                self.slots["v"] = v_all.detach()
+        if self.cfg.grad_clip is not None:
+            clip = self.cfg.grad_clip
+            grads = {k: g.clamp(-clip, clip) for k, g in grads.items()}
+        metrics = {k: float(v.mean()) for k, v in aux_all.items()}
+        return StepResult(metrics["query_loss"], grads, metrics)
+
+    # ---------------------------------------------------------------- evaluation and the rest
+
+    def adapt(
+        self,
+        meta: Params,
+        support: Batch,
+        steps: int | None = None,
+        create_graph: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Params:
+        """Evaluation: the backbone frozen, the head fine-tuned ``steps`` steps from its initialisation.
+
+        Returns the parameters with the adapted head (``eval_inner_lr``, default ``inner_lr``).
+        """
+        del generator
+        steps = self.cfg.eval_inner_steps if steps is None else steps
+        lr = self.cfg.eval_inner_lr or self.cfg.inner_lr
+        z = self.learner.features(meta, support.x)
+        if not create_graph:
+            z = z.detach()
+        phi = self.head_steps(self.flat_head(meta), z, support.y, steps, lr, create_graph)
+        n_out = meta[HEAD_B].shape[0]
+        return {**meta, HEAD_W: phi[:-n_out].view_as(meta[HEAD_W]), HEAD_B: phi[-n_out:]}
+
+    def extra_metrics(self, meta: Params) -> dict[str, float]:
+        """No extra meta-parameters."""
+        del meta
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The warm-start slots (CPU copies), for checkpoints."""
+        return {k: v.detach().cpu() for k, v in self.slots.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the warm-start slots of :meth:`state_dict`."""
+        self.slots = {k: cast(Tensor, v) for k, v in state.items()}
+
+    def outer_optimizer(
+        self, meta: Params, total_steps: int
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+        """Plain SGD (the paper) or Adam (the code) on the backbone; the head initialisation stays fixed."""
+        del total_steps
+        body = [v for k, v in meta.items() if param_group(k) == "body"]
+        if self.cfg.outer_optimizer == "adam":
+            return torch.optim.Adam(body, lr=self.cfg.outer_lr), None
+        return torch.optim.SGD(body, lr=self.cfg.outer_lr), None
+
+
+def _like(t: Tensor) -> dict[str, Any]:
+    return {"dtype": t.dtype, "device": t.device}

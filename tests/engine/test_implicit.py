@@ -1,0 +1,274 @@
+"""Oracles for the memory-reduced algorithm and ITD-BiO (float64).
+
+- CG against ``torch.linalg.solve`` on the head's explicit Hessian, and its warm start;
+- the implicit hypergradient, with the lower level solved to machine precision, against central
+  differences of theta -> f(theta, phi*(theta)) (phi* by Newton's method) and against TorchOpt's
+  ``custom_root`` implicit gradient on the same problem;
+- ITD-BiO against a hand-unrolled reference; loop == vmap; warm starts per slot, carried and resumed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from typer.testing import CliRunner
+
+from metacli.cli import app
+from metacli.engine.algorithms.implicit import (
+    BilevelHead,
+    ITDBiOConfig,
+    MemoryReducedConfig,
+    conjugate_gradient,
+)
+from metacli.engine.executors import task_at
+from metacli.engine.functional import Learner
+from metacli.engine.types import Batch, Params, Task
+from tests.engine.test_miniimagenet import write_fixture
+
+F64 = torch.float64
+D, H, WAYS, N_S, N_Q, N_TASKS = 3, 4, 3, 9, 6, 2
+Q = WAYS * (H + 1)  # head size
+
+
+class TanhNet(nn.Module):
+    """body = Linear + tanh (theta), head = Linear (phi): smooth, so differences are accurate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(D, H), nn.Tanh())
+        self.head = nn.Linear(H, WAYS)
+
+    def forward(self, x: Tensor, features_only: bool = False) -> Tensor:
+        z = self.body(x)
+        return z if features_only else self.head(z)
+
+
+def problem(seed: int = 0) -> tuple[Learner, Task]:
+    torch.manual_seed(seed)
+    learner = Learner(TanhNet().to(F64), "cross_entropy")
+    gen = torch.Generator().manual_seed(seed + 1)
+    support = Batch(
+        torch.randn(N_TASKS, N_S, D, generator=gen, dtype=F64), torch.arange(WAYS).repeat(N_TASKS, 3)
+    )
+    query = Batch(
+        torch.randn(N_TASKS, N_Q, D, generator=gen, dtype=F64), torch.arange(WAYS).repeat(N_TASKS, 2)
+    )
+    return learner, Task(support, query)
+
+
+def head_hessian(algo: BilevelHead, phi: Tensor, z: Tensor, y: Tensor) -> Tensor:
+    return torch.func.hessian(algo.lower)(phi, z, y)
+
+
+def test_cg_solves_the_head_system_and_warm_starts_help() -> None:
+    learner, tasks = problem()
+    algo = BilevelHead(MemoryReducedConfig(reg=0.05), learner)
+    meta = algo.init_meta(learner.init_params())
+    task = task_at(tasks, 0)
+    z = learner.features(meta, task.support.x).detach()
+    phi = algo.flat_head(meta).detach()
+    hess = head_hessian(algo, phi, z, task.support.y)
+    b = torch.randn(Q, generator=torch.Generator().manual_seed(3), dtype=F64)
+
+    def hvp(w: Tensor) -> Tensor:
+        return hess @ w
+
+    exact = torch.linalg.solve(hess, b)
+    v = conjugate_gradient(hvp, b, torch.zeros(Q, dtype=F64), steps=3 * Q)
+    torch.testing.assert_close(v, exact, rtol=1e-9, atol=1e-10)
+    # at equal (few) iterations, starting near the solution leaves a smaller residual than from zero
+    near = exact + 0.01 * torch.randn(Q, generator=torch.Generator().manual_seed(4), dtype=F64)
+    cold = conjugate_gradient(hvp, b, torch.zeros(Q, dtype=F64), steps=3)
+    warm = conjugate_gradient(hvp, b, near, steps=3)
+    assert torch.linalg.norm(b - hess @ warm) < 0.1 * torch.linalg.norm(b - hess @ cold)
+    # a converged system stays put (no 0/0 once the residual is zero)
+    assert torch.equal(conjugate_gradient(hvp, b, exact, steps=0), exact)
+    assert torch.isfinite(conjugate_gradient(lambda w: w, b, b, steps=4)).all()
+
+
+def newton_solution(algo: BilevelHead, phi: Tensor, z: Tensor, y: Tensor) -> Tensor:
+    """phi*(theta) to machine precision: the lower level is strongly convex (rho > 0)."""
+    for _ in range(50):
+        grad = torch.func.grad(algo.lower)(phi, z, y)
+        phi = phi - torch.linalg.solve(head_hessian(algo, phi, z, y), grad)
+    return phi
+
+
+EXACT = MemoryReducedConfig(reg=0.2, inner_lr=0.5, inner_steps=600, cg_steps=3 * Q, warm_start=False)
+
+
+def outer_at_solution(learner: Learner, algo: BilevelHead, meta: Params, tasks: Task) -> Tensor:
+    total = torch.zeros((), dtype=F64)
+    for i in range(N_TASKS):
+        task = task_at(tasks, i)
+        zs = learner.features(meta, task.support.x)
+        phi = newton_solution(algo, algo.flat_head(meta).detach(), zs, task.support.y)
+        total = total + algo.upper(phi, learner.features(meta, task.query.x), task.query.y)
+    return total / N_TASKS
+
+
+@pytest.mark.parametrize("executor", ["loop", "vmap"])
+def test_implicit_hypergradient_against_finite_differences(executor: str) -> None:
+    learner, tasks = problem()
+    algo = BilevelHead(EXACT, learner)
+    meta = algo.init_meta(learner.init_params())
+    grads = algo.meta_step(meta, tasks, executor).grads
+    gen = torch.Generator().manual_seed(9)
+    direction = {
+        k: torch.randn(v.shape, generator=gen, dtype=F64) if k.startswith("body.") else torch.zeros_like(v)
+        for k, v in meta.items()
+    }
+    eps = 1e-5
+
+    def at(sign: float) -> float:
+        shifted = {k: (v + sign * eps * direction[k]).detach() for k, v in meta.items()}
+        return float(outer_at_solution(learner, algo, shifted, tasks))
+
+    finite = (at(1.0) - at(-1.0)) / (2 * eps)
+    analytic = float(sum((grads[k] * direction[k]).sum() for k in meta))
+    assert analytic == pytest.approx(finite, rel=1e-6)
+    assert all(float(grads[k].abs().max()) == 0 for k in ("head.weight", "head.bias"))  # not meta-learned
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torchopt") is None, reason="TorchOpt is not installed (pip install -e .[bench])"
+)
+def test_implicit_hypergradient_against_torchopt() -> None:
+    import torchopt
+
+    learner, tasks = problem()
+    algo = BilevelHead(EXACT, learner)
+    meta = algo.init_meta(learner.init_params())
+    ours = algo.meta_step(meta, tasks, "loop").grads
+
+    def optimality(phi: Tensor, zs: Tensor, ys: Tensor) -> Tensor:
+        return torch.func.grad(algo.lower)(phi, zs, ys)
+
+    @torchopt.diff.implicit.custom_root(
+        optimality, argnums=1, solve=torchopt.linear_solve.solve_cg(maxiter=3 * Q, rtol=1e-12)
+    )
+    def solve(phi: Tensor, zs: Tensor, ys: Tensor) -> Tensor:
+        return newton_solution(algo, phi.detach(), zs.detach(), ys)
+
+    body = {k: v for k, v in meta.items() if k.startswith("body.")}
+    total = torch.zeros((), dtype=F64)
+    for i in range(N_TASKS):
+        task = task_at(tasks, i)
+        zs, zq = learner.features(meta, task.support.x), learner.features(meta, task.query.x)
+        phi = solve(algo.flat_head(meta).detach(), zs, task.support.y)
+        total = total + algo.upper(phi, zq, task.query.y) / N_TASKS
+    theirs = torch.autograd.grad(total, list(body.values()))
+    for k, g in zip(body, theirs, strict=True):
+        torch.testing.assert_close(ours[k], g, rtol=1e-7, atol=1e-10)
+
+
+def test_itd_bio_against_a_hand_unrolled_reference() -> None:
+    learner, tasks = problem()
+    cfg = ITDBiOConfig(reg=0.01, inner_lr=0.3, inner_steps=4)
+    algo = BilevelHead(cfg, learner)
+    meta = algo.init_meta(learner.init_params())
+    w1, b1, w0, b0 = (meta[k] for k in ("body.0.weight", "body.0.bias", "head.weight", "head.bias"))
+    total = torch.zeros((), dtype=F64)
+    for i in range(N_TASKS):
+        task = task_at(tasks, i)
+        zs, zq = torch.tanh(task.support.x @ w1.T + b1), torch.tanh(task.query.x @ w1.T + b1)
+        w, b = w0.detach(), b0.detach()
+        for _ in range(cfg.inner_steps):
+            w, b = (
+                w.requires_grad_() if not w.requires_grad else w,
+                b.requires_grad_() if not b.requires_grad else b,
+            )
+            g = F.cross_entropy(zs @ w.T + b, task.support.y) + 0.5 * cfg.reg * (
+                (w * w).sum() + (b * b).sum()
+            )
+            gw, gb = torch.autograd.grad(g, (w, b), create_graph=True)
+            w, b = w - cfg.inner_lr * gw, b - cfg.inner_lr * gb
+        total = total + F.cross_entropy(zq @ w.T + b, task.query.y) / N_TASKS
+    expected = torch.autograd.grad(total, (w1, b1))
+    result = algo.meta_step(meta, tasks, "loop")
+    assert result.loss == pytest.approx(float(total.detach()), rel=1e-12)
+    torch.testing.assert_close(result.grads["body.0.weight"], expected[0], rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(result.grads["body.0.bias"], expected[1], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [MemoryReducedConfig(reg=0.1, inner_steps=5, cg_steps=3 * Q), ITDBiOConfig(inner_steps=5)],
+    ids=["memory_reduced", "itd_bio"],
+)
+def test_loop_equals_vmap(cfg: MemoryReducedConfig | ITDBiOConfig) -> None:
+    learner, tasks = problem()
+    loop_algo, vmap_algo = BilevelHead(cfg, learner), BilevelHead(cfg, learner)
+    meta = loop_algo.init_meta(learner.init_params())
+    for _ in range(2):  # the second step starts from the warm starts the first one left
+        loop, vmap = loop_algo.meta_step(meta, tasks, "loop"), vmap_algo.meta_step(meta, tasks, "vmap")
+        assert loop.loss == pytest.approx(vmap.loss, rel=1e-12)
+        for k in meta:
+            torch.testing.assert_close(vmap.grads[k], loop.grads[k], rtol=1e-9, atol=1e-12)
+        for k in loop_algo.slots:
+            torch.testing.assert_close(vmap_algo.slots[k], loop_algo.slots[k], rtol=1e-9, atol=1e-12)
+
+
+def test_warm_starts_are_carried_per_slot() -> None:
+    learner, tasks = problem()
+    algo = BilevelHead(MemoryReducedConfig(reg=0.1, inner_steps=3, cg_steps=2), learner)
+    meta = algo.init_meta(learner.init_params())
+    algo.meta_step(meta, tasks, "loop")
+    first = {k: v.clone() for k, v in algo.slots.items()}
+    # slot i's head after step 1 is 3 head steps from the initialisation on task i
+    init = algo.flat_head(meta).detach()
+    for i in range(N_TASKS):
+        task = task_at(tasks, i)
+        z = learner.features(meta, task.support.x).detach()
+        torch.testing.assert_close(
+            first["phi"][i], algo.head_steps(init, z, task.support.y, 3, 0.1, False), rtol=0, atol=1e-14
+        )
+    # step 2 starts there: 3 more steps
+    algo.meta_step(meta, tasks, "loop")
+    for i in range(N_TASKS):
+        task = task_at(tasks, i)
+        z = learner.features(meta, task.support.x).detach()
+        torch.testing.assert_close(
+            algo.slots["phi"][i],
+            algo.head_steps(first["phi"][i], z, task.support.y, 3, 0.1, False),
+            rtol=0,
+            atol=1e-14,
+        )
+    assert not torch.equal(algo.slots["v"], first["v"])
+    cold = BilevelHead(MemoryReducedConfig(reg=0.1, inner_steps=3, cg_steps=2, warm_start=False), learner)
+    cold.meta_step(meta, tasks, "loop")
+    assert cold.slots == {}
+
+
+@pytest.mark.filterwarnings("ignore:miniImageNet pickles differ")
+@pytest.mark.parametrize("algo", ["memory_reduced", "itd_bio"])
+def test_resume_restores_the_warm_starts(algo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fx = write_fixture(tmp_path / "data", per_class=8)
+    runner = CliRunner()
+    base = [
+        "train", "--algo", algo, "--dataset", "miniimagenet", "--data-root", str(fx.root),
+        "--set", "data.ways=3", "--set", "data.queries=2", "--set", "model.filters=4",
+        "--set", "algorithm.inner_steps=3", "--set", "algorithm.warm_start=true",
+        "--set", "train.meta_batch=2", "--set", "train.log_every=1", "--set", "train.val_every=0",
+        "--set", "train.checkpoint_every=2", "--set", "eval.tasks=3", "--quiet",
+    ]  # fmt: skip
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert runner.invoke(app, [*base, "--out", str(straight), "--set", "train.meta_iters=4"]).exit_code == 0
+    assert runner.invoke(app, [*base, "--out", str(split), "--set", "train.meta_iters=2"]).exit_code == 0
+    saved = torch.load(split / "checkpoints" / "last.pt", weights_only=False)
+    assert saved["algorithm_state"]["phi"].shape[0] == 2  # one warm start per batch slot
+    spec = split / "spec.yaml"
+    spec.write_text(spec.read_text().replace("meta_iters: 2", "meta_iters: 4"))
+    result = runner.invoke(app, ["train", "--resume", str(split), "--quiet"])
+    assert result.exit_code == 0, result.output
+    a = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (split / "metrics.jsonl").read_text().splitlines()]
+    assert a[-1]["step"] == b[-1]["step"] == 4
+    assert a[-1] == pytest.approx({**b[-1], "wall_time": a[-1]["wall_time"]}, rel=1e-6)
