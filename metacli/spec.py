@@ -197,6 +197,16 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
         "train": {"log_every": 100, "checkpoint_every": 1000, "val_every": 1000, "val_tasks": 200},
         "eval": {"tasks": 600},
     },
+    # CIFAR-FS and FC100 at 32x32: Conv4-64 with 2x2 max-pool (memory_reduced.md §5), 15 queries per class.
+    **{
+        name: {
+            "model": {"name": "conv4", "filters": 64, "pool": "max"},
+            "data": {"name": name, "ways": 5, "shots": 1, "queries": 15},
+            "train": {"log_every": 100, "checkpoint_every": 1000, "val_every": 1000, "val_tasks": 200},
+            "eval": {"tasks": 600},
+        }
+        for name in ("cifar_fs", "fc100")
+    },
 }
 PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     # vmap: ~10x the loop's tasks/s for the 40-40 MLP on a CPU (benchmarks/bench_executors.py).
@@ -359,9 +369,17 @@ _BILEVEL_OMNIGLOT: dict[str, Any] = {  # SUGGESTED: no Omniglot in the paper; it
     "train": {"meta_batch": 32, "meta_iters": 2000, "val_every": 100, "val_tasks": 64, "log_every": 20},
     "eval": {"tasks": 640, "inner_steps": [20]},
 }
+_BILEVEL_CIFAR: dict[str, Any] = {  # the official code's CIFAR-FS / FC100 rows: head steps at lr 0.1
+    "data": {"shots": 5, "queries": 5},
+    "algorithm": {"inner_lr": 0.1, "inner_steps": 20, "eval_inner_steps": 20},
+    "train": {"meta_batch": 32, "meta_iters": 2000, "val_every": 100, "val_tasks": 64, "log_every": 20},
+    "eval": {"tasks": 640, "inner_steps": [20]},
+}
 for _algo in ("memory_reduced", "itd_bio"):
     PAIR_PRESETS[(_algo, "miniimagenet")] = copy.deepcopy(_BILEVEL_MINI)
     PAIR_PRESETS[(_algo, "omniglot")] = copy.deepcopy(_BILEVEL_OMNIGLOT)
+    PAIR_PRESETS[(_algo, "cifar_fs")] = copy.deepcopy(_BILEVEL_CIFAR)
+    PAIR_PRESETS[(_algo, "fc100")] = copy.deepcopy(_BILEVEL_CIFAR)
 
 
 # Each variant preset is MAML's preset for the dataset with the variant's own settings merged in.

@@ -11,7 +11,8 @@ from typing import Annotated
 
 from pydantic import Field
 
-from metacli.engine.data import miniimagenet, omniglot, sinusoid, smnist
+from metacli.engine.data import cifar, miniimagenet, omniglot, sinusoid, smnist
+from metacli.engine.data.cifar import CIFARFSConfig, FC100Config
 from metacli.engine.data.miniimagenet import MiniImageNetConfig
 from metacli.engine.data.omniglot import OmniglotConfig
 from metacli.engine.data.sinusoid import SinusoidConfig
@@ -19,13 +20,16 @@ from metacli.engine.data.smnist import SMNISTConfig
 from metacli.engine.types import DatasetBuilder
 
 DataConfig = Annotated[
-    SinusoidConfig | OmniglotConfig | MiniImageNetConfig | SMNISTConfig, Field(discriminator="name")
+    SinusoidConfig | OmniglotConfig | MiniImageNetConfig | CIFARFSConfig | FC100Config | SMNISTConfig,
+    Field(discriminator="name"),
 ]
 
 EPISODIC_DATASETS: dict[str, DatasetBuilder] = {
     "sinusoid": sinusoid.build,
     "omniglot": omniglot.build,
     "miniimagenet": miniimagenet.build,
+    "cifar_fs": cifar.build_cifar_fs,
+    "fc100": cifar.build_fc100,
 }
 ONLINE_DATASETS: dict[str, DatasetBuilder] = {"smnist": smnist.build}
 DATASETS: dict[str, DatasetBuilder] = {**EPISODIC_DATASETS, **ONLINE_DATASETS}

@@ -30,6 +30,7 @@ import codecs
 import csv
 import hashlib
 import importlib
+import io
 import pickle
 import warnings
 from collections.abc import Mapping, Sequence
@@ -184,16 +185,17 @@ class RestrictedUnpickler(pickle.Unpickler):
     malicious or corrupt pickle cannot run code; it raises :class:`DataError` instead.
     """
 
-    def __init__(self, file: Any, source: Path) -> None:
+    def __init__(self, file: Any, source: Path, what: str = "miniImageNet") -> None:
         super().__init__(file, encoding="latin1")
         self.source = source
+        self.what = what
 
     def find_class(self, module: str, name: str) -> Any:
         """The allowed numpy global ``module.name``; DataError for anything else."""
         if (module, name) not in _ALLOWED:
             raise DataError(
                 f"{self.source} is refused: the pickle tried to import {module}.{name}, which the "
-                "miniImageNet pickle format never needs (it holds only numpy arrays, dicts, lists, strings "
+                f"{self.what} pickle format never needs (it holds only numpy arrays, dicts, lists, strings "
                 "and numbers). Loading it could run arbitrary code, so it was not loaded; replace it with a "
                 "genuine copy."
             )
@@ -204,22 +206,28 @@ class RestrictedUnpickler(pickle.Unpickler):
         return getattr(_numpy_core(module.rsplit(".", 1)[1]), name)
 
 
-def read_pickle(path: Path) -> Any:
-    """The object stored in ``path``, read with :class:`RestrictedUnpickler` (``encoding="latin1"``).
+def read_pickle(path: Path, what: str = "miniImageNet", data: bytes | None = None) -> Any:
+    """The object stored in ``path`` (or in ``data``, read from ``path``), read with
+    :class:`RestrictedUnpickler` (``encoding="latin1"``).
 
     latin1 is what numpy needs to read arrays from Python 2 pickles, which the original files are.
+
+    Args:
+        path: the pickle, or the archive member ``data`` came from (named in errors).
+        what: the dataset, for error messages.
+        data: the pickle's bytes when they come from an archive member rather than a file.
 
     Raises:
         DataError: a refused import, or a truncated or corrupt file.
     """
     try:
-        with path.open("rb") as f:
-            return RestrictedUnpickler(f, path).load()
+        with io.BytesIO(data) if data is not None else path.open("rb") as f:
+            return RestrictedUnpickler(f, path, what).load()
     except DataError:
         raise
     except Exception as e:  # arbitrary bytes can make the unpickler raise nearly anything
         raise DataError(
-            f"cannot read the miniImageNet pickle {path}: it is truncated or corrupt "
+            f"cannot read the {what} pickle {path}: it is truncated or corrupt "
             f"({type(e).__name__}: {e}). Delete it to download it again, or replace it with a genuine copy."
         ) from e
 
