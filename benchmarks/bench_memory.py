@@ -16,8 +16,10 @@ events). The table is printed in MB (10^6 bytes) with the paper's numbers beside
 versions, every number) goes to ``benchmarks/results/memory_<device>.json``.
 
 The paper measured 32 tasks per iteration on a GPU with its own code, whose ANIL and ITD-BiO re-run the
-backbone with a graph at every inner step (memory_reduced.md §7 item 8); metacli computes the features
-once per task, so its ANIL and ITD-BiO grow far less with K.
+backbone with a graph at every inner step (memory_reduced.md §7 item 8). metacli's ITD-BiO computes the
+features once per task and unrolls only the head, so its memory barely grows with K; its ANIL (the MAML
+family's, adapting the head through the whole network's forward) re-runs the backbone at every step like
+the paper's, and grows linearly.
 """
 
 from __future__ import annotations

@@ -5,19 +5,25 @@ reusing its ``eval.json`` when that file was written for the same checkpoint, ta
 counts. The table has one row per run and one column per metric and adaptation-step count
 (accuracy in %, or MSE), each ``mean +- 95% CI``, with the published numbers the run's spec names
 (``published:``) beside it. It is printed and written as ``comparison.md`` and ``comparison.csv``.
+
+Where the runs logged them, three columns come from each run's metrics.jsonl: its best validation
+accuracy, the wall time at which it first reached 0.9 of the best validation accuracy of any run in the
+table (the measure of Yang et al. 2025, Table 2; wall time since the run started, validations included),
+and the largest ``peak_step_mb`` of its meta-training steps.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from metacli.errors import RunDirError
-from metacli.runs import EVAL_FILE, atomic_write_text, find_runs, read_json, read_spec_dict
+from metacli.runs import EVAL_FILE, atomic_write_text, find_runs, read_json, read_metrics, read_spec_dict
 
 COMPARISON_MD = "comparison.md"
 COMPARISON_CSV = "comparison.csv"
@@ -33,6 +39,42 @@ class Row:
     published: dict[str, list[dict[str, Any]]]
     checkpoint: str
     step: int
+    training: Training
+
+
+@dataclass(frozen=True)
+class Training:
+    """What a run's metrics.jsonl says beyond its meta-test: validation over wall time, peak memory."""
+
+    validation: tuple[tuple[float, float], ...]
+    """(wall time in s, validation accuracy) of every validation, in order; empty for regression runs."""
+    peak_mb: float | None
+    """The largest ``peak_step_mb`` logged, None when the run logged none."""
+
+    @property
+    def best(self) -> float | None:
+        """The best validation accuracy, None without validations."""
+        return max((acc for _, acc in self.validation), default=None)
+
+    def time_to(self, target: float) -> float | None:
+        """Wall time of the first validation at or above ``target``; None if it never got there."""
+        return next((t for t, acc in self.validation if acc >= target), None)
+
+
+TIME_TO_FRACTION = 0.9
+"""The fraction of the best validation accuracy whose first reach is timed (Yang et al. 2025, Table 2)."""
+
+
+def training_of(run_dir: Path) -> Training:
+    """Validation accuracies with their wall times, and the peak step memory, from metrics.jsonl."""
+    validation, peaks = [], []
+    for line in read_metrics(run_dir):
+        accs = [v for k, v in line.items() if k.startswith("val_acc@")]
+        if accs and "wall_time" in line:
+            validation.append((float(line["wall_time"]), float(accs[0])))
+        if "peak_step_mb" in line:
+            peaks.append(float(line["peak_step_mb"]))
+    return Training(tuple(validation), max(peaks, default=None))
 
 
 Evaluate = Callable[[Path], dict[str, Any]]
@@ -109,6 +151,7 @@ def compare(folder: Path, evaluate: Evaluate) -> list[Row]:
                 published=published_numbers(spec),
                 checkpoint=str(out["checkpoint"]),
                 step=int(out["checkpoint_step"]),
+                training=training_of(run_dir),
             )
         )
     return rows
@@ -125,9 +168,11 @@ def metric_order(rows: list[Row]) -> list[str]:
 
 
 def cell(metric: str, m: dict[str, float] | None) -> str:
-    """``mean +- ci`` in % for accuracies, as is for losses."""
+    """``mean +- ci`` in % for accuracies, as is for losses; ``diverged`` when the mean is not finite."""
     if m is None:
         return "-"
+    if not math.isfinite(m["mean"]):  # some task's adaptation blew up (e.g. rates used past their steps)
+        return "diverged"
     scale, digits = (100.0, 2) if "acc" in metric else (1.0, 3)
     return f"{m['mean'] * scale:.{digits}f} ± {m['ci95'] * scale:.{digits}f}"
 
@@ -150,11 +195,25 @@ def table_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     header = ["run", "algorithm", "checkpoint"]
     for m in metrics:
         header += [label(m), f"published {label(m)}"]
+    best = max((b for r in rows if (b := r.training.best) is not None), default=None)
+    peaks = any(r.training.peak_mb is not None for r in rows)
+    if best is not None:
+        header += ["best val acc %", f"time to {TIME_TO_FRACTION:g} x {100 * best:.2f} % (s)"]
+    if peaks:
+        header.append("peak step MB")
     body = []
     for r in rows:
         line = [r.name, r.algorithm, f"{r.checkpoint} @ {r.step}"]
         for m in metrics:
             line += [cell(m, r.metrics.get(m)), published_cell(m, r.published.get(m, []))]
+        if best is not None:
+            own, reached = r.training.best, r.training.time_to(TIME_TO_FRACTION * best)
+            line += [
+                "-" if own is None else f"{100 * own:.2f}",
+                "never" if reached is None else f"{reached:.0f}",
+            ]
+        if peaks:
+            line.append("-" if r.training.peak_mb is None else f"{r.training.peak_mb:.1f}")
         body.append(line)
     return header, body
 

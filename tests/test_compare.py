@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -112,3 +113,53 @@ def test_few_shot_figures(tmp_path: Path) -> None:
         assert (tmp_path / "figs" / f"{stem}.svg").stat().st_size > 1000
     svg = (tmp_path / "figs" / "sparsity_sparse.svg").read_text()
     assert "body.0" in svg and "head" in svg  # one line per layer, labelled
+
+
+def test_time_to_a_fraction_of_the_best_validation_and_peak_memory(tmp_path: Path) -> None:
+    from metacli.compare import Row, table_rows, training_of
+
+    logs = {  # wall time, validation accuracy (None: a step without validation), peak MB
+        "fast": [(5.0, 0.70, 10.0), (12.0, None, 12.5), (30.0, 0.90, 11.0)],
+        "slow": [(10.0, 0.50, 40.0), (20.0, 0.80, 41.0)],
+    }
+    rows = []
+    for name, lines in logs.items():
+        run = tmp_path / name
+        run.mkdir()
+        with (run / "metrics.jsonl").open("w") as f:
+            for step, (wall, acc, mb) in enumerate(lines):
+                line = {"step": step, "wall_time": wall, "peak_step_mb": mb}
+                if acc is not None:
+                    line["val_acc@3"] = acc
+                f.write(json.dumps(line) + "\n")
+        rows.append(Row(name, "maml", {}, {}, "best", 1, training_of(run)))
+    header, body = table_rows(rows)
+    assert header[-3:] == ["best val acc %", "time to 0.9 x 90.00 % (s)", "peak step MB"]
+    # 0.9 x 0.90 = 0.81: "fast" first reaches it at 30 s; "slow" peaks at 0.80 and never does
+    assert body[0][-3:] == ["90.00", "30", "12.5"]
+    assert body[1][-3:] == ["80.00", "never", "41.0"]
+
+
+def test_regression_runs_get_no_validation_columns(folder: Path) -> None:
+    from metacli.compare import compare, table_rows
+
+    rows = compare(folder, _fake)  # sinusoid runs: losses only, no validation accuracy
+    header, _ = table_rows(rows)
+    assert "best val acc %" not in header and "peak step MB" in header
+
+
+def _fake(run: Path) -> dict[str, Any]:
+    """A stand-in meta-test result (the columns under test come from metrics.jsonl, not from it)."""
+    return {
+        "metrics": {"query_loss@1": {"mean": 1.0, "ci95": 0.1, "n": 6}},
+        "checkpoint": "last",
+        "checkpoint_step": 4,
+    }
+
+
+def test_non_finite_results_read_diverged() -> None:
+    from metacli.compare import cell
+
+    assert cell("query_loss@10", {"mean": float("nan"), "ci95": float("nan"), "n": 600}) == "diverged"
+    assert cell("query_loss@10", {"mean": float("inf"), "ci95": 0.0, "n": 600}) == "diverged"
+    assert cell("query_acc@1", {"mean": 0.5, "ci95": 0.01, "n": 600}) == "50.00 ± 1.00"

@@ -10,16 +10,13 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from typer.testing import CliRunner
 
-from metacli.cli import app
 from metacli.engine.algorithms.implicit import (
     BilevelHead,
     ITDBiOConfig,
@@ -30,6 +27,7 @@ from metacli.engine.executors import task_at
 from metacli.engine.functional import Learner
 from metacli.engine.types import Batch, Params, Task
 from tests.engine.test_miniimagenet import write_fixture
+from tests.resume import straight_and_resumed
 
 F64 = torch.float64
 D, H, WAYS, N_S, N_Q, N_TASKS = 3, 4, 3, 9, 6, 2
@@ -251,7 +249,6 @@ def test_warm_starts_are_carried_per_slot() -> None:
 def test_resume_restores_the_warm_starts(algo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     fx = write_fixture(tmp_path / "data", per_class=8)
-    runner = CliRunner()
     base = [
         "train", "--algo", algo, "--dataset", "miniimagenet", "--data-root", str(fx.root),
         "--set", "data.ways=3", "--set", "data.queries=2", "--set", "model.filters=4",
@@ -259,16 +256,5 @@ def test_resume_restores_the_warm_starts(algo: str, tmp_path: Path, monkeypatch:
         "--set", "train.meta_batch=2", "--set", "train.log_every=1", "--set", "train.val_every=0",
         "--set", "train.checkpoint_every=2", "--set", "eval.tasks=3", "--quiet",
     ]  # fmt: skip
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert runner.invoke(app, [*base, "--out", str(straight), "--set", "train.meta_iters=4"]).exit_code == 0
-    assert runner.invoke(app, [*base, "--out", str(split), "--set", "train.meta_iters=2"]).exit_code == 0
-    saved = torch.load(split / "checkpoints" / "last.pt", weights_only=False)
+    saved = straight_and_resumed(base, tmp_path)
     assert saved["algorithm_state"]["phi"].shape[0] == 2  # one warm start per batch slot
-    spec = split / "spec.yaml"
-    spec.write_text(spec.read_text().replace("meta_iters: 2", "meta_iters: 4"))
-    result = runner.invoke(app, ["train", "--resume", str(split), "--quiet"])
-    assert result.exit_code == 0, result.output
-    a = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
-    b = [json.loads(x) for x in (split / "metrics.jsonl").read_text().splitlines()]
-    assert a[-1]["step"] == b[-1]["step"] == 4
-    assert a[-1] == pytest.approx({**b[-1], "wall_time": a[-1]["wall_time"]}, rel=1e-6)

@@ -9,16 +9,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from typer.testing import CliRunner
 
-from metacli.cli import app
 from metacli.engine.algorithms import EPISODIC_ALGORITHMS
 from metacli.engine.algorithms.maml import (
     MAML,
@@ -39,6 +36,7 @@ from metacli.engine.models.conv4 import build as build_conv4
 from metacli.engine.models.mlp import MLPConfig
 from metacli.engine.models.mlp import build as build_mlp
 from metacli.engine.types import Batch, Params, Task
+from tests.resume import straight_and_resumed
 
 F64 = torch.float64
 N_TASKS, N_S, N_Q, D_IN, D_OUT = 2, 6, 5, 3, 2
@@ -394,19 +392,7 @@ RESUME = ["--set", "train.meta_batch=2", "--set", "train.log_every=1", "--set", 
 
 @pytest.mark.parametrize("name", [n for n in FAMILY if n not in ("maml", "fomaml")])
 def test_resume_with_extras_matches_a_straight_run(name: str, tmp_path: Path) -> None:
-    runner = CliRunner()
     base = ["train", "--algo", name, "--dataset", "sinusoid", *RESUME]
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert runner.invoke(app, [*base, "--out", str(straight), "--set", "train.meta_iters=4"]).exit_code == 0
-    assert runner.invoke(app, [*base, "--out", str(split), "--set", "train.meta_iters=2"]).exit_code == 0
-    saved = torch.load(split / "checkpoints" / "last.pt", weights_only=False)
+    saved = straight_and_resumed(base, tmp_path)
     has_extras = name not in ("anil", "boil")  # these two change only which parameters adapt
     assert any(":" in k for k in saved["meta"]) == has_extras, "the checkpoint holds the variant's extras"
-    spec = split / "spec.yaml"
-    spec.write_text(spec.read_text().replace("meta_iters: 2", "meta_iters: 4"))
-    result = runner.invoke(app, ["train", "--resume", str(split), "--quiet"])
-    assert result.exit_code == 0, result.output
-    a = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
-    b = [json.loads(x) for x in (split / "metrics.jsonl").read_text().splitlines()]
-    assert a[-1]["step"] == b[-1]["step"] == 4
-    assert a[-1] == pytest.approx({**b[-1], "wall_time": a[-1]["wall_time"]}, rel=1e-6)

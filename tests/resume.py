@@ -1,0 +1,35 @@
+"""A run trained 4 steps straight against the same run trained 2 steps and resumed to 4 (CLI, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from metacli.cli import app
+
+
+def straight_and_resumed(base: list[str], tmp_path: Path) -> dict[str, Any]:
+    """Assert that ``base`` run 4 steps equals it run 2 steps then ``--resume``d to 4 (last metrics line).
+
+    Returns:
+        The checkpoint written after 2 steps (what the resume started from), for further checks.
+    """
+    runner = CliRunner()
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert runner.invoke(app, [*base, "--out", str(straight), "--set", "train.meta_iters=4"]).exit_code == 0
+    assert runner.invoke(app, [*base, "--out", str(split), "--set", "train.meta_iters=2"]).exit_code == 0
+    saved: dict[str, Any] = torch.load(split / "checkpoints" / "last.pt", weights_only=False)
+    spec = split / "spec.yaml"
+    spec.write_text(spec.read_text().replace("meta_iters: 2", "meta_iters: 4"))
+    result = runner.invoke(app, ["train", "--resume", str(split), "--quiet"])
+    assert result.exit_code == 0, result.output
+    a = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (split / "metrics.jsonl").read_text().splitlines()]
+    assert a[-1]["step"] == b[-1]["step"] == 4
+    assert a[-1] == pytest.approx({**b[-1], "wall_time": a[-1]["wall_time"]}, rel=1e-6)
+    return saved
