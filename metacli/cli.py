@@ -135,6 +135,10 @@ def evaluate(
         str | None,
         typer.Option(help="best (best validation step; the default when the run has one) or last."),
     ] = None,
+    steps: Annotated[
+        list[int] | None,
+        typer.Option(help="Adaptation step counts, repeatable: --steps 1 --steps 10 (default: the spec's)."),
+    ] = None,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -149,9 +153,11 @@ def evaluate(
     if checkpoint not in (None, "best", "last"):
         raise MetacliError(f"--checkpoint {checkpoint}: choose best or last.")
     if run_dir.is_dir() and not is_run_dir(run_dir):
-        compare_folder(run_dir, tasks, checkpoint, device, quiet)
+        compare_folder(run_dir, tasks, checkpoint, device, quiet, steps or None)
         return
-    out = evaluate_run(run_dir, device=device, tasks=tasks, quiet=quiet, which=checkpoint)
+    out = evaluate_run(
+        run_dir, device=device, tasks=tasks, quiet=quiet, which=checkpoint, steps=steps or None
+    )
     console.print(
         f"meta-test of {run_dir}: {out['tasks']} fixed tasks (eval.seed {out['seed']}), "
         f"{out['checkpoint']} checkpoint (step {out['checkpoint_step']})"
@@ -161,7 +167,12 @@ def evaluate(
 
 
 def compare_folder(
-    folder: Path, tasks: int | None, checkpoint: str | None, device: str | None, quiet: bool
+    folder: Path,
+    tasks: int | None,
+    checkpoint: str | None,
+    device: str | None,
+    quiet: bool,
+    steps: list[int] | None = None,
 ) -> None:
     """``metacli evaluate FOLDER``: the comparison table of every few-shot run in it."""
     from metacli.compare import compare, write_tables
@@ -170,7 +181,9 @@ def compare_folder(
     def one(run_dir: Path) -> dict[str, Any]:
         if not quiet:
             console.print(f"meta-test of {run_dir}")
-        return evaluate_run(run_dir, device=device, tasks=tasks, quiet=quiet, which=checkpoint, reuse=True)
+        return evaluate_run(
+            run_dir, device=device, tasks=tasks, quiet=quiet, which=checkpoint, reuse=True, steps=steps
+        )
 
     rows = compare(folder, one)
     markdown, paths = write_tables(folder, rows)

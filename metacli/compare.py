@@ -174,7 +174,10 @@ def cell(metric: str, m: dict[str, float] | None) -> str:
     if not math.isfinite(m["mean"]):  # some task's adaptation blew up (e.g. rates used past their steps)
         return "diverged"
     scale, digits = (100.0, 2) if "acc" in metric else (1.0, 3)
-    return f"{m['mean'] * scale:.{digits}f} ± {m['ci95'] * scale:.{digits}f}"
+    mean, ci = m["mean"] * scale, m["ci95"] * scale
+    if abs(mean) >= 1e4:  # a blow-up on some tasks: keep the magnitude readable
+        return f"{mean:.2e} ± {ci:.2e}"
+    return f"{mean:.{digits}f} ± {ci:.{digits}f}"
 
 
 def published_cell(metric: str, entries: list[dict[str, Any]]) -> str:

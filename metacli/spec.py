@@ -12,7 +12,7 @@ import itertools
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -61,8 +61,8 @@ class EvalSettings(BaseModel):
     """Number of test tasks (the 95% confidence interval is 1.96 std / sqrt(tasks))."""
     batch: int = Field(25, ge=1)
     """Tasks evaluated at a time, as one batch (vmap over tasks); also used for validation."""
-    inner_steps: tuple[int, ...] | None = None
-    """Adaptation step counts to report (e.g. [1, 10]); default: the algorithm's eval_inner_steps."""
+    inner_steps: tuple[Annotated[int, Field(ge=0)], ...] | None = None
+    """Adaptation step counts to report (e.g. [1, 10]; 0: before adaptation); default: eval_inner_steps."""
     seed: int = 1234
     """Seed of the test-task generator (independent of training)."""
 

@@ -77,6 +77,17 @@ def test_folder_comparison_reuses_matching_evaluations(folder: Path) -> None:
     assert "marker" not in again and again["metrics"]["query_loss@1"]["n"] == 8
 
 
+def test_steps_option_replaces_the_specs_step_counts(folder: Path) -> None:
+    code, out = invoke("evaluate", str(folder), "--steps", "2", "--steps", "5", "--quiet")
+    assert code == 0, out
+    evaluated = json.loads((folder / "maml" / "eval.json").read_text())
+    assert evaluated["inner_steps"] == [2, 5] and set(evaluated["metrics"]) == {"query_loss@2", "query_loss@5"}
+    header = (folder / "comparison.md").read_text().splitlines()[0]
+    assert "loss (2 steps)" in header and "loss (5 steps)" in header and "loss (1 step)" not in header
+    code, out = invoke("evaluate", str(folder / "maml"), "--steps", "-1")
+    assert code == 2 and "inner_steps" in out and "Traceback" not in out
+
+
 def test_folder_without_few_shot_runs_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     code, out = invoke("evaluate", str(tmp_path / "empty"))
@@ -163,3 +174,4 @@ def test_non_finite_results_read_diverged() -> None:
     assert cell("query_loss@10", {"mean": float("nan"), "ci95": float("nan"), "n": 600}) == "diverged"
     assert cell("query_loss@10", {"mean": float("inf"), "ci95": 0.0, "n": 600}) == "diverged"
     assert cell("query_acc@1", {"mean": 0.5, "ci95": 0.01, "n": 600}) == "50.00 ± 1.00"
+    assert cell("query_loss@5", {"mean": 3.578e19, "ci95": 7.01e19, "n": 600}) == "3.58e+19 ± 7.01e+19"

@@ -160,17 +160,22 @@ def evaluate_run(
     quiet: bool = False,
     which: str | None = None,
     reuse: bool = False,
+    steps: list[int] | None = None,
 ) -> dict[str, Any]:
     """Meta-test a checkpoint of an episodic run on the fixed test tasks; writes and returns ``eval.json``.
 
     ``which`` is ``best`` (the best validation step), ``last``, or None: best when the run has one.
     ``reuse``: return the existing eval.json, without evaluating, when it was written for the same
-    checkpoint (name and step), task count, task seed and step counts.
+    checkpoint (name and step), task count, task seed and step counts. ``tasks`` and ``steps`` replace
+    the spec's ``eval.tasks`` and ``eval.inner_steps``.
     """
     raw = read_spec_dict(run_dir)
-    if tasks is not None:  # validated like the spec's own eval.tasks (at least 2 for a confidence interval)
-        raw = {**raw, "eval": {**raw.get("eval", {}), "tasks": tasks}}
-    source = str(run_dir / SPEC_FILE) + (f" with --tasks {tasks}" if tasks is not None else "")
+    given = {k: v for k, v in (("tasks", tasks), ("inner_steps", steps)) if v is not None}
+    # validated like the spec's own eval section (e.g. at least 2 tasks for a confidence interval)
+    raw = {**raw, "eval": {**raw.get("eval", {}), **given}}
+    source = str(run_dir / SPEC_FILE) + "".join(
+        f" with --{k.replace('inner_', '')} {v}" for k, v in given.items()
+    )
     spec = validate(raw, source)
     if spec.is_online:
         raise RunDirError(
