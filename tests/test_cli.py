@@ -124,6 +124,59 @@ def test_evaluate_writes_mean_ci_and_n(tmp_path: Path) -> None:
     assert set(result["metrics"]) == {"query_loss@1", "query_loss@10"}
 
 
+GRID_SPEC = """\
+algorithm: {name: maml}
+model: {name: mlp}
+data: {name: sinusoid}
+train: {meta_iters: 4, meta_batch: 2, log_every: 2, checkpoint_every: 2}
+eval: {tasks: 4}
+grid: {algorithm.alpha: [0.01, 0.02]}
+"""
+
+
+def _fingerprint(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """(content, mtime_ns) of every file under ``folder``, by relative path."""
+    return {
+        p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _touched(before: dict[str, tuple[bytes, int]], after: dict[str, tuple[bytes, int]]) -> list[str]:
+    """Files written, added or removed between two fingerprints (readable in a failure message)."""
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def test_grid_rerun_skips_finished_points_and_resumes_interrupted_ones(tmp_path: Path) -> None:
+    """Catches a grid rerun that retrains (or re-resumes) finished points: none of their files, checkpoint
+    and summary.json included, may be written again; a point without summary.json is resumed from its
+    checkpoint, not trained afresh."""
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(GRID_SPEC)
+    out = tmp_path / "results"
+    code, text = invoke("train", str(spec), "--out", str(out), "--quiet")
+    assert code == 0, text
+    assert sorted(p.name for p in out.iterdir()) == ["alpha=0.01", "alpha=0.02"]
+    before = _fingerprint(out)
+    for point in ("alpha=0.01", "alpha=0.02"):
+        assert {f"{point}/summary.json", f"{point}/checkpoints/last.pt"} <= before.keys()
+
+    code, text = invoke("train", str(spec), "--out", str(out), "--quiet")
+    assert code == 0, text
+    assert text.count("done") == 2
+    assert _touched(before, _fingerprint(out)) == []  # both points skipped
+
+    (out / "alpha=0.02" / "summary.json").unlink()  # as if killed after its last checkpoint
+    code, text = invoke("train", str(spec), "--out", str(out), "--quiet")
+    assert code == 0, text
+    after = _fingerprint(out)
+    assert not [k for k in _touched(before, after) if k.startswith("alpha=0.01/")]  # still skipped
+    ckpt = "alpha=0.02/checkpoints/last.pt"
+    assert after[ckpt] == before[ckpt]  # resumed from its checkpoint, not retrained
+    assert json.loads((out / "alpha=0.02" / "summary.json").read_text())["steps"] == 4  # resumed to the end
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [

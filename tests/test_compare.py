@@ -81,7 +81,10 @@ def test_steps_option_replaces_the_specs_step_counts(folder: Path) -> None:
     code, out = invoke("evaluate", str(folder), "--steps", "2", "--steps", "5", "--quiet")
     assert code == 0, out
     evaluated = json.loads((folder / "maml" / "eval.json").read_text())
-    assert evaluated["inner_steps"] == [2, 5] and set(evaluated["metrics"]) == {"query_loss@2", "query_loss@5"}
+    assert evaluated["inner_steps"] == [2, 5] and set(evaluated["metrics"]) == {
+        "query_loss@2",
+        "query_loss@5",
+    }
     header = (folder / "comparison.md").read_text().splitlines()[0]
     assert "loss (2 steps)" in header and "loss (5 steps)" in header and "loss (1 step)" not in header
     code, out = invoke("evaluate", str(folder / "maml"), "--steps", "-1")

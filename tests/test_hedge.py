@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import yaml
 from rich.console import Console
+from typer.testing import CliRunner
 
+from metacli.cli import app
 from metacli.errors import RunDirError
 from metacli.hedge import hedge_weights, hedged_values, render_table, run_hedge
 
@@ -209,3 +211,46 @@ def test_a_foreign_hedge_folder_is_never_overwritten(runs_folder: Path) -> None:
     with pytest.raises(RunDirError, match="not an earlier Hedge output"):
         run_hedge(runs_folder)
     assert (runs_folder / "hedge" / "notes.txt").read_text() == "mine"
+
+
+# --------------------------------------------------------------------------- the CLI's --metric
+
+
+def _hedge_cli(folder: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["hedge", str(folder), *args])
+    return result.exit_code, result.output + (result.stderr if result.stderr_bytes else "")
+
+
+@pytest.mark.parametrize(
+    ("args", "chosen"),
+    [(["--metric", "ltm"], ["ltm"]), (["--metric", "ctm"], ["ctm"]), ([], ["ctm", "ltm"])],
+    ids=["ltm", "ctm", "default-both"],
+)
+def test_cli_metric_chooses_what_is_hedged(runs_folder: Path, args: list[str], chosen: list[str]) -> None:
+    """Catches ``hedge --metric`` being ignored: hedge.json, hedge/ and the table hold exactly the chosen
+    metrics, each with Hedge's value on that metric's accuracies."""
+    code, out = _hedge_cli(runs_folder, *args)
+    assert code == 0, out
+    summary = json.loads((runs_folder / "hedge.json").read_text())
+    assert sorted(summary["metrics"]) == chosen
+    for m, acc in (("ctm", CTM), ("ltm", LTM)):
+        if m in chosen:
+            assert summary["metrics"][m]["hedge_final_acc_avg"] == pytest.approx(
+                sum(_reference_hedge(acc)) / 5
+            )
+        assert (f"Hedge on {m.upper()} accuracy" in " ".join(out.split())) == (m in chosen)
+    rows = [json.loads(line) for line in (runs_folder / "hedge" / "metrics.jsonl").read_text().splitlines()]
+    assert {k.split("_")[0] for r in rows for k in r if k != "round"} == set(chosen)
+    assert yaml.safe_load((runs_folder / "hedge" / "spec.yaml").read_text())["metrics"] == chosen
+
+
+def test_cli_metric_ctm_hedges_runs_without_ltm(runs_folder: Path) -> None:
+    """A run without LTM can be hedged on CTM only: the default (both) is refused, --metric ctm works."""
+    path = runs_folder / "ftml" / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if "ltm" not in k}) + "\n" for r in rows))
+    code, out = _hedge_cli(runs_folder)
+    assert code == 2 and "ltm_acc" in out and not (runs_folder / "hedge.json").exists()
+    code, out = _hedge_cli(runs_folder, "--metric", "ctm")
+    assert code == 0, out
+    assert list(json.loads((runs_folder / "hedge.json").read_text())["metrics"]) == ["ctm"]

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from metacli.cli import app
@@ -147,6 +150,57 @@ def test_summary_confidence_interval_is_1_96_sigma_over_sqrt_n() -> None:
     out = episodic.summarize(values)
     assert out["mean"] == mean and out["n"] == 4
     assert math.isclose(out["ci95"], 1.96 * std / 2.0, rel_tol=1e-12)
+
+
+def test_evaluate_ci95_is_1_96_sample_std_over_sqrt_n_of_the_per_task_values() -> None:
+    """Catches a 95% interval computed with another factor than 1.96 (e.g. 1.0) or with the population
+    std: the per-task query losses are recomputed here one task at a time and summarised independently."""
+    spec, _ = load_spec(algo="maml", dataset="sinusoid", overrides=["dtype=float64"])
+    parts = build(spec, device="cpu")
+    meta = parts.learner.init_params()
+    n, seed = 6, 77
+    out = episodic.evaluate(parts, meta, "test", n, seed, [1], 4)["query_loss@1"]
+    losses = []
+    for i in range(n):
+        task = parts.dataset.sample("test", 1, episodic.task_generator(seed, i), parts.device, parts.dtype)
+        support, query = (type(b)(b.x[0], b.y[0]) for b in (task.support, task.query))
+        phi = parts.algorithm.adapt(meta, support, steps=1)
+        losses.append(float(parts.learner.loss(phi, query)))
+    assert out["n"] == n and math.isclose(out["mean"], statistics.fmean(losses), rel_tol=1e-10)
+    sample_ci = 1.96 * statistics.stdev(losses) / math.sqrt(n)  # the documented definition
+    assert math.isclose(out["ci95"], sample_ci, rel_tol=1e-9)
+    assert not math.isclose(out["ci95"], 1.96 * statistics.pstdev(losses) / math.sqrt(n), rel_tol=1e-3)
+    assert not math.isclose(out["ci95"], statistics.stdev(losses) / math.sqrt(n), rel_tol=1e-3)
+
+
+def test_evaluate_follows_eval_seed(tmp_path: Path) -> None:
+    """Catches ``metacli evaluate`` ignoring ``eval.seed``: one seed gives identical results on every call,
+    another seed other test tasks, and each eval.json equals the engine's evaluation on its own seed."""
+    run = tmp_path / "run"
+    code, out = invoke(
+        "train", "--out", str(run), *VAL, "--set", "train.meta_iters=4", "--set", "train.val_every=0"
+    )
+    assert code == 0, out
+
+    def evaluate_with_seed(seed: int) -> dict[str, Any]:
+        raw = yaml.safe_load((run / "spec.yaml").read_text())
+        raw["eval"]["seed"] = seed
+        (run / "spec.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        code, out = invoke("evaluate", str(run), "--quiet")
+        assert code == 0, out
+        result: dict[str, Any] = json.loads((run / "eval.json").read_text())
+        return result
+
+    a, b, again = evaluate_with_seed(1234), evaluate_with_seed(99), evaluate_with_seed(1234)
+    assert (a["seed"], b["seed"], again["seed"]) == (1234, 99, 1234)
+    assert again["metrics"] == a["metrics"]  # same seed: the same tasks, the same numbers
+    assert b["metrics"]["query_loss@10"]["mean"] != a["metrics"]["query_loss@10"]["mean"]
+    spec, _ = load_spec(run / "spec.yaml")
+    parts = build(spec, device="cpu")
+    meta = load(run / "checkpoints" / "last.pt", torch.device("cpu"))["meta"]
+    for seed, result in ((1234, a), (99, b)):
+        direct = episodic.evaluate(parts, meta, "test", 10, seed, [10], spec.eval.batch)["query_loss@10"]
+        assert math.isclose(result["metrics"]["query_loss@10"]["mean"], direct["mean"], rel_tol=1e-6)
 
 
 def test_two_methods_are_meta_tested_on_identical_tasks() -> None:

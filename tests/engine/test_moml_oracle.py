@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -42,13 +43,21 @@ def _hvp(w: Tensor, b: Tensor, x: Tensor, vw: Tensor, vb: Tensor) -> tuple[Tenso
 def _hand_meta_grad(
     w: Tensor, b: Tensor, x: Tensor, y: Tensor, s: Tensor, q: Tensor, cfg: MetaSGDConfig
 ) -> tuple[Tensor, Tensor]:
-    """∇_θ CE(U(θ; S); Q) for one inner step: dφ/dθ = (1 − η wd) I − η H_S(θ), applied to g_Q(φ)."""
+    """∇_θ CE(U(θ; S); Q) through ``cfg.inner_steps`` steps φ_{j+1} = φ_j − η (g_S(φ_j) + wd φ_j), φ_0 = θ.
+
+    Backward by hand: v = g_Q(φ_n), then for j = n−1 .. 0: v ← (1 − η wd) v − η H_S(φ_j) v (H symmetric).
+    """
     eta, wd = cfg.inner_lr, cfg.weight_decay
-    gsw, gsb = _grad(w, b, x[s], y[s])
-    pw, pb = w - eta * (gsw + wd * w), b - eta * (gsb + wd * b)  # φ = U(θ; S)
-    gqw, gqb = _grad(pw, pb, x[q], y[q])
-    hw, hb = _hvp(w, b, x[s], gqw, gqb)
-    return (1 - eta * wd) * gqw - eta * hw, (1 - eta * wd) * gqb - eta * hb
+    phis = [(w, b)]
+    for _ in range(cfg.inner_steps):
+        pw, pb = phis[-1]
+        gsw, gsb = _grad(pw, pb, x[s], y[s])
+        phis.append((pw - eta * (gsw + wd * pw), pb - eta * (gsb + wd * pb)))
+    vw, vb = _grad(*phis[-1], x[q], y[q])
+    for pw, pb in reversed(phis[:-1]):
+        hw, hb = _hvp(pw, pb, x[s], vw, vb)
+        vw, vb = (1 - eta * wd) * vw - eta * hw, (1 - eta * wd) * vb - eta * hb
+    return vw, vb
 
 
 def _clipped_sgd(
@@ -126,6 +135,31 @@ def test_moml_two_rounds_match_hand_computation() -> None:
             _assert_params(got, want)
     assert min(clips) < 1.0 < max(clips) + 1e-12  # clipping active in some steps, not in all
     assert float(torch.linalg.vector_norm(state.lam["weight"])) > 1e-3
+
+
+@pytest.mark.parametrize("inner_steps", [2, 3])
+def test_moml_several_inner_steps_match_hand_computation(inner_steps: int) -> None:
+    """Catches a meta-gradient that always takes one inner step, whatever ``inner_steps`` says."""
+    stream, learner, theta0 = _setup(2)
+    cfg = MOMLConfig(K=3, inner_lr=0.5, inner_steps=inner_steps, alpha=5.0, clip_norm=0.8)
+    algo = MOML(cfg, learner)
+    state = algo.init_state(learner.init_params())
+    gen, hand_gen = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    theta, lam, omega = list(theta0), [torch.zeros_like(t) for t in theta0], list(theta0)
+    clips: list[float] = []
+    for t in range(2):
+        state = algo.round(state, t, stream, gen)
+        theta = _hand_meta_sgd(theta, stream, lambda t=t: t, cfg, hand_gen, (lam, omega, cfg.alpha), clips)
+        lam, omega = _hand_state_update(theta, lam, omega, cfg.alpha)
+        for got, want in zip((state.theta, state.lam, state.omega), (theta, lam, omega), strict=True):
+            _assert_params(got, want)
+    # Guard: the same round with one inner step lands elsewhere, so the oracle tells the two apart.
+    one_step = MOMLConfig(K=3, inner_lr=0.5, inner_steps=1, alpha=5.0, clip_norm=0.8)
+    reg = ([torch.zeros_like(t) for t in theta0], list(theta0), cfg.alpha)
+    hand_gen, one_gen = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    many = _hand_meta_sgd(list(theta0), stream, lambda: 0, cfg, hand_gen, reg, [])
+    one = _hand_meta_sgd(list(theta0), stream, lambda: 0, one_step, one_gen, reg, [])
+    assert float((many[0] - one[0]).abs().max()) > 1e-4
 
 
 def test_bmoml_rounds_match_hand_computation_with_random_buffer() -> None:

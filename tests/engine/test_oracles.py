@@ -122,6 +122,20 @@ def test_maml_and_fomaml_oracles_differ() -> None:
     assert (second - first).norm() > 1e-2 * first.norm()
 
 
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_maml_grad_clip_clamps_each_meta_gradient_element(executor: str) -> None:
+    """Catches a ``grad_clip`` that is never applied: the meta-gradient is the closed form clamped
+    elementwise to [-0.3, 0.3], which clips two of its four elements and leaves the other two alone."""
+    learner, tasks = linear_problem()
+    algo = MAML(MAMLConfig(alpha=0.3, inner_steps=2, grad_clip=0.3), learner)
+    meta = algo.init_meta(learner.init_params())
+    result = algo.meta_step(meta, tasks, executor)
+    unclipped = maml_oracle(flat(meta).detach(), tasks, 0.3, 2, first_order=False)
+    assert int((unclipped.abs() > 0.3).sum()) == 2 and float(unclipped.abs().max()) > 0.5
+    close(flat(result.grads), unclipped.clamp(-0.3, 0.3))
+    assert float(flat(result.grads).abs().max()) <= 0.3
+
+
 def test_maml_adapt_linear_closed_form() -> None:
     learner, tasks = linear_problem()
     algo = MAML(MAMLConfig(alpha=0.3), learner)
