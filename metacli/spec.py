@@ -8,8 +8,10 @@ dotted path. Components then receive only their section (``spec.algorithm``, ``s
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import math
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -450,10 +452,49 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         loc = ".".join(str(p) for p in error_path(e["loc"]))
         given = e.get("input")
         shown = "" if isinstance(given, dict) or e["type"] == "missing" else f" (given: {given!r})"
-        hint = " Remove it or check its spelling." if e["type"] == "extra_forbidden" else ""
+        hint = ""
+        if e["type"] == "extra_forbidden":
+            guess = closest_field(e["loc"])
+            hint = f" Did you mean {guess}?" if guess else " Remove it or check its spelling."
         lines.append(f"  - {loc or 'spec'}: {e['msg']}{shown}.{hint}")
     lines.append("Fix these fields in the spec file or with --set key.path=value.")
     return "\n".join(lines)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, unions and Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def closest_field(loc: tuple[int | str, ...]) -> str | None:
+    """The valid dotted field nearest to a misspelt one (``algorithm.inner_lr`` for ``algorithm.inner_lrr``).
+
+    ``loc`` is pydantic's location, with the union tag after a union section (``algorithm.maml.x``); the
+    model at that place is found by walking :class:`RunSpec`'s annotations, and the guess is the
+    closest of its field names by ``difflib`` (None when nothing is close).
+    """
+    model: type[BaseModel] = RunSpec
+    parts = [str(p) for p in loc if not str(p).startswith("function-after")]
+    path: list[str] = []
+    i = 0
+    while i < len(parts) - 1:
+        field = model.model_fields.get(parts[i])
+        members = _models_in(field.annotation) if field is not None else []
+        if not members:
+            return None
+        path.append(parts[i])
+        if len(members) > 1:  # a discriminated union: the next part is the tag
+            i += 1
+            by_tag = {m.model_fields["name"].default: m for m in members if "name" in m.model_fields}
+            if parts[i] not in by_tag:
+                return None
+            members = [by_tag[parts[i]]]
+        model = members[0]
+        i += 1
+    match = difflib.get_close_matches(parts[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return ".".join([*path, match[0]]) if match else None
 
 
 def error_path(loc: tuple[int | str, ...]) -> list[int | str]:

@@ -29,7 +29,32 @@ def test_all_errors_are_reported_at_once_with_dotted_paths() -> None:
         load_spec(overrides=["algorithm.alpha=fast", "train.meta_batc=3"])
     msg = str(e.value)
     assert "algorithm.alpha:" in msg and "given: 'fast'" in msg
-    assert "train.meta_batc" in msg and "Remove it or check its spelling" in msg
+    assert "train.meta_batc" in msg and "Did you mean train.meta_batch?" in msg
+
+
+@pytest.mark.parametrize(
+    ("override", "guess"),
+    [
+        ("algorithm.alpah=0.1", "algorithm.alpha"),  # inside a union section (MAML's fields)
+        ("data.shotz=3", "data.shots"),
+        ("trian.meta_batch=2", "train"),  # a misspelt section
+        ("eval.inner_step=[1]", "eval.inner_steps"),
+    ],
+)
+def test_misspelt_keys_suggest_the_closest_valid_field(override: str, guess: str) -> None:
+    with pytest.raises(SpecError, match=f"Did you mean {guess}\\?"):
+        load_spec(overrides=[override])
+
+
+def test_moml_fields_are_suggested_for_an_online_algorithm() -> None:
+    with pytest.raises(SpecError, match="Did you mean algorithm.inner_lr\\?"):
+        load_spec(algo="moml", dataset="smnist", overrides=["algorithm.inner_lrr=0.1"])
+
+
+def test_unrelated_keys_get_no_guess() -> None:
+    with pytest.raises(SpecError, match="Remove it or check its spelling") as e:
+        load_spec(overrides=["algorithm.zzzz=1"])
+    assert "Did you mean" not in str(e.value)
 
 
 def test_unknown_algorithm_lists_the_valid_names() -> None:
