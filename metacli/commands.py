@@ -107,5 +107,6 @@ def describe_fields(
     for col in ("field", "value", "documentation"):
         table.add_column(col, overflow="fold")
     for path, value, doc in field_rows(spec):
-        table.add_row(path, value, doc)
+        if path.split(".")[0] not in spec.unused_sections:  # only what this protocol reads
+            table.add_row(path, value, doc)
     return table

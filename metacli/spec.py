@@ -154,6 +154,15 @@ class RunSpec(BaseModel):
                 f"{'a task stream' if online_data else 'an episodic dataset'}; pair online methods "
                 f"({', '.join(sorted(ONLINE_ALGORITHMS))}) with {', '.join(sorted(ONLINE_DATASETS))}."
             )
+        for section in self.unused_sections:
+            given = getattr(self, section)
+            if section in self.model_fields_set and given != type(given)():
+                uses = "online:" if self.is_online else "train: and eval:"
+                raise ValueError(
+                    f"the {section}: section does not apply to '{self.algorithm.name}', "
+                    f"{'an online' if self.is_online else 'a few-shot'} method (it uses {uses}); "
+                    f"remove {section}: from the spec, it would be ignored"
+                )
         tasks = getattr(self.data, "tasks", None)
         if self.online.rounds is not None and tasks is not None and self.online.rounds > tasks:
             raise ValueError(
@@ -173,6 +182,15 @@ class RunSpec(BaseModel):
     def is_online(self) -> bool:
         """Whether this run follows the online protocol."""
         return self.algorithm.name in ONLINE_ALGORITHMS
+
+    @property
+    def unused_sections(self) -> tuple[str, ...]:
+        """The sections this run's protocol ignores: ``train`` and ``eval`` online, ``online`` few-shot.
+
+        Validation refuses them when a spec sets them to anything but their defaults; ``spec.yaml`` and
+        ``--fields`` leave them out.
+        """
+        return ("train", "eval") if self.is_online else ("online",)
 
 
 # Per-dataset defaults; per-(algorithm, dataset) settings from the papers (maml_family.md §2.8, moml.md §7).
@@ -578,4 +596,4 @@ def point_label(value: Any, values: list[Any]) -> str:
 
 def spec_to_yaml(spec: RunSpec) -> str:
     """The resolved spec as YAML (what is written to ``spec.yaml``)."""
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude=set(spec.unused_sections)), sort_keys=False)

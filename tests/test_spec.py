@@ -111,3 +111,26 @@ def test_schema_version_is_checked() -> None:
     with pytest.raises(SpecError, match="schema_version"):
         validate({**preset("maml", "sinusoid"), "schema_version": 2}, "test")
     assert RunSpec.model_fields["schema_version"].description
+
+
+@pytest.mark.parametrize(
+    ("algo", "dataset", "override", "section"),
+    [
+        ("moml", "smnist", "train.meta_batch=4", "train"),
+        ("moml", "smnist", "eval.tasks=10", "eval"),
+        ("maml", "sinusoid", "online.rounds=3", "online"),
+    ],
+)
+def test_a_section_the_protocol_ignores_is_refused(
+    algo: str, dataset: str, override: str, section: str
+) -> None:
+    with pytest.raises(SpecError, match=f"the {section}: section does not apply to '{algo}'"):
+        load_spec(algo=algo, dataset=dataset, overrides=[override])
+
+
+def test_unused_sections_at_their_defaults_are_accepted_and_left_out_of_spec_yaml() -> None:
+    spec, _ = load_spec(algo="moml", dataset="smnist", overrides=["train.meta_batch=25"])  # the default
+    text = spec_to_yaml(spec)
+    assert "online:" in text and "train:" not in text and "eval:" not in text
+    few_shot = spec_to_yaml(load_spec(algo="maml", dataset="sinusoid")[0])
+    assert "train:" in few_shot and "eval:" in few_shot and "online:" not in few_shot
