@@ -518,7 +518,7 @@ def closest_field(loc: tuple[int | str, ...]) -> str | None:
 def error_path(loc: tuple[int | str, ...]) -> list[int | str]:
     """A pydantic error location as the user's dotted path: drop the union tag (``algorithm.maml.alpha``)."""
     parts = [p for p in loc if not str(p).startswith("function-after")]
-    if len(parts) > 2 and parts[0] in UNION_SECTIONS:
+    if len(parts) >= 2 and parts[0] in UNION_SECTIONS:  # pydantic puts the tag after the section
         del parts[1]
     return parts
 

@@ -134,3 +134,17 @@ def test_unused_sections_at_their_defaults_are_accepted_and_left_out_of_spec_yam
     assert "online:" in text and "train:" not in text and "eval:" not in text
     few_shot = spec_to_yaml(load_spec(algo="maml", dataset="sinusoid")[0])
     assert "train:" in few_shot and "eval:" in few_shot and "online:" not in few_shot
+
+
+@pytest.mark.parametrize(
+    ("dataset", "ways", "smallest"),
+    [("miniimagenet", 17, 16), ("omniglot", 689, 688), ("cifar_fs", 17, 16), ("fc100", 21, 20)],
+)
+def test_more_ways_than_the_smallest_split_is_refused_before_any_data(
+    dataset: str, ways: int, smallest: int
+) -> None:
+    with pytest.raises(SpecError) as e:  # validation only: no data root is read
+        load_spec(algo="maml", dataset=dataset, overrides=[f"data.ways={ways}"])
+    msg = str(e.value)
+    assert f"data: Value error, ways = {ways}" in msg and f"has {smallest} classes" in msg
+    load_spec(algo="maml", dataset=dataset, overrides=[f"data.ways={smallest}"])  # the largest that fits

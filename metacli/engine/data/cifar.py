@@ -104,11 +104,19 @@ class CIFARFSConfig(CIFARFewShotConfig):
 
     name: Literal["cifar_fs"] = "cifar_fs"
 
+    def split_classes(self) -> dict[Split, int]:
+        """64 / 16 / 20."""
+        return dict(SPLIT_CLASSES["cifar-fs"])
+
 
 class FC100Config(CIFARFewShotConfig):
     """N-way K-shot tasks from FC100 (Oreshkin et al. 2018: 12 / 4 / 4 superclasses, 60 / 20 / 20 classes)."""
 
     name: Literal["fc100"] = "fc100"
+
+    def split_classes(self) -> dict[Split, int]:
+        """60 / 20 / 20."""
+        return dict(SPLIT_CLASSES["fc100"])
 
 
 class Pooled(NamedTuple):

@@ -51,6 +51,13 @@ class FewShotConfig(BaseModel):
 
     @model_validator(mode="after")
     def _fits_a_class(self) -> FewShotConfig:
+        smallest = min(self.split_classes().values(), default=None)
+        if smallest is not None and self.ways > smallest:
+            sizes = ", ".join(f"{s} {n}" for s, n in self.split_classes().items())
+            raise ValueError(
+                f"ways = {self.ways}, but the smallest split of this dataset has {smallest} classes "
+                f"({sizes}); lower ways"
+            )
         per_class = self.images_per_class()
         need = max(self.shots, self.train_shots or 0) + self.queries
         if per_class is not None and need > per_class:
@@ -63,6 +70,10 @@ class FewShotConfig(BaseModel):
     def images_per_class(self) -> int | None:
         """How many images every class holds, when the dataset fixes it (checked at validation)."""
         return None
+
+    def split_classes(self) -> dict[Split, int]:
+        """Classes per split of the real dataset, when fixed (checked at validation; fixtures hold fewer)."""
+        return {}
 
     def shots_for(self, split: Split) -> int:
         """K of a task of ``split``: ``train_shots`` in meta-training when set, else ``shots``."""

@@ -153,6 +153,10 @@ class MiniImageNetConfig(FewShotConfig):
         """600: every miniImageNet class has 600 images."""
         return PER_CLASS
 
+    def split_classes(self) -> dict[Split, int]:
+        """64 / 16 / 20 (Ravi & Larochelle)."""
+        return dict(SPLIT_CLASSES)
+
 
 class SplitImages(NamedTuple):
     """One decoded split: uint8 images (classes, per_class, 3, 84, 84) and the wnid of each class."""

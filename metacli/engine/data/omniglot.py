@@ -145,6 +145,15 @@ class OmniglotConfig(FewShotConfig):
         """Every character has 20 drawers."""
         return DRAWERS
 
+    def split_classes(self) -> dict[Split, int]:
+        """Characters per split (x 4 with rotations): Vinyals 1028 / 172 / 423; Lake 964 - v / v / 659."""
+        if self.split == "vinyals":
+            characters: dict[Split, int] = {"train": 1028, "val": 172, "test": 423}
+        else:
+            v = self.lake_val_characters
+            characters = {"train": 964 - v, "val": v, "test": 659}
+        return {s: n * (4 if self.rotations else 1) for s, n in characters.items()}
+
 
 class OmniglotCharacters(NamedTuple):
     """Every decoded character of both archives, sorted: names and uint8 (n, 20, 1, S, S), ink = 255."""
