@@ -22,3 +22,9 @@ class DataError(MetacliError):
 
 class RunDirError(MetacliError):
     """A run directory that is missing, incomplete or of an unknown schema version."""
+
+
+class RunFailure(MetacliError):
+    """A run that cannot go on (it diverged): exit code 1, the last good checkpoint named."""
+
+    exit_code = 1

@@ -52,6 +52,10 @@ class TrainSettings(BaseModel):
     """Validation tasks: one fixed set, drawn from val_seed, reused at every validation."""
     val_seed: int = 4321
     """Seed of the fixed validation task set (independent of training)."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A meta-step with a non-finite loss or meta-gradient: stop the run (exit 1, the last good checkpoint
+    kept), or skip it (no update; counted in metrics.jsonl as skipped_steps). A non-finite parameter
+    after an update always stops."""
 
 
 class EvalSettings(BaseModel):

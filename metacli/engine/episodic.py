@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -63,6 +63,8 @@ class TrainState:
         algo = parts.algorithm
         meta = algo.init_meta(parts.learner.init_params())
         self.step = 0
+        self.skipped = 0
+        """Meta-steps skipped for a non-finite loss or gradient in this process (``on_nonfinite: skip``)."""
         self.best: tuple[int, float] | None = None
         """(step, selection value) of the best validation so far."""
         if checkpoint is not None:
@@ -85,6 +87,23 @@ class TrainState:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             if self.scheduler is not None and checkpoint["scheduler"] is not None:
                 self.scheduler.load_state_dict(checkpoint["scheduler"])
+
+
+class Diverged(Exception):
+    """Meta-step ``step`` produced a non-finite ``what`` (loss, meta-gradient or parameter).
+
+    Raised before anything of that step is checkpointed; the run layer names the last good checkpoint.
+    """
+
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(f"non-finite {what} at step {step}")
+        self.step, self.what = step, what
+
+
+def all_finite(tensors: Iterable[Tensor]) -> bool:
+    """Whether every element of every tensor is finite (one host synchronisation)."""
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def outer_update(state: TrainState, grads: Params) -> None:
@@ -153,6 +172,8 @@ def train(
         row: dict[str, float] = {}
         if logged:
             row = {"query_loss": result.loss, **result.metrics, **parts.algorithm.extra_metrics(state.meta)}
+            if cfg.on_nonfinite == "skip":
+                row["skipped_steps"] = float(state.skipped)
             row["peak_step_mb"] = peak / memory.BYTES_PER_MB
             resident = memory.state_bytes(state.meta.values(), state.optimizer, parts.algorithm.state_dict())
             row["state_mb"] = resident / memory.BYTES_PER_MB
@@ -175,12 +196,28 @@ def meta_train_step(
 
     The peak is :func:`metacli.engine.memory.peak_bytes` (0 when not measured): on the CPU it runs the
     step under the profiler, so it is taken only on the steps that are logged.
+
+    Raises:
+        Diverged: a non-finite loss or meta-gradient (unless ``cfg.on_nonfinite`` is ``skip``: the step
+            then changes nothing and is counted in ``state.skipped``), or a non-finite parameter after
+            the update.
     """
     out: list[StepResult] = []
 
     def step() -> None:
-        out.append(parts.algorithm.meta_step(state.meta, tasks, cfg.executor))
-        outer_update(state, out[0].grads)
+        result = parts.algorithm.meta_step(state.meta, tasks, cfg.executor)
+        out.append(result)
+        bad = "loss" if not math.isfinite(result.loss) else None
+        if bad is None and not all_finite(result.grads.values()):
+            bad = "meta-gradient"
+        if bad is not None:
+            if cfg.on_nonfinite == "skip":
+                state.skipped += 1
+                return
+            raise Diverged(state.step + 1, bad)
+        outer_update(state, result.grads)
+        if not all_finite(state.meta.values()):
+            raise Diverged(state.step + 1, "parameter")
 
     if not measure:
         step()

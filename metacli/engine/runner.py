@@ -16,7 +16,7 @@ import torch
 from metacli.engine import checkpoint as ckpt_io
 from metacli.engine import episodic, memory
 from metacli.engine.build import Parts, build
-from metacli.errors import RunDirError
+from metacli.errors import RunDirError, RunFailure
 from metacli.progress import Reporter
 from metacli.runs import (
     EVAL_FILE,
@@ -95,6 +95,8 @@ def _run_episodic(
     state = episodic.TrainState(parts, spec.train.meta_iters, checkpoint)
     logger = RunLogger(run_dir, "step", state.step if checkpoint else None)
 
+    saved = [state.step if checkpoint else None]  # the step of the last checkpoint on disk
+
     def save(s: episodic.TrainState, is_best: bool) -> None:
         # best.pt first: a kill between the two writes leaves last.pt at the previous checkpoint,
         # whose recorded best step then has its best.pt on disk
@@ -110,6 +112,7 @@ def _run_episodic(
                 s.best,
                 parts.algorithm.state_dict(),
             )
+        saved[0] = s.step
 
     name = f"{spec.algorithm.name} on {spec.data.name}"
     try:
@@ -118,6 +121,8 @@ def _run_episodic(
             episodic.train(
                 parts, spec.train, state, log, save, lambda info: rep.advance(1, info), validation(spec)
             )
+    except episodic.Diverged as e:
+        raise RunFailure(diverged_message(run_dir, e, saved[0])) from None
     finally:
         logger.close()
     summary: dict[str, Any] = {
@@ -134,6 +139,24 @@ def _run_episodic(
         summary.update(best_step=state.best[0], best_val=state.best[1])
     write_json(run_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def diverged_message(run_dir: Path, error: episodic.Diverged, saved_step: int | None) -> str:
+    """What a diverged run tells the user: the step, what went non-finite, the checkpoint kept, the fixes."""
+    if saved_step is not None:
+        kept = f"The last good checkpoint, {checkpoint_path(run_dir)} (step {saved_step}), was not touched"
+        how = (
+            f"and train again, or in {run_dir / SPEC_FILE} and continue from it with "
+            f"'metacli train --resume {run_dir}'"
+        )
+    else:
+        kept = "No checkpoint had been written yet"
+        how = f"and train again into a new folder ({run_dir} holds no checkpoint to resume)"
+    return (
+        f"the run diverged: the {error.what} became non-finite at step {error.step}. {kept}. Fix: lower the "
+        f"learning rates (or set algorithm.grad_clip) {how}, or set train.on_nonfinite: skip to skip such "
+        "steps."
+    )
 
 
 def validation(spec: RunSpec) -> episodic.Validation | None:
