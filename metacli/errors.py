@@ -28,3 +28,9 @@ class RunFailure(MetacliError):
     """A run that cannot go on (it diverged): exit code 1, the last good checkpoint named."""
 
     exit_code = 1
+
+
+class Interrupted(MetacliError):
+    """A run stopped by SIGINT or SIGTERM after writing a checkpoint: it can be resumed."""
+
+    exit_code = 130

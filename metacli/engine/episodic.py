@@ -100,6 +100,14 @@ class Diverged(Exception):
         self.step, self.what = step, what
 
 
+class Stopped(Exception):
+    """Training stopped at a step boundary on request (SIGINT, SIGTERM), after checkpointing ``step``."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped after step {step}")
+        self.step = step
+
+
 def all_finite(tensors: Iterable[Tensor]) -> bool:
     """Whether every element of every tensor is finite (one host synchronisation)."""
     flags = [torch.isfinite(t).all() for t in tensors]
@@ -156,11 +164,14 @@ def train(
     checkpoint: Callable[[TrainState, bool], None],
     advance: Callable[[str], None],
     val: Validation | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> TrainState:
     """Meta-train from ``state.step`` to ``cfg.meta_iters``, validating, logging and checkpointing.
 
     ``checkpoint(state, is_best)`` is called at every checkpoint step and after every validation that
     improves on the best so far (``is_best=True``: also keep these parameters as the best checkpoint).
+    When ``stop_requested()`` turns true (a signal), the run checkpoints at the end of the current step
+    and raises :class:`Stopped`.
     """
     t0 = time.perf_counter()
     while state.step < cfg.meta_iters:
@@ -183,9 +194,12 @@ def train(
             row.update(scores)
         if row:
             log(state.step, {**row, "wall_time": time.perf_counter() - t0})
-        if state.step % cfg.checkpoint_every == 0 or last or improved:
+        stopping = stop_requested()
+        if state.step % cfg.checkpoint_every == 0 or last or improved or stopping:
             checkpoint(state, improved)
         advance(f"loss {result.loss:.4f}")
+        if stopping and not last:
+            raise Stopped(state.step)
     return state
 
 

@@ -6,8 +6,11 @@ The CLI calls :func:`train_run`, :func:`resume_run` and :func:`evaluate_run`; th
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,7 +19,7 @@ import torch
 from metacli.engine import checkpoint as ckpt_io
 from metacli.engine import episodic, memory
 from metacli.engine.build import Parts, build
-from metacli.errors import RunDirError, RunFailure
+from metacli.errors import Interrupted, RunDirError, RunFailure
 from metacli.progress import Reporter
 from metacli.runs import (
     EVAL_FILE,
@@ -118,11 +121,24 @@ def _run_episodic(
     try:
         with Reporter(name, spec.train.meta_iters, done=state.step, quiet=quiet, unit="step") as rep:
             log = _quiet_logger(logger, rep) if quiet else logger
-            episodic.train(
-                parts, spec.train, state, log, save, lambda info: rep.advance(1, info), validation(spec)
-            )
+            with stop_on_signals() as stop_requested:
+                episodic.train(
+                    parts,
+                    spec.train,
+                    state,
+                    log,
+                    save,
+                    lambda info: rep.advance(1, info),
+                    validation(spec),
+                    stop_requested,
+                )
     except episodic.Diverged as e:
         raise RunFailure(diverged_message(run_dir, e, saved[0])) from None
+    except episodic.Stopped as e:
+        raise Interrupted(
+            f"stopped at step {e.step} of {spec.train.meta_iters}; {checkpoint_path(run_dir)} holds it. "
+            f"Continue with: metacli train --resume {run_dir}"
+        ) from None
     finally:
         logger.close()
     summary: dict[str, Any] = {
@@ -139,6 +155,32 @@ def _run_episodic(
         summary.update(best_step=state.best[0], best_val=state.best[1])
     write_json(run_dir / SUMMARY_FILE, summary)
     return summary
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """While active, SIGINT and SIGTERM only ask the training loop to stop at the next step boundary.
+
+    Yields the function the loop polls. A second signal while stopping raises KeyboardInterrupt at once
+    (the last checkpoint on disk stays whole: checkpoints are written atomically). Outside the main thread,
+    where Python cannot install handlers, signals keep their default behaviour.
+    """
+    requested: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(requested)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def diverged_message(run_dir: Path, error: episodic.Diverged, saved_step: int | None) -> str:

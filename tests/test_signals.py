@@ -1,0 +1,46 @@
+"""SIGINT and SIGTERM stop a few-shot run at a step boundary with a checkpoint, and the run resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_checkpoints_at_a_step_boundary_and_the_run_resumes(signum: int, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "metacli", "train", "--algo", "maml", "--dataset", "sinusoid",
+           "--set", "train.meta_iters=1000000", "--set", "train.log_every=5", "--set", "threads=1",
+           "--out", str(out), "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never logged"
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "Continue with: metacli train --resume" in " ".join(output.split()) and "Traceback" not in output
+    saved = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    stopped = int(saved["step"])
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert lines[-1]["step"] <= stopped < lines[-1]["step"] + 5  # the step it was on when signalled
+    spec = out / "spec.yaml"
+    spec.write_text(spec.read_text().replace("meta_iters: 1000000", f"meta_iters: {stopped + 7}"))
+    resumed = subprocess.run(
+        [sys.executable, "-m", "metacli", "train", "--resume", str(out), "--quiet"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == stopped + 7  # none twice, the last one logged
