@@ -9,6 +9,7 @@ then per outer step the task index and a ``randperm`` of its train set (first B 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -119,9 +120,10 @@ def _randint(gen: torch.Generator, n: int) -> int:
     return int(torch.randint(n, (1,), generator=gen).item())
 
 
-def test_moml_two_rounds_match_hand_computation() -> None:
+def _two_rounds_against_hand(cfg: MOMLConfig) -> tuple[Any, list[float]]:
+    """Two MOML rounds against the hand computation (theta, lambda, omega after each); the final state and
+    the clipping factors the hand computation applied."""
     stream, learner, theta = _setup(2)
-    cfg = MOMLConfig(K=4, inner_lr=0.5, alpha=5.0, clip_norm=0.8)
     algo = MOML(cfg, learner)
     state = algo.init_state(learner.init_params())
     gen, hand_gen = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
@@ -133,6 +135,11 @@ def test_moml_two_rounds_match_hand_computation() -> None:
         lam, omega = _hand_state_update(theta, lam, omega, cfg.alpha)
         for got, want in zip((state.theta, state.lam, state.omega), (theta, lam, omega), strict=True):
             _assert_params(got, want)
+    return state, clips
+
+
+def test_moml_two_rounds_match_hand_computation() -> None:
+    state, clips = _two_rounds_against_hand(MOMLConfig(K=4, inner_lr=0.5, alpha=5.0, clip_norm=0.8))
     assert min(clips) < 1.0 < max(clips) + 1e-12  # clipping active in some steps, not in all
     assert float(torch.linalg.vector_norm(state.lam["weight"])) > 1e-3
 
@@ -140,19 +147,9 @@ def test_moml_two_rounds_match_hand_computation() -> None:
 @pytest.mark.parametrize("inner_steps", [2, 3])
 def test_moml_several_inner_steps_match_hand_computation(inner_steps: int) -> None:
     """Catches a meta-gradient that always takes one inner step, whatever ``inner_steps`` says."""
-    stream, learner, theta0 = _setup(2)
     cfg = MOMLConfig(K=3, inner_lr=0.5, inner_steps=inner_steps, alpha=5.0, clip_norm=0.8)
-    algo = MOML(cfg, learner)
-    state = algo.init_state(learner.init_params())
-    gen, hand_gen = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
-    theta, lam, omega = list(theta0), [torch.zeros_like(t) for t in theta0], list(theta0)
-    clips: list[float] = []
-    for t in range(2):
-        state = algo.round(state, t, stream, gen)
-        theta = _hand_meta_sgd(theta, stream, lambda t=t: t, cfg, hand_gen, (lam, omega, cfg.alpha), clips)
-        lam, omega = _hand_state_update(theta, lam, omega, cfg.alpha)
-        for got, want in zip((state.theta, state.lam, state.omega), (theta, lam, omega), strict=True):
-            _assert_params(got, want)
+    _two_rounds_against_hand(cfg)
+    stream, _, theta0 = _setup(2)
     # Guard: the same round with one inner step lands elsewhere, so the oracle tells the two apart.
     one_step = MOMLConfig(K=3, inner_lr=0.5, inner_steps=1, alpha=5.0, clip_norm=0.8)
     reg = ([torch.zeros_like(t) for t in theta0], list(theta0), cfg.alpha)

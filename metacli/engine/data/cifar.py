@@ -37,7 +37,7 @@ from torch import Tensor
 
 from metacli.engine.data.download import download as _download
 from metacli.engine.data.images import SPLITS, ClassImages, FewShotConfig, FewShotImages, Split
-from metacli.engine.data.miniimagenet import md5_of, read_pickle
+from metacli.engine.data.miniimagenet import md5_of, read_pickle, warn_checksums
 from metacli.engine.data.paths import (
     ENV_VAR,
     OFFLINE_VAR,
@@ -196,13 +196,7 @@ def read_members(source: Path, md5: Mapping[str, str] = MD5) -> dict[str, bytes]
         got = _md5_bytes(data)
         if got != md5[name]:
             mismatches.append(f"member {name} has md5 {got}, not {md5[name]}")
-    if mismatches:
-        warnings.warn(
-            "the CIFAR-100 files differ from the published checksums: "
-            + "; ".join(mismatches)
-            + ". Reading them anyway with an unpickler that only rebuilds numpy arrays.",
-            stacklevel=3,
-        )
+    warn_checksums("the CIFAR-100 files differ from the published checksums", mismatches)
     return members
 
 

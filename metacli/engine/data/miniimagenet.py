@@ -388,15 +388,27 @@ def check_md5(pickles: Mapping[Split, Path], md5: Mapping[Split, str] | None = N
         got = md5_of(path)
         if got != sums[split]:
             lines.append(f"{path} has md5 {got}, not {sums[split]}")
-    if lines:
-        warnings.warn(
-            "miniImageNet pickles differ from the md5s PaddleFSL publishes for the originals (third-party "
-            "values, not verified by metacli): "
-            + "; ".join(lines)
-            + ". Reading them anyway with an unpickler that only rebuilds numpy arrays.",
-            stacklevel=3,
-        )
+    warn_checksums(
+        "miniImageNet pickles differ from the md5s PaddleFSL publishes for the originals (third-party "
+        "values, not verified by metacli)",
+        lines,
+    )
     return lines
+
+
+def warn_checksums(lead: str, mismatches: list[str]) -> None:
+    """One warning listing every checksum mismatch of files that are read anyway (none: no warning).
+
+    Files already present are read despite a mismatch (re-packed or user-made copies differ byte-wise);
+    the restricted unpickler is what keeps reading them safe, and the warning makes the difference
+    traceable. Points at the dataset loader's caller.
+    """
+    if mismatches:
+        warnings.warn(
+            f"{lead}: {'; '.join(mismatches)}. Reading them anyway with an unpickler that only rebuilds "
+            "numpy arrays.",
+            stacklevel=4,
+        )
 
 
 # --- decoding ---------------------------------------------------------------------------------------------
