@@ -111,3 +111,28 @@ def test_missing_mnist_is_a_clear_error_and_leaves_nothing(
     assert result.exit_code == 2
     assert "train-images-idx3-ubyte" in result.output and "Traceback" not in result.output
     assert not run.exists()
+
+
+def test_a_diverged_online_run_stops_at_the_round_with_exit_1(data_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--algo",
+        "moml",
+        "--dataset",
+        "smnist",
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(run),
+    ]
+    result = runner.invoke(
+        app, [*args, *SHORT, "--set", "algorithm.inner_lr=1e30", "--set", "online.checkpoint_every=1"]
+    )
+    assert result.exit_code == 1, result.output
+    msg = " ".join(result.output.split())
+    assert "the model became non-finite at round" in msg and "Traceback" not in result.output
+    assert not (run / "summary.json").exists()
+    logged = [r["round"] for r in rows(run)] if (run / "metrics.jsonl").is_file() else []
+    diverged_at = int(msg.split("non-finite at round ")[1].split(".")[0])
+    assert logged == list(range(1, diverged_at))  # every good round, not the diverged one

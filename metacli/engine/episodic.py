@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,6 +19,7 @@ from torch import Tensor
 from metacli.engine import memory
 from metacli.engine.build import Parts
 from metacli.engine.checkpoint import save_atomic
+from metacli.engine.guards import Diverged, Stopped, all_finite
 from metacli.engine.types import Batch, Params, StepResult, Task
 from metacli.spec import TrainSettings
 
@@ -87,31 +88,6 @@ class TrainState:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             if self.scheduler is not None and checkpoint["scheduler"] is not None:
                 self.scheduler.load_state_dict(checkpoint["scheduler"])
-
-
-class Diverged(Exception):
-    """Meta-step ``step`` produced a non-finite ``what`` (loss, meta-gradient or parameter).
-
-    Raised before anything of that step is checkpointed; the run layer names the last good checkpoint.
-    """
-
-    def __init__(self, step: int, what: str) -> None:
-        super().__init__(f"non-finite {what} at step {step}")
-        self.step, self.what = step, what
-
-
-class Stopped(Exception):
-    """Training stopped at a step boundary on request (SIGINT, SIGTERM), after checkpointing ``step``."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__(f"stopped after step {step}")
-        self.step = step
-
-
-def all_finite(tensors: Iterable[Tensor]) -> bool:
-    """Whether every element of every tensor is finite (one host synchronisation)."""
-    flags = [torch.isfinite(t).all() for t in tensors]
-    return bool(torch.stack(flags).all()) if flags else True
 
 
 def outer_update(state: TrainState, grads: Params) -> None:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from metacli.engine.functional import Learner, clip_by_global_norm
+from metacli.engine.guards import Diverged, Stopped, all_finite
 from metacli.engine.inner import descend, sgd_rule
 from metacli.engine.online_fast import StreamGram, fast_path_applies, mlp_finetune_and_test_many
 from metacli.engine.types import Batch, OnlineAlgorithm, OnlineStream, Params
@@ -176,6 +177,7 @@ def run_online(
     ltm: bool = True,
     prior: Sequence[Mapping[str, float]] = (),
     on_checkpoint: Callable[[int, S], None] | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> S:
     """Run rounds ``start_round..T-1`` of the online protocol; one record per round to ``on_round``.
 
@@ -184,6 +186,11 @@ def run_online(
     state was saved with the algorithm state (``on_checkpoint(rounds_done, state)`` is called after every
     round: save ``algo.state_dict(state)`` and ``generator.get_state()`` there). Without ``ltm`` the LTM
     keys are NaN.
+
+    Raises:
+        Diverged: the model became non-finite in a round (before it is recorded or checkpointed).
+        Stopped: ``stop_requested()`` turned true; raised after the round's ``on_checkpoint``, which
+            should save when it does.
     """
     state = algo.init_state(theta0) if state is None else state
     sums = _sums_from(prior)
@@ -194,6 +201,8 @@ def run_online(
         if not algo.ctm_after_update:
             ctm = _evaluate(algo, learner, stream, algo.eval_model(state), current, cache)
         state = algo.round(state, t, stream, generator)
+        if not all_finite(algo.eval_model(state).values()):
+            raise Diverged(t + 1, "model")
         if algo.ctm_after_update:
             ctm = _evaluate(algo, learner, stream, algo.eval_model(state), current, cache)
         if ltm:
@@ -206,8 +215,11 @@ def run_online(
             wall_time=time.perf_counter() - t_start, task_bytes=float(task_b), state_bytes=float(state_b)
         )
         on_round(rec)
+        stopping = stop_requested()
         if on_checkpoint is not None:
             on_checkpoint(t + 1, state)
         if progress is not None:
             progress(t + 1)
+        if stopping and t + 1 < stream.train.x.shape[0]:
+            raise Stopped(t + 1)
     return state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ def run_online_spec(
     spec: RunSpec, parts: Parts, run_dir: Path, checkpoint: dict[str, Any] | None, quiet: bool
 ) -> dict[str, Any]:
     """Run (or continue) the online protocol of ``spec`` and write its summary."""
-    from metacli.engine.runner import RunLogger
+    from metacli.engine.runner import RunLogger, guarded_training
 
     algo, stream = parts.algorithm, parts.dataset
     rounds = int(stream.train.x.shape[0])
@@ -38,8 +39,11 @@ def run_online_spec(
         last.update(rec)
         logger(int(rec["round"]), {k: v for k, v in rec.items() if k != "round"})
 
+    saved = [done if checkpoint is not None else None]  # the round of the last checkpoint on disk
+    stop: list[Callable[[], bool]] = [lambda: False]
+
     def on_checkpoint(rounds_done: int, st: Any) -> None:
-        if rounds_done % spec.online.checkpoint_every == 0 or rounds_done == rounds:
+        if rounds_done % spec.online.checkpoint_every == 0 or rounds_done == rounds or stop[0]():
             save_atomic(
                 checkpoint_path(run_dir),
                 {
@@ -48,11 +52,16 @@ def run_online_spec(
                     "generator": parts.generator.get_state(),
                 },
             )
+            saved[0] = rounds_done
 
     t0 = time.perf_counter()
     desc = f"{spec.algorithm.name} on {spec.data.name}"
     try:
-        with Reporter(desc, rounds, done=done, quiet=quiet, unit="round") as rep:
+        with (
+            Reporter(desc, rounds, done=done, quiet=quiet, unit="round") as rep,
+            guarded_training(run_dir, rounds, "round", lambda: saved[0]) as stop_requested,
+        ):
+            stop[0] = stop_requested
 
             def progress(r: int) -> None:
                 rep.advance(
@@ -79,6 +88,7 @@ def run_online_spec(
                 ltm=spec.online.ltm,
                 prior=prior,
                 on_checkpoint=on_checkpoint,
+                stop_requested=stop_requested,
             )
     finally:
         logger.close()

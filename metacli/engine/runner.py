@@ -19,6 +19,7 @@ import torch
 from metacli.engine import checkpoint as ckpt_io
 from metacli.engine import episodic, memory
 from metacli.engine.build import Parts, build
+from metacli.engine.guards import Diverged, Stopped
 from metacli.errors import Interrupted, RunDirError, RunFailure
 from metacli.progress import Reporter
 from metacli.runs import (
@@ -119,26 +120,21 @@ def _run_episodic(
 
     name = f"{spec.algorithm.name} on {spec.data.name}"
     try:
-        with Reporter(name, spec.train.meta_iters, done=state.step, quiet=quiet, unit="step") as rep:
+        with (
+            Reporter(name, spec.train.meta_iters, done=state.step, quiet=quiet, unit="step") as rep,
+            guarded_training(run_dir, spec.train.meta_iters, "step", lambda: saved[0]) as stop_requested,
+        ):
             log = _quiet_logger(logger, rep) if quiet else logger
-            with stop_on_signals() as stop_requested:
-                episodic.train(
-                    parts,
-                    spec.train,
-                    state,
-                    log,
-                    save,
-                    lambda info: rep.advance(1, info),
-                    validation(spec),
-                    stop_requested,
-                )
-    except episodic.Diverged as e:
-        raise RunFailure(diverged_message(run_dir, e, saved[0])) from None
-    except episodic.Stopped as e:
-        raise Interrupted(
-            f"stopped at step {e.step} of {spec.train.meta_iters}; {checkpoint_path(run_dir)} holds it. "
-            f"Continue with: metacli train --resume {run_dir}"
-        ) from None
+            episodic.train(
+                parts,
+                spec.train,
+                state,
+                log,
+                save,
+                lambda info: rep.advance(1, info),
+                validation(spec),
+                stop_requested,
+            )
     finally:
         logger.close()
     summary: dict[str, Any] = {
@@ -183,10 +179,32 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
             signal.signal(s, h)
 
 
-def diverged_message(run_dir: Path, error: episodic.Diverged, saved_step: int | None) -> str:
+@contextlib.contextmanager
+def guarded_training(
+    run_dir: Path, total: int, unit: str, last_saved: Callable[[], int | None]
+) -> Iterator[Callable[[], bool]]:
+    """The training loop of either protocol, with signals and divergence turned into clear exits.
+
+    Yields the ``stop_requested`` poll of :func:`stop_on_signals`. :class:`Stopped` becomes
+    :class:`Interrupted` (exit 130, the resume command); :class:`Diverged` becomes :class:`RunFailure`
+    (exit 1) naming the ``unit`` (step or round) and ``last_saved()``, the last checkpoint on disk.
+    """
+    try:
+        with stop_on_signals() as stop_requested:
+            yield stop_requested
+    except Diverged as e:
+        raise RunFailure(diverged_message(run_dir, e, last_saved(), unit)) from None
+    except Stopped as e:
+        raise Interrupted(
+            f"stopped at {unit} {e.step} of {total}; {checkpoint_path(run_dir)} holds it. "
+            f"Continue with: metacli train --resume {run_dir}"
+        ) from None
+
+
+def diverged_message(run_dir: Path, error: Diverged, saved_step: int | None, unit: str = "step") -> str:
     """What a diverged run tells the user: the step, what went non-finite, the checkpoint kept, the fixes."""
     if saved_step is not None:
-        kept = f"The last good checkpoint, {checkpoint_path(run_dir)} (step {saved_step}), was not touched"
+        kept = f"The last good checkpoint, {checkpoint_path(run_dir)} ({unit} {saved_step}), was not touched"
         how = (
             f"and train again, or in {run_dir / SPEC_FILE} and continue from it with "
             f"'metacli train --resume {run_dir}'"
@@ -195,9 +213,9 @@ def diverged_message(run_dir: Path, error: episodic.Diverged, saved_step: int | 
         kept = "No checkpoint had been written yet"
         how = f"and train again into a new folder ({run_dir} holds no checkpoint to resume)"
     return (
-        f"the run diverged: the {error.what} became non-finite at step {error.step}. {kept}. Fix: lower the "
-        f"learning rates (or set algorithm.grad_clip) {how}, or set train.on_nonfinite: skip to skip such "
-        "steps."
+        f"the run diverged: the {error.what} became non-finite at {unit} {error.step}. {kept}. Fix: lower "
+        f"the learning rates{' (or set algorithm.grad_clip)' if unit == 'step' else ''} {how}"
+        + (", or set train.on_nonfinite: skip to skip such steps." if unit == "step" else ".")
     )
 
 
