@@ -223,7 +223,7 @@ def _expert_series(run_dir: Path, name: str, keys: Sequence[str]) -> dict[str, n
             hint = " (trained with online.ltm: false?)" if key == "ltm_acc" else ""
             raise RunDirError(
                 f"Run {name!r} has no {key!r} at round(s) {absent[:5]}{hint}; Hedge needs it every round. "
-                f"Hedge only the metrics every run logged (e.g. metrics=('ctm',))."
+                "Hedge only the metrics every run logged (e.g. --metric ctm)."
             )
         arr = np.array([float(rows[t][key]) for t in rounds])
         if key == "ltm_acc" and np.isnan(arr).all():
