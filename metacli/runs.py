@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,7 @@ def staged_run_dir(final: Path) -> Iterator[Path]:
     partial run); a folder the user made beforehand is kept, emptied.
     """
     created = not final.exists()
+    new_parents = [p for p in final.parents if not p.exists()]  # e.g. runs/ for the default --out
     try:
         final.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -181,6 +182,9 @@ def staged_run_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(final, ignore_errors=True)
             if not created:
                 final.mkdir()  # the user's own (empty) folder stays
+            for parent in new_parents:  # innermost first; only folders this run made and left empty
+                with suppress(OSError):
+                    parent.rmdir()
         raise
 
 
