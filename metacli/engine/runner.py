@@ -211,7 +211,7 @@ def diverged_message(run_dir: Path, error: Diverged, saved_step: int | None, uni
         )
     else:
         kept = "No checkpoint had been written yet"
-        how = f"and train again into a new folder ({run_dir} holds no checkpoint to resume)"
+        how = f"and train again ({run_dir} was removed: it held no checkpoint to resume)"
     return (
         f"the run diverged: the {error.what} became non-finite at {unit} {error.step}. {kept}. Fix: lower "
         f"the learning rates{' (or set algorithm.grad_clip)' if unit == 'step' else ''} {how}"
