@@ -92,6 +92,12 @@ def train(
     overrides: OverrideOpt = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (grid: folder of runs).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run from its last checkpoint.")] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace an existing run directory (kept until the new run starts)."
+        ),
+    ] = False,
     data_root: Annotated[
         Path | None, typer.Option(help="Dataset folder (else $METACLI_DATA, a cache).")
     ] = None,
@@ -117,7 +123,7 @@ def train(
     overrides = list(overrides or [])
     if data_root is not None:
         overrides.append(f"data_root={data_root.resolve()}")
-    for run_dir, summary in train_command(spec_file, algo, dataset, overrides, out, device, quiet):
+    for run_dir, summary in train_command(spec_file, algo, dataset, overrides, out, device, quiet, overwrite):
         console.print(f"[green]done[/] {run_dir}: {format_summary(summary)}")
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from metacli.errors import RunDirError
-from metacli.runs import SUMMARY_FILE, checkpoint_path, read_json
+from metacli.runs import SPEC_FILE, SUMMARY_FILE, checkpoint_path, read_json
 
 
 def default_run_dir(algo: str, dataset: str) -> Path:
@@ -24,16 +25,28 @@ def train_command(
     out: Path | None,
     device: str | None,
     quiet: bool,
+    overwrite: bool = False,
 ) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Train one spec, or every point of its grid; yields (run directory, summary) per run."""
+    """Train one spec, or every point of its grid; yields (run directory, summary) per run.
+
+    ``overwrite`` (single runs only): replace an existing run directory, see :func:`replace_run`.
+    """
     from metacli.spec import grid_points, load_spec
 
     spec, raw = load_spec(spec_file, overrides, algo=algo, dataset=dataset)
     if spec.grid is None:
         run_dir = out or default_run_dir(spec.algorithm.name, spec.data.name)
+        if overwrite and run_dir.exists() and any(run_dir.iterdir()):
+            yield run_dir, replace_run(run_dir, lambda: train_one(spec, run_dir, device, quiet))
+            return
         refuse_existing(run_dir)
         yield run_dir, train_one(spec, run_dir, device, quiet)
         return
+    if overwrite:
+        raise RunDirError(
+            "--overwrite applies to single runs; a grid rerun already skips finished points and resumes "
+            "interrupted ones. Delete the grid's folder to train it from scratch."
+        )
     points = grid_points(raw, spec.grid)  # validate every point before running any
     folder = out or Path("results") / (spec_file.stem if spec_file else f"{spec.algorithm.name}-grid")
     for name, point in points:
@@ -71,12 +84,41 @@ def resume_command(run_dir: Path, device: str | None, quiet: bool) -> dict[str, 
     return resume_run(run_dir, device=device, quiet=quiet)
 
 
+def replace_run(run_dir: Path, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Train a new run in place of the metacli run ``run_dir``, which is kept aside until the new one exists.
+
+    The old run is renamed to a hidden sibling first. If the new run fails and leaves nothing (before
+    its first checkpoint), the old one is put back; otherwise it is deleted.
+
+    Raises:
+        RunDirError: ``run_dir`` is not a metacli run directory (no spec.yaml): it is never deleted.
+    """
+    if not (run_dir / SPEC_FILE).is_file():
+        raise RunDirError(
+            f"--overwrite {run_dir}: it is not a metacli run directory (no {SPEC_FILE}), so it is not "
+            "deleted. Choose another --out, or delete it yourself."
+        )
+    aside = run_dir.with_name(f".{run_dir.name}.replaced")
+    shutil.rmtree(aside, ignore_errors=True)  # left by an earlier interrupted replacement
+    run_dir.rename(aside)
+    try:
+        summary = train()
+    except BaseException:
+        if not run_dir.exists():
+            aside.rename(run_dir)  # the new run left nothing: the old one is back
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return summary
+
+
 def refuse_existing(run_dir: Path) -> None:
     """Never overwrite a run: an existing, non-empty directory is an error with the two ways out."""
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunDirError(
-            f"{run_dir} already exists and is not empty. Choose another --out, delete it, "
-            f"or continue it with --resume {run_dir}."
+            f"{run_dir} already exists and is not empty. Choose another --out, continue it with "
+            f"--resume {run_dir}, or replace it with --overwrite."
         )
 
 

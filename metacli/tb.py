@@ -23,6 +23,7 @@ class ScalarWriter:
         that step makes TensorBoard drop the earlier files' events from that step on, which a killed run
         wrote after its last checkpoint, so no step shows twice."""
         logdir.mkdir(parents=True, exist_ok=True)
+        _after_existing_files(logdir)
         self._writer = EventFileWriter(str(logdir))
         if purge_step is not None:
             start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
@@ -41,3 +42,17 @@ class ScalarWriter:
     def close(self) -> None:
         """Flush and close the event file."""
         self._writer.close()
+
+
+def _after_existing_files(logdir: Path) -> None:
+    """Wait until the clock's second is past every event file's in ``logdir``.
+
+    TensorBoard reads a folder's event files in name order, and a name is
+    ``events.out.tfevents.<seconds>.<host>.<pid>.<counter>``: two files of one second and one process
+    sort by their counter as text (``.10`` before ``.9``), which would apply a resumed run's purge
+    before the events it purges. A later second keeps name order equal to creation order.
+    """
+    stamps = [p.name.split(".")[3] for p in logdir.glob("events.out.tfevents.*")]
+    latest = max((int(s) for s in stamps if s.isdigit()), default=None)
+    while latest is not None and int(time.time()) <= latest:
+        time.sleep(0.02)
