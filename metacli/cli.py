@@ -95,7 +95,7 @@ def train(
     overwrite: Annotated[
         bool,
         typer.Option(
-            "--overwrite", help="Replace an existing run directory (kept until the new run starts)."
+            "--overwrite", help="Replace an existing run directory (restored if the new run fails early)."
         ),
     ] = False,
     data_root: Annotated[
