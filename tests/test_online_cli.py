@@ -27,6 +27,21 @@ def train(*args: str) -> str:
     return result.output
 
 
+def moml_train(data_root: Path, run: Path) -> list[str]:
+    """``metacli train`` of the MOML S-MNIST preset from ``data_root`` into ``run``."""
+    return [
+        "train",
+        "--algo",
+        "moml",
+        "--dataset",
+        "smnist",
+        "--data-root",
+        str(data_root),
+        "--out",
+        str(run),
+    ]
+
+
 def rows(run: Path) -> list[dict[str, float]]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -93,21 +108,7 @@ def test_missing_mnist_is_a_clear_error_and_leaves_nothing(
         "XDG_CACHE_HOME", str(tmp_path / "no-cache")
     )  # no stream built earlier to fall back on
     run = tmp_path / "run"
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--algo",
-            "moml",
-            "--dataset",
-            "smnist",
-            "--data-root",
-            str(tmp_path / "empty"),
-            "--out",
-            str(run),
-            *SHORT,
-        ],
-    )
+    result = runner.invoke(app, [*moml_train(tmp_path / "empty", run), *SHORT])
     assert result.exit_code == 2
     assert "train-images-idx3-ubyte" in result.output and "Traceback" not in result.output
     assert not run.exists()
@@ -115,17 +116,7 @@ def test_missing_mnist_is_a_clear_error_and_leaves_nothing(
 
 def test_a_diverged_online_run_stops_at_the_round_with_exit_1(data_root: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = [
-        "train",
-        "--algo",
-        "moml",
-        "--dataset",
-        "smnist",
-        "--data-root",
-        str(data_root),
-        "--out",
-        str(run),
-    ]
+    args = moml_train(data_root, run)
     result = runner.invoke(
         app, [*args, *SHORT, "--set", "algorithm.inner_lr=1e30", "--set", "online.checkpoint_every=1"]
     )
