@@ -119,6 +119,11 @@ def clip_by_global_norm(grads: Params, max_norm: float) -> Params:
     return {k: g * scale for k, g in grads.items()}
 
 
+def clamp_elements(grads: Params, clip: float | None) -> Params:
+    """Clamp every element of ``grads`` to [-clip, clip] (the MAML TF code's clip by value); None: as is."""
+    return grads if clip is None else {k: g.clamp(-clip, clip) for k, g in grads.items()}
+
+
 def global_norm(tensors: Params) -> Tensor:
     """L2 norm of all tensors together."""
     return torch.sqrt(sum((t * t).sum() for t in tensors.values()))  # type: ignore[arg-type]

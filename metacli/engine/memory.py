@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metacli.engine.functional import tensor_bytes
+
 BYTES_PER_MB = 1e6
 
 
@@ -80,8 +82,5 @@ def _quiet_stderr() -> Iterator[None]:
 
 def state_bytes(tensors: Iterable[Tensor], optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> int:
     """Bytes of the resident state: meta-parameters, optimiser state and the algorithm's own tensors."""
-    total = sum(t.numel() * t.element_size() for t in tensors)
-    for per_param in optimizer.state.values():
-        total += sum(v.numel() * v.element_size() for v in per_param.values() if isinstance(v, Tensor))
-    total += sum(v.numel() * v.element_size() for v in extra.values() if isinstance(v, Tensor))
-    return int(total)
+    held = [*tensors, *(v for s in optimizer.state.values() for v in s.values() if isinstance(v, Tensor))]
+    return tensor_bytes([*held, *(v for v in extra.values() if isinstance(v, Tensor))])

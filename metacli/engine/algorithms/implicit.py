@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from metacli.engine.executors import EXECUTORS, meta_grads, task_at
-from metacli.engine.functional import Learner
+from metacli.engine.functional import Learner, clamp_elements
 from metacli.engine.inner import descend, sgd_rule
 from metacli.engine.models import param_group
 from metacli.engine.types import Batch, Params, StepResult, Task
@@ -260,9 +260,7 @@ class BilevelHead:
             self.slots = {"phi": phi_all.detach()}
             if isinstance(self.cfg, MemoryReducedConfig):
                 self.slots["v"] = v_all.detach()
-        if self.cfg.grad_clip is not None:
-            clip = self.cfg.grad_clip
-            grads = {k: g.clamp(-clip, clip) for k, g in grads.items()}
+        grads = clamp_elements(grads, self.cfg.grad_clip)
         metrics = {k: float(v.mean()) for k, v in aux_all.items()}
         return StepResult(metrics["query_loss"], grads, metrics)
 

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from metacli.engine.executors import Executor, meta_gradient
-from metacli.engine.functional import Learner
+from metacli.engine.functional import Learner, clamp_elements
 from metacli.engine.inner import Adapt, FamilyRule, Rate, descend, extra_metrics, split_meta
 from metacli.engine.types import Batch, Params, StepResult, Task
 
@@ -290,10 +290,7 @@ class MAML:
             executor: ``"loop"`` or ``"vmap"`` (see :mod:`metacli.engine.executors`).
         """
         result = meta_gradient(self.task_loss, meta, tasks, cast(Executor, executor))  # validated there
-        if self.cfg.grad_clip is None:
-            return result
-        clip = self.cfg.grad_clip
-        return result._replace(grads={k: g.clamp(-clip, clip) for k, g in result.grads.items()})
+        return result._replace(grads=clamp_elements(result.grads, self.cfg.grad_clip))
 
     def extra_metrics(self, meta: Params) -> dict[str, float]:
         """What the extras learned, per layer (:func:`metacli.engine.inner.extra_metrics`); {} for MAML."""
