@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,19 +48,44 @@ DeviceOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Log lines instead of a progress bar.")]
 
 
+def debug_enabled() -> bool:
+    """``metacli --debug ...`` or ``METACLI_DEBUG=1``: errors show their Python traceback."""
+    return os.environ.get("METACLI_DEBUG", "") not in ("", "0")
+
+
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn :class:`MetacliError` into a clear message and exit code 2 (no traceback)."""
+    """Turn errors into one clear paragraph and an exit code, without a traceback unless ``--debug``.
+
+    :class:`MetacliError`: its message and its exit code (2 usage, 1 run failure, 130 interrupted).
+    Any other exception is a bug: its type and message, how to see the traceback, exit code 1.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
         except MetacliError as e:
+            if debug_enabled():
+                raise
             err_console.print(f"[bold red]error:[/] {e}", highlight=False)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
+            if debug_enabled():
+                raise
             err_console.print("[yellow]interrupted[/]: the last checkpoint can be resumed with --resume.")
             raise typer.Exit(130) from None
+        except Exception as e:
+            if debug_enabled():
+                raise
+            err_console.print(
+                f"[bold red]internal error:[/] {type(e).__name__}: {e}. This is a bug in metacli, not in "
+                "your input: run the same command as 'metacli --debug ...' to see the traceback, and "
+                "report it.",
+                highlight=False,
+            )
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -75,10 +101,15 @@ def main_callback(
     version: Annotated[
         bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version.")
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show Python tracebacks of errors (also METACLI_DEBUG=1).")
+    ] = False,
 ) -> None:
     """A command-line laboratory for meta-learning research: MAML family and online meta-learning."""
     import warnings
 
+    if debug:
+        os.environ["METACLI_DEBUG"] = "1"
     # A warning is one line for the user, not Python's "file:line: UserWarning:" with a source excerpt.
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
 
@@ -154,7 +185,7 @@ def evaluate(
     the same settings) and prints and writes one table, comparison.md and comparison.csv.
     """
     from metacli.compare import is_run_dir
-    from metacli.engine.runner import evaluate_run
+    from metacli.runlayer import evaluate_run
 
     if checkpoint not in (None, "best", "last"):
         raise MetacliError(f"--checkpoint {checkpoint}: choose best or last.")
@@ -182,7 +213,7 @@ def compare_folder(
 ) -> None:
     """``metacli evaluate FOLDER``: the comparison table of every few-shot run in it."""
     from metacli.compare import compare, write_tables
-    from metacli.engine.runner import evaluate_run
+    from metacli.runlayer import evaluate_run
 
     def one(run_dir: Path) -> dict[str, Any]:
         if not quiet:

@@ -68,14 +68,14 @@ def train_point(
 
 def train_one(spec: Any, run_dir: Path, device: str | None, quiet: bool) -> dict[str, Any]:
     """Train a validated spec into ``run_dir``."""
-    from metacli.engine.runner import train_run
+    from metacli.runlayer import train_run
 
     return train_run(spec, run_dir, device=device, quiet=quiet)
 
 
 def resume_command(run_dir: Path, device: str | None, quiet: bool) -> dict[str, Any]:
     """Continue ``run_dir`` from its checkpoint."""
-    from metacli.engine.runner import resume_run
+    from metacli.runlayer import resume_run
 
     if not run_dir.is_dir():
         raise RunDirError(

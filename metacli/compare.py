@@ -78,7 +78,7 @@ def training_of(run_dir: Path) -> Training:
 
 
 Evaluate = Callable[[Path], dict[str, Any]]
-"""Meta-test one run and return its eval.json content (:func:`metacli.engine.runner.evaluate_run`)."""
+"""Meta-test one run and return its eval.json content (:func:`metacli.runlayer.evaluate_run`)."""
 
 
 def is_run_dir(path: Path) -> bool:

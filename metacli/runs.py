@@ -7,7 +7,7 @@ Layout of ``runs/<name>/`` (this module owns every file name)::
     summary.json         final numbers and wall time, written when a run completes
     eval.json            written by ``metacli evaluate``
     events.out.tfevents.*  TensorBoard scalars (written through :mod:`metacli.tb`)
-    checkpoints/last.pt  model, optimiser, RNG states and step (torch; engine only)
+    checkpoints/last.pt  the run's whole state and every RNG state (torch; see metacli.runlayer.checkpoint)
     checkpoints/best.pt  the same, at the step of the best validation (few-shot runs with validation)
 
 A metrics line always holds ``"step"`` (episodic meta-iteration, 1-based) or ``"round"``
@@ -25,10 +25,10 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -61,17 +61,35 @@ def write_json(path: Path, obj: Mapping[str, Any]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a file so that a kill at any instant leaves either the old file or the whole new one.
+
+    ``write`` fills a temporary file in the same folder; it is flushed and fsynced, renamed over ``path``
+    (``os.replace`` is atomic within a file system), and the folder is fsynced so the rename survives a
+    power cut too.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    with suppress(OSError):  # some file systems cannot open a folder for fsync
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def read_json(path: Path) -> dict[str, Any]:

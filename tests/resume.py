@@ -17,13 +17,13 @@ def straight_and_resumed(base: list[str], tmp_path: Path) -> dict[str, Any]:
     """Assert that ``base`` run 4 steps equals it run 2 steps then ``--resume``d to 4 (last metrics line).
 
     Returns:
-        The checkpoint written after 2 steps (what the resume started from), for further checks.
+        The episodic state of the checkpoint written after 2 steps (what the resume started from).
     """
     runner = CliRunner()
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert runner.invoke(app, [*base, "--out", str(straight), "--set", "train.meta_iters=4"]).exit_code == 0
     assert runner.invoke(app, [*base, "--out", str(split), "--set", "train.meta_iters=2"]).exit_code == 0
-    saved: dict[str, Any] = torch.load(split / "checkpoints" / "last.pt", weights_only=False)
+    saved: dict[str, Any] = torch.load(split / "checkpoints" / "last.pt", weights_only=False)["state"]
     spec = split / "spec.yaml"
     spec.write_text(spec.read_text().replace("meta_iters: 2", "meta_iters: 4"))
     result = runner.invoke(app, ["train", "--resume", str(split), "--quiet"])

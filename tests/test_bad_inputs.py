@@ -201,3 +201,23 @@ def test_bad_input_is_a_clear_error_and_loses_nothing(
 def test_there_are_at_least_40_cases_over_the_four_subcommands() -> None:
     commands = {CASES[n][0](Path("/w"))[0] for n in CASES}
     assert len(CASES) >= 40 and commands == {"train", "evaluate", "hedge", "plot"}
+
+
+def test_debug_shows_the_traceback_and_an_internal_error_is_one_paragraph(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("METACLI_DEBUG", "0")  # off, and restored after the test (--debug sets it)
+    plain = runner.invoke(app, ["train", "--set", "algorithm.alpha=-1"])
+    assert plain.exit_code == 2 and "Traceback" not in plain.output
+    debug = runner.invoke(app, ["--debug", "train", "--set", "algorithm.alpha=-1"])
+    assert debug.exit_code != 0 and type(debug.exception).__name__ == "SpecError"  # raised, not printed
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("metacli.commands.train_command", broken)
+    monkeypatch.setenv("METACLI_DEBUG", "0")
+    bug = runner.invoke(app, ["train"])
+    text = " ".join(bug.output.split())
+    assert bug.exit_code == 1 and "internal error: ZeroDivisionError: a bug" in text and "--debug" in text
+    assert "Traceback" not in bug.output

@@ -32,7 +32,7 @@ def test_divergence_stops_with_exit_1_and_keeps_the_last_good_checkpoint(tmp_pat
     assert "the run diverged: the loss became non-finite at step 2" in msg
     assert "(step 1), was not touched" in msg and "--resume" in msg and "Traceback" not in result.output
     saved = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
-    assert saved["step"] == 1 and all(torch.isfinite(v).all() for v in saved["meta"].values())
+    assert saved["done"] == 1 and all(torch.isfinite(v).all() for v in saved["state"]["meta"].values())
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1]  # nothing of the diverged step was logged
     assert not (out / "summary.json").exists()
@@ -51,7 +51,7 @@ def test_skip_mode_counts_skipped_steps_and_never_updates_on_them(tmp_path: Path
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["skipped_steps"] for x in lines] == [0, 1, 2, 3, 4]  # every step after the first is skipped
     saved = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
-    assert all(torch.isfinite(v).all() for v in saved["meta"].values())
+    assert all(torch.isfinite(v).all() for v in saved["state"]["meta"].values())
 
 
 def test_divergence_before_any_checkpoint_says_to_train_again(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def test_signal_checkpoints_at_a_step_boundary_and_the_run_resumes(signum: int, 
     assert proc.returncode == 130, output
     assert "Continue with: metacli train --resume" in " ".join(output.split()) and "Traceback" not in output
     saved = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
-    stopped = int(saved["step"])
+    stopped = int(saved["done"])
     lines = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert lines[-1]["step"] <= stopped < lines[-1]["step"] + 5  # the step it was on when signalled
     spec = out / "spec.yaml"

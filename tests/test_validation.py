@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from metacli.cli import app
 from metacli.engine import episodic
 from metacli.engine.build import build
-from metacli.engine.checkpoint import load
+from metacli.runlayer.checkpoint import load
 from metacli.spec import load_spec
 
 runner = CliRunner()
@@ -63,12 +63,14 @@ def test_best_checkpoint_is_the_best_validation_step(tmp_path: Path) -> None:
     best_step = min(val, key=lambda sv: sv[1])[0]  # ties: the first, as the loop keeps the first
     best = load(run / "checkpoints" / "best.pt", torch.device("cpu"))
     last = load(run / "checkpoints" / "last.pt", torch.device("cpu"))
-    assert best["step"] == best_step and last["step"] == 40
+    assert best["done"] == best_step and last["done"] == 40
     assert json.loads((run / "summary.json").read_text())["best_step"] == best_step
     # The best checkpoint holds the parameters of that step: re-validating them gives the logged value.
     spec, _ = load_spec(run / "spec.yaml")
     parts = build(spec, device="cpu")
-    v = episodic.validate(parts, best["meta"], episodic.Validation(4, 8, spec.train.val_seed, 10, 25))
+    v = episodic.validate(
+        parts, best["state"]["meta"], episodic.Validation(4, 8, spec.train.val_seed, 10, 25)
+    )
     assert math.isclose(v["val_loss@10"], dict(val)[best_step], rel_tol=1e-5)
 
     code, out = invoke("evaluate", str(run), "--quiet")
@@ -105,8 +107,8 @@ def test_resumed_run_keeps_its_best_so_far(tmp_path: Path) -> None:
     assert invoke("train", "--resume", str(split), "--quiet")[0] == 0
     a = load(straight / "checkpoints" / "best.pt", torch.device("cpu"))
     b = load(split / "checkpoints" / "best.pt", torch.device("cpu"))
-    assert a["step"] == b["step"] and a["best"] == b["best"]
-    assert all(torch.equal(a["meta"][k], b["meta"][k]) for k in a["meta"])
+    assert a["done"] == b["done"] and a["state"]["best"] == b["state"]["best"]
+    assert all(torch.equal(a["state"]["meta"][k], b["state"]["meta"][k]) for k in a["state"]["meta"])
 
 
 def fixed_eval(seed: int, batch: int) -> dict[str, dict[str, float]]:
@@ -197,7 +199,7 @@ def test_evaluate_follows_eval_seed(tmp_path: Path) -> None:
     assert b["metrics"]["query_loss@10"]["mean"] != a["metrics"]["query_loss@10"]["mean"]
     spec, _ = load_spec(run / "spec.yaml")
     parts = build(spec, device="cpu")
-    meta = load(run / "checkpoints" / "last.pt", torch.device("cpu"))["meta"]
+    meta = load(run / "checkpoints" / "last.pt", torch.device("cpu"))["state"]["meta"]
     for seed, result in ((1234, a), (99, b)):
         direct = episodic.evaluate(parts, meta, "test", 10, seed, [10], spec.eval.batch)["query_loss@10"]
         assert math.isclose(result["metrics"]["query_loss@10"]["mean"], direct["mean"], rel_tol=1e-6)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from metacli.engine.algorithms import ALGORITHMS
@@ -60,8 +61,10 @@ def build(spec: RunSpec, device: str | None = None, progress: bool = False) -> P
         dataset = first_rounds(dataset, spec.online.rounds)
         in_shape, n_out, criterion = tuple(dataset.train.x.shape[2:]), dataset.n_classes, "cross_entropy"
     # The initial network: PyTorch's default init under the run's seed, after the data is built so
-    # that building (or reading a cache) cannot change it.
+    # that building (or reading a cache) cannot change it. numpy's global generator is seeded too, so
+    # that anything drawing from it is reproducible (and its checkpointed state is the same every run).
     torch.manual_seed(spec.seed)
+    np.random.seed(spec.seed)
     model = build_model(spec.model, in_shape, n_out).to(device=dev, dtype=dtype)
     spec = resolve_auto(spec, dev, in_shape, sum(p.numel() for p in model.parameters()))
     if isinstance(spec.threads, int):

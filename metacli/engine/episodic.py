@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -18,7 +17,6 @@ from torch import Tensor
 
 from metacli.engine import memory
 from metacli.engine.build import Parts
-from metacli.engine.checkpoint import save_atomic
 from metacli.engine.guards import Diverged, Stopped, all_finite
 from metacli.engine.types import Batch, Params, StepResult, Task
 from metacli.spec import TrainSettings
@@ -31,63 +29,47 @@ def leaf_params(params: Params) -> Params:
     return {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
 
 
-def save_checkpoint(
-    path: Path,
-    step: int,
-    meta: Params,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    generator: torch.Generator,
-    best: tuple[int, float] | None = None,
-    algorithm_state: dict[str, Any] | None = None,
-) -> None:
-    """Write a checkpoint atomically: meta-parameters, optimiser, RNG states, step, best validation and
-    the algorithm's own state (warm starts)."""
-    state = {
-        "step": step,
-        "best": best,
-        "algorithm_state": algorithm_state or {},
-        "meta": {k: v.detach().cpu() for k, v in meta.items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "generator": generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-    save_atomic(path, state)
-
-
 class TrainState:
     """Meta-parameters, outer optimiser and scheduler of an episodic run, fresh or resumed."""
 
-    def __init__(self, parts: Parts, total_steps: int, checkpoint: dict[str, Any] | None = None) -> None:
-        algo = parts.algorithm
-        meta = algo.init_meta(parts.learner.init_params())
+    def __init__(self, parts: Parts, total_steps: int, state: dict[str, Any] | None = None) -> None:
+        """Fresh meta-parameters, or those of ``state`` (a :meth:`state_dict`) with its optimiser state.
+
+        RNG states are not part of it: the run layer saves and restores every generator the run draws from.
+        """
+        self._algorithm = parts.algorithm
+        meta = parts.algorithm.init_meta(parts.learner.init_params())
         self.step = 0
         self.skipped = 0
         """Meta-steps skipped for a non-finite loss or gradient in this process (``on_nonfinite: skip``)."""
         self.best: tuple[int, float] | None = None
         """(step, selection value) of the best validation so far."""
-        if checkpoint is not None:
-            best = checkpoint.get("best")
+        if state is not None:
+            best = state["best"]
             self.best = (int(best[0]), float(best[1])) if best is not None else None
-            meta = {k: checkpoint["meta"][k].to(parts.device, parts.dtype) for k in meta}
-            algo.load_state_dict(
-                {k: v.to(parts.device, parts.dtype) for k, v in checkpoint.get("algorithm_state", {}).items()}
+            meta = {k: state["meta"][k].to(parts.device, parts.dtype) for k in meta}
+            parts.algorithm.load_state_dict(
+                {k: v.to(parts.device, parts.dtype) for k, v in state["algorithm_state"].items()}
             )
-            self.step = int(checkpoint["step"])
-            parts.generator.set_state(checkpoint["generator"])
-            torch.set_rng_state(checkpoint["torch_rng"])
-            cuda_rng = checkpoint.get("cuda_rng")  # only restorable on a machine with as many GPUs
-            if cuda_rng is not None and torch.cuda.is_available():
-                if len(cuda_rng) == torch.cuda.device_count():
-                    torch.cuda.set_rng_state_all(cuda_rng)
+            self.step = int(state["step"])
         self.meta = leaf_params(meta)
-        self.optimizer, self.scheduler = algo.outer_optimizer(self.meta, total_steps)
-        if checkpoint is not None:
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            if self.scheduler is not None and checkpoint["scheduler"] is not None:
-                self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.optimizer, self.scheduler = parts.algorithm.outer_optimizer(self.meta, total_steps)
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state["scheduler"] is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything :meth:`__init__` needs to continue: step, best validation, meta-parameters, outer
+        optimiser and scheduler, and the algorithm's own state (warm starts)."""
+        return {
+            "step": self.step,
+            "best": self.best,
+            "meta": {k: v.detach().cpu() for k, v in self.meta.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "algorithm_state": self._algorithm.state_dict(),
+        }
 
 
 def outer_update(state: TrainState, grads: Params) -> None:
@@ -141,15 +123,18 @@ def train(
     advance: Callable[[str], None],
     val: Validation | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
+    wall_offset: float = 0.0,
 ) -> TrainState:
     """Meta-train from ``state.step`` to ``cfg.meta_iters``, validating, logging and checkpointing.
+
+    ``wall_offset``: seconds already trained (a resumed run), so logged ``wall_time`` continues.
 
     ``checkpoint(state, is_best)`` is called at every checkpoint step and after every validation that
     improves on the best so far (``is_best=True``: also keep these parameters as the best checkpoint).
     When ``stop_requested()`` turns true (a signal), the run checkpoints at the end of the current step
     and raises :class:`Stopped`.
     """
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - wall_offset
     while state.step < cfg.meta_iters:
         tasks = parts.dataset.sample("train", cfg.meta_batch, parts.generator, parts.device, parts.dtype)
         logged = (state.step + 1) % cfg.log_every == 0 or state.step + 1 == cfg.meta_iters

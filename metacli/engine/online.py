@@ -178,14 +178,15 @@ def run_online(
     prior: Sequence[Mapping[str, float]] = (),
     on_checkpoint: Callable[[int, S], None] | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
+    wall_offset: float = 0.0,
 ) -> S:
     """Run rounds ``start_round..T-1`` of the online protocol; one record per round to ``on_round``.
 
     Resuming: pass the saved ``state`` (``algo.load_state``), ``start_round`` = rounds done, ``prior`` = the
-    records already written (restores running averages and the wall-time offset), and a CPU generator whose
-    state was saved with the algorithm state (``on_checkpoint(rounds_done, state)`` is called after every
-    round: save ``algo.state_dict(state)`` and ``generator.get_state()`` there). Without ``ltm`` the LTM
-    keys are NaN.
+    records already written (restores running averages), ``wall_offset`` = the seconds already run (logged
+    ``wall_time`` continues from it), and a CPU generator whose state was saved with the algorithm state
+    (``on_checkpoint(rounds_done, state)`` is called after every round: save ``algo.state_dict(state)``
+    and ``generator.get_state()`` there). Without ``ltm`` the LTM keys are NaN.
 
     Raises:
         Diverged: the model became non-finite in a round (before it is recorded or checkpointed).
@@ -194,7 +195,7 @@ def run_online(
     """
     state = algo.init_state(theta0) if state is None else state
     sums = _sums_from(prior)
-    t_start = time.perf_counter() - (float(prior[-1]["wall_time"]) if prior else 0.0)
+    t_start = time.perf_counter() - wall_offset
     cache = StreamGram(stream)  # data-only Gram matrices, computed at the first fast-path evaluation
     for t in range(start_round, stream.train.x.shape[0]):
         current = torch.tensor([t])

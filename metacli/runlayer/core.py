@@ -1,0 +1,146 @@
+"""Train a spec into a run directory and resume it: the one flow of both protocols.
+
+The flow: build the run's parts, restore a checkpoint (every RNG state and the protocol's state), cut
+metrics.jsonl and TensorBoard back to the checkpoint, run the protocol's :class:`~.jobs.Job` with hooks
+that log, checkpoint atomically and poll for signals, then write summary.json.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metacli.engine.build import Parts, build
+from metacli.errors import RunDirError
+from metacli.progress import Reporter
+from metacli.runlayer import checkpoint as ckpt
+from metacli.runlayer.guard import guarded_training
+from metacli.runlayer.jobs import Hooks, make_job
+from metacli.runs import (
+    SPEC_FILE,
+    SUMMARY_FILE,
+    MetricsLog,
+    atomic_write_text,
+    checkpoint_path,
+    read_metrics,
+    read_spec_dict,
+    staged_run_dir,
+    write_json,
+)
+from metacli.spec import RunSpec, spec_to_yaml, validate
+from metacli.tb import ScalarWriter
+
+
+class RunLogger:
+    """Writes each logged row to metrics.jsonl and TensorBoard (one event per row).
+
+    ``resume_from``: the checkpoint's step or round; rows after it, written by the killed process after
+    its last checkpoint, are removed from metrics.jsonl and hidden from TensorBoard, so none shows twice.
+    """
+
+    def __init__(self, run_dir: Path, key: str, resume_from: int | None) -> None:
+        self.key = key
+        self.metrics = MetricsLog(run_dir, truncate_after=resume_from, key=key)
+        self.tb = ScalarWriter(run_dir, purge_step=None if resume_from is None else resume_from + 1)
+
+    def __call__(self, index: int, row: dict[str, float]) -> None:
+        self.metrics.write({self.key: index, **row})
+        self.tb.add_scalars(index, {k: v for k, v in row.items() if isinstance(v, (int, float))})
+
+    def close(self) -> None:
+        """Flush and close both sinks."""
+        self.metrics.close()
+        self.tb.close()
+
+
+def train_run(spec: RunSpec, run_dir: Path, device: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Train ``spec`` into a fresh ``run_dir`` (removed again if it fails before any checkpoint)."""
+    with staged_run_dir(run_dir):
+        parts = build(spec, device=device, progress=not quiet)
+        spec = resolved(parts)
+        atomic_write_text(run_dir / SPEC_FILE, spec_to_yaml(spec))
+        return _run(spec, parts, run_dir, checkpoint=None, quiet=quiet)
+
+
+def resume_run(run_dir: Path, device: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Continue a run from ``checkpoints/last.pt`` with the spec stored in the run directory.
+
+    Raises:
+        RunDirError: no checkpoint, an unreadable one, or one written for another spec or schema version.
+    """
+    spec = validate(read_spec_dict(run_dir), str(run_dir / SPEC_FILE))
+    path = checkpoint_path(run_dir)
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} has no checkpoint ({path}) to resume from; start a new run instead.")
+    parts = build(spec, device=device, progress=not quiet)
+    saved = ckpt.load(path, parts.device)
+    changed = ckpt.check_matches(saved, resolved(parts), path)
+    if changed:
+        warnings.warn(f"resuming {run_dir} with changed settings: " + "; ".join(changed), stacklevel=1)
+    return _run(resolved(parts), parts, run_dir, checkpoint=saved, quiet=quiet)
+
+
+def resolved(parts: Parts) -> RunSpec:
+    """The spec ``build`` resolved (its ``auto`` fields replaced by the chosen values)."""
+    assert parts.spec is not None  # build always sets it
+    return parts.spec
+
+
+def _run(
+    spec: RunSpec, parts: Parts, run_dir: Path, checkpoint: dict[str, Any] | None, quiet: bool
+) -> dict[str, Any]:
+    generators = {"run": parts.generator}
+    try:
+        job = make_job(spec, parts, None if checkpoint is None else checkpoint["state"])
+    except (KeyError, RuntimeError, ValueError) as e:  # a changed setting that reshapes the state
+        raise RunDirError(
+            f"{checkpoint_path(run_dir)} does not fit the settings of {run_dir / SPEC_FILE} "
+            f"({type(e).__name__}: {e}). Undo the changes to {SPEC_FILE}, or start a new run."
+        ) from None
+    if checkpoint is not None:  # after make_job: a fresh initialisation may draw (sparse_maml's masks)
+        ckpt.restore_rng(checkpoint["rng"], generators)
+    resumed_at = None if checkpoint is None else int(checkpoint["done"])
+    wall_offset = 0.0 if checkpoint is None else float(checkpoint["wall_time"])
+    logger = RunLogger(run_dir, job.unit, resumed_at)
+    prior = read_metrics(run_dir) if resumed_at else []
+    t0 = time.perf_counter()
+    last_saved = [resumed_at]  # the step or round of the last checkpoint on disk
+
+    def save(is_best: bool) -> None:
+        blob = ckpt.make(
+            spec, job.unit, job.done, wall_offset + time.perf_counter() - t0, generators, job.state_dict()
+        )
+        # best.pt first: a kill between the two writes leaves last.pt at the previous checkpoint,
+        # whose recorded best step then has its best.pt on disk
+        for path in ([checkpoint_path(run_dir, "best")] if is_best else []) + [checkpoint_path(run_dir)]:
+            ckpt.save(path, blob)
+        last_saved[0] = job.done
+
+    name = f"{spec.algorithm.name} on {spec.data.name}"
+    try:
+        with (
+            Reporter(name, job.total, done=job.done, quiet=quiet, unit=job.unit) as rep,
+            guarded_training(run_dir, job.total, job.unit, lambda: last_saved[0]) as stop_requested,
+        ):
+            job.run(
+                Hooks(logger, save, lambda info: rep.advance(1, info), stop_requested, wall_offset, prior)
+            )
+    finally:
+        logger.close()
+    seconds = time.perf_counter() - t0
+    summary: dict[str, Any] = {
+        "algorithm": spec.algorithm.name,
+        "dataset": spec.data.name,
+        "device": str(parts.device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        **job.summary(),
+        "train_seconds": seconds,
+        "total_wall_time": wall_offset + seconds,
+    }
+    write_json(run_dir / SUMMARY_FILE, summary)
+    return summary

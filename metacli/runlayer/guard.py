@@ -1,0 +1,79 @@
+"""Signals and divergence during training, turned into clean exits with a checkpoint and a next step."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from metacli.engine.guards import Diverged, Stopped
+from metacli.errors import Interrupted, RunFailure
+from metacli.runs import SPEC_FILE, checkpoint_path
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """While active, SIGINT and SIGTERM only ask the training loop to stop at the next step boundary.
+
+    Yields the function the loop polls. A second signal while stopping raises KeyboardInterrupt at once
+    (the last checkpoint on disk stays whole: checkpoints are written atomically). Outside the main thread,
+    where Python cannot install handlers, signals keep their default behaviour.
+    """
+    requested: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: bool(requested)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def guarded_training(
+    run_dir: Path, total: int, unit: str, last_saved: Callable[[], int | None]
+) -> Iterator[Callable[[], bool]]:
+    """The training loop of either protocol, with signals and divergence turned into clear exits.
+
+    Yields the ``stop_requested`` poll of :func:`stop_on_signals`. :class:`Stopped` becomes
+    :class:`Interrupted` (exit 130, the resume command); :class:`Diverged` becomes :class:`RunFailure`
+    (exit 1) naming the ``unit`` (step or round) and ``last_saved()``, the last checkpoint on disk.
+    """
+    try:
+        with stop_on_signals() as stop_requested:
+            yield stop_requested
+    except Diverged as e:
+        raise RunFailure(diverged_message(run_dir, e, last_saved(), unit)) from None
+    except Stopped as e:
+        raise Interrupted(
+            f"stopped at {unit} {e.step} of {total}; {checkpoint_path(run_dir)} holds it. "
+            f"Continue with: metacli train --resume {run_dir}"
+        ) from None
+
+
+def diverged_message(run_dir: Path, error: Diverged, saved_step: int | None, unit: str = "step") -> str:
+    """What a diverged run tells the user: the step, what went non-finite, the checkpoint kept, the fixes."""
+    if saved_step is not None:
+        kept = f"The last good checkpoint, {checkpoint_path(run_dir)} ({unit} {saved_step}), was not touched"
+        how = (
+            f"and train again, or in {run_dir / SPEC_FILE} and continue from it with "
+            f"'metacli train --resume {run_dir}'"
+        )
+    else:
+        kept = "No checkpoint had been written yet"
+        how = f"and train again ({run_dir} was removed: it held no checkpoint to resume)"
+    return (
+        f"the run diverged: the {error.what} became non-finite at {unit} {error.step}. {kept}. Fix: lower "
+        f"the learning rates{' (or set algorithm.grad_clip)' if unit == 'step' else ''} {how}"
+        + (", or set train.on_nonfinite: skip to skip such steps." if unit == "step" else ".")
+    )

@@ -1,0 +1,188 @@
+"""The two protocols seen by the run layer: one small adapter each over the engine's loop.
+
+A job holds the protocol's state, runs the engine's loop with the run layer's :class:`Hooks` (log a row,
+save a checkpoint, advance the progress display, poll for a stop), and says what its state and summary
+are. Everything about files stays in :mod:`metacli.runlayer.core`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from metacli.engine import episodic, memory
+from metacli.engine.build import Parts
+from metacli.engine.online import run_online
+from metacli.runs import finite_or_none
+from metacli.spec import RunSpec
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What the run layer gives a job's loop."""
+
+    log: Callable[[int, dict[str, float]], None]
+    """Write one metrics row (index: the step or round)."""
+    save: Callable[[bool], None]
+    """Write a checkpoint of the job's current state; True: also keep it as the best checkpoint."""
+    advance: Callable[[str], None]
+    """One more step or round done, with a short status for the progress display."""
+    stop_requested: Callable[[], bool]
+    """True once SIGINT or SIGTERM asked the run to stop at the next boundary."""
+    wall_offset: float
+    """Seconds already trained by earlier parts of a resumed run."""
+    prior: Sequence[Mapping[str, float]]
+    """The metrics rows kept from earlier parts (cut back to the checkpoint)."""
+
+
+class Job(Protocol):
+    """One protocol's training, as the run layer drives it."""
+
+    unit: str
+    """``step`` or ``round``: what ``done`` and ``total`` count and what metrics rows are keyed by."""
+    total: int
+
+    @property
+    def done(self) -> int:
+        """Steps or rounds finished."""
+        ...
+
+    def run(self, hooks: Hooks) -> None:
+        """Train from ``done`` to ``total``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The protocol's state to checkpoint (the ``state`` entry of a checkpoint)."""
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """The protocol's own entries of summary.json."""
+        ...
+
+
+def make_job(spec: RunSpec, parts: Parts, state: dict[str, Any] | None) -> Job:
+    """The job of ``spec``'s protocol, fresh or from a checkpoint's ``state``."""
+    return OnlineJob(spec, parts, state) if spec.is_online else EpisodicJob(spec, parts, state)
+
+
+class EpisodicJob:
+    """Few-shot meta-training (:func:`metacli.engine.episodic.train`)."""
+
+    unit = "step"
+
+    def __init__(self, spec: RunSpec, parts: Parts, state: dict[str, Any] | None) -> None:
+        self.spec, self.parts = spec, parts
+        self.total = spec.train.meta_iters
+        self.state = episodic.TrainState(parts, self.total, state)
+
+    @property
+    def done(self) -> int:
+        return self.state.step
+
+    def run(self, hooks: Hooks) -> None:
+        episodic.train(
+            self.parts,
+            self.spec.train,
+            self.state,
+            hooks.log,
+            lambda _, is_best: hooks.save(is_best),
+            hooks.advance,
+            validation(self.spec),
+            hooks.stop_requested,
+            hooks.wall_offset,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state.state_dict()
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "steps": self.state.step,
+            "executor": self.spec.train.executor,
+            "peak_step_mb": "peak_step_mb in metrics.jsonl: " + memory.method(self.parts.device),
+        }
+        if self.state.best is not None:
+            out.update(best_step=self.state.best[0], best_val=self.state.best[1])
+        return out
+
+
+def validation(spec: RunSpec) -> episodic.Validation | None:
+    """The run's validation settings, or None when ``train.val_every`` is 0."""
+    t = spec.train
+    if t.val_every == 0:
+        return None
+    steps = int(cast(Any, spec.algorithm).eval_inner_steps)
+    return episodic.Validation(t.val_every, t.val_tasks, t.val_seed, steps, spec.eval.batch)
+
+
+class OnlineJob:
+    """The online protocol (:func:`metacli.engine.online.run_online`) with CTM/LTM every round."""
+
+    unit = "round"
+
+    def __init__(self, spec: RunSpec, parts: Parts, state: dict[str, Any] | None) -> None:
+        self.spec, self.parts = spec, parts
+        self.total = int(parts.dataset.train.x.shape[0])
+        self._done = 0 if state is None else int(state["round"])
+        self._state = None if state is None else parts.algorithm.load_state(state["algo_state"])
+        self.last: dict[str, float] = {}
+        """The latest round's record (running averages), for the progress display and the summary."""
+
+    @property
+    def done(self) -> int:
+        return self._done
+
+    def run(self, hooks: Hooks) -> None:
+        if hooks.prior:
+            self.last = dict(hooks.prior[-1])
+
+        def on_round(rec: dict[str, float]) -> None:
+            self.last = rec
+            hooks.log(int(rec["round"]), {k: v for k, v in rec.items() if k != "round"})
+
+        def on_checkpoint(rounds_done: int, state: Any) -> None:
+            self._done, self._state = rounds_done, state
+            every = self.spec.online.checkpoint_every
+            if rounds_done % every == 0 or rounds_done == self.total or hooks.stop_requested():
+                hooks.save(False)
+
+        def progress(_: int) -> None:
+            hooks.advance(
+                f"CTM {self.last.get('ctm_acc_avg', float('nan')):.3f} "
+                f"LTM {self.last.get('ltm_acc_avg', float('nan')):.3f}"
+            )
+
+        parts = self.parts
+        run_online(
+            parts.algorithm,
+            parts.learner,
+            parts.dataset,
+            parts.learner.init_params(),
+            parts.generator,
+            on_round,
+            start_round=self._done,
+            state=self._state,
+            progress=progress,
+            ltm=self.spec.online.ltm,
+            prior=hooks.prior,
+            on_checkpoint=on_checkpoint,
+            stop_requested=hooks.stop_requested,
+            wall_offset=hooks.wall_offset,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"round": self._done, "algo_state": self.parts.algorithm.state_dict(self._state)}
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rounds": self.total}
+        for key in (
+            "ctm_acc_avg",
+            "ltm_acc_avg",
+            "ctm_loss_avg",
+            "ltm_loss_avg",
+            "task_bytes",
+            "state_bytes",
+        ):
+            if key in self.last:
+                out[key] = finite_or_none(float(self.last[key]))
+        return out
