@@ -28,6 +28,8 @@ app = typer.Typer(
     no_args_is_help=False,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    # click's plain help: option names are never cut and no type markers (<bool>) at any width
+    rich_markup_mode=None,
 )
 err_console = Console(stderr=True)
 console = Console()
@@ -36,14 +38,20 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 SpecArg = Annotated[
-    Path | None, typer.Argument(help="A YAML run spec (see configs/). Omit for a preset or the default.")
+    Path | None,
+    typer.Argument(metavar="SPEC", help="A YAML run spec (see configs/). Omit for a preset or the default."),
 ]
 OverrideOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override a spec field before validation: --set algorithm.alpha=0.4"),
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="FIELD=VALUE",
+        help="Override a spec field before validation: --set algorithm.alpha=0.4",
+    ),
 ]
 DeviceOpt = Annotated[
-    str | None, typer.Option(help="auto | cpu | cuda | cuda:N (default: the spec's, auto).")
+    str | None, typer.Option(metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: the spec's, auto).")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Log lines instead of a progress bar.")]
 
@@ -118,11 +126,19 @@ def main_callback(
 @handle_errors
 def train(
     spec_file: SpecArg = None,
-    algo: Annotated[str | None, typer.Option(help="Algorithm of a preset, e.g. maml, moml.")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset of a preset, e.g. sinusoid, smnist.")] = None,
+    algo: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Algorithm of a preset, e.g. maml, moml.")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Dataset of a preset, e.g. sinusoid, smnist.")
+    ] = None,
     overrides: OverrideOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Run directory (grid: folder of runs).")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue this run from its last checkpoint.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Run directory (grid: folder of runs).")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(metavar="RUN", help="Continue this run from its last checkpoint.")
+    ] = None,
     overwrite: Annotated[
         bool,
         typer.Option(
@@ -130,7 +146,7 @@ def train(
         ),
     ] = False,
     data_root: Annotated[
-        Path | None, typer.Option(help="Dataset folder (else $METACLI_DATA, a cache).")
+        Path | None, typer.Option(metavar="DIR", help="Dataset folder (else $METACLI_DATA, a cache).")
     ] = None,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
@@ -140,7 +156,7 @@ def train(
 ) -> None:
     """Train a run spec, a preset (--algo/--dataset), or the default (MAML on sinusoid).
 
-    A spec with a `grid:` section runs every point into results/<spec name>/<point>/.
+    A spec with a `grid:` section runs every point into runs/<spec name>/<point>/.
     """
     from metacli.commands import describe_fields, resume_command, train_command
 
@@ -148,14 +164,42 @@ def train(
         console.print(describe_fields(spec_file, algo, dataset, list(overrides or [])))
         return
     if resume is not None:
+        from metacli.runlayer.distributed import place
+
+        if not place().writer:  # the other ranks of a data-parallel run print nothing but errors
+            resume_command(resume, device, quiet)
+            return
+        err_console.print(f"resuming {resume}", markup=False, highlight=False, soft_wrap=True)
         summary = resume_command(resume, device, quiet)
         console.print(f"resumed {resume}: {format_summary(summary)}")
+        console.print(next_commands([(resume, summary)]), markup=False, highlight=False, soft_wrap=True)
         return
     overrides = list(overrides or [])
     if data_root is not None:
         overrides.append(f"data_root={data_root.resolve()}")
-    for run_dir, summary in train_command(spec_file, algo, dataset, overrides, out, device, quiet, overwrite):
+
+    def announce(line: str) -> None:
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    finished = []
+    for run_dir, summary in train_command(
+        spec_file, algo, dataset, overrides, out, device, quiet, overwrite, announce
+    ):
         console.print(f"[green]done[/] {run_dir}: {format_summary(summary)}")
+        finished.append((run_dir, summary))
+    if finished:
+        console.print(next_commands(finished), markup=False, highlight=False, soft_wrap=True)
+
+
+def next_commands(finished: list[tuple[Path, dict[str, Any]]]) -> str:
+    """The last line of ``train``: what to run next on what it wrote (one run, or a grid's folder)."""
+    folder = finished[0][0] if len(finished) == 1 else finished[0][0].parent
+    online = any("rounds" in summary for _, summary in finished)
+    if online:
+        steps = [f"metacli plot {folder}"] + ([f"metacli hedge {folder}"] if len(finished) > 1 else [])
+    else:
+        steps = [f"metacli evaluate {folder}", f"metacli plot {folder}"]
+    return "next: " + "; ".join(steps)
 
 
 @app.command()
@@ -164,17 +208,25 @@ def evaluate(
     run_dir: Annotated[
         Path,
         typer.Argument(
-            help="A run directory written by 'metacli train', or a folder of runs: one comparison table."
+            metavar="RUN",
+            help="A run directory written by 'metacli train', or a folder of runs: one comparison table.",
         ),
     ],
-    tasks: Annotated[int | None, typer.Option(help="Number of test tasks (default: the spec's).")] = None,
+    tasks: Annotated[
+        int | None, typer.Option(metavar="N", help="Number of test tasks (default: the spec's).")
+    ] = None,
     checkpoint: Annotated[
         str | None,
-        typer.Option(help="best (best validation step; the default when the run has one) or last."),
+        typer.Option(
+            metavar="best|last", help="best (best validation step; the default when the run has one) or last."
+        ),
     ] = None,
     steps: Annotated[
         list[int] | None,
-        typer.Option(help="Adaptation step counts, repeatable: --steps 1 --steps 10 (default: the spec's)."),
+        typer.Option(
+            metavar="N",
+            help="Adaptation step counts, repeatable: --steps 1 --steps 10 (default: the spec's).",
+        ),
     ] = None,
     device: DeviceOpt = None,
     quiet: QuietOpt = False,
@@ -245,16 +297,29 @@ def eval_table(out: dict[str, Any]) -> Any:
 @handle_errors
 def hedge(
     folder: Annotated[
-        Path, typer.Argument(help="Folder of online runs (the experts), e.g. results/moml_grid.")
-    ],
+        Path,
+        typer.Argument(metavar="FOLDER", help="Folder of online runs (the experts), e.g. runs/moml_grid."),
+    ] = Path("runs"),
     eta: Annotated[
-        float, typer.Option(help="Hedge learning rate; ln 10 is the official script's beta = 10.")
+        float,
+        typer.Option(
+            metavar="ETA",
+            help="Hedge learning rate; ln 10 is the official script's beta = 10.",
+            show_default="ln 10",
+        ),
     ] = (math.log(10)),
     metric: Annotated[
-        list[str] | None, typer.Option(help="ctm and/or ltm (repeatable; default both).")
+        list[str] | None, typer.Option(metavar="ctm|ltm", help="ctm and/or ltm (repeatable; default both).")
     ] = None,
     reference_quirks: Annotated[
-        bool, typer.Option(help="Reproduce the official hedge.py's look-ahead weights (a known fault).")
+        bool,
+        typer.Option(
+            "--reference-quirks",
+            help=(
+                "Reproduce the official hedge.py's look-ahead weights (a known fault). Only that: every "
+                "expert found is still used, not the script's first 12 of 24."
+            ),
+        ),
     ] = False,
 ) -> None:
     """Hedge (exponential weights) over the runs in FOLDER, per metric, without look-ahead.
@@ -271,12 +336,15 @@ def hedge(
 @app.command()
 @handle_errors
 def plot(
-    folder: Annotated[Path, typer.Argument(help="Folder of runs (online, few-shot, hedge/).")] = Path(
-        "results"
-    ),
-    out: Annotated[Path, typer.Option(help="Where figures (PNG, SVG) and TensorBoard files go.")] = Path(
-        "figures"
-    ),
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FOLDER", help="Folder of runs (online, few-shot, hedge/); train writes to runs/."
+        ),
+    ] = Path("runs"),
+    out: Annotated[
+        Path, typer.Option(metavar="DIR", help="Where figures (PNG, SVG) and TensorBoard files go.")
+    ] = Path("figures"),
 ) -> None:
     """Figures of every run in FOLDER, PNG and SVG.
 
@@ -294,6 +362,7 @@ def plot(
             raise
     for path in written:
         console.print(f"wrote {path}")
+    console.print(f"next: open the figures in {out}/, or 'tensorboard --logdir {folder}'", highlight=False)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -9,12 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from metacli.errors import RunDirError
+from metacli.runlayer.distributed import place, process_group
 from metacli.runs import SPEC_FILE, SUMMARY_FILE, checkpoint_path, read_json
 
 
 def default_run_dir(algo: str, dataset: str) -> Path:
     """``runs/<algo>-<dataset>-<time>``."""
     return Path("runs") / f"{algo}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+Announce = Callable[[str], None]
+"""Prints the first line of a run: what it trains and into which folder."""
 
 
 def train_command(
@@ -26,20 +31,31 @@ def train_command(
     device: str | None,
     quiet: bool,
     overwrite: bool = False,
+    announce: Announce = lambda line: None,
 ) -> Iterator[tuple[Path, dict[str, Any]]]:
     """Train one spec, or every point of its grid; yields (run directory, summary) per run.
 
-    ``overwrite`` (single runs only): replace an existing run directory, see :func:`replace_run`.
+    ``overwrite`` (single runs only): replace an existing run directory, see :func:`replace_run`. Under
+    ``torchrun`` a single run trains data-parallel over the ranks, and a grid's points are spread over
+    them (rank r trains points r, r + N, ...).
     """
     from metacli.spec import grid_points, load_spec
 
     spec, raw = load_spec(spec_file, overrides, algo=algo, dataset=dataset)
+    where = place()
     if spec.grid is None:
         run_dir = out or default_run_dir(spec.algorithm.name, spec.data.name)
+        if overwrite and where.world > 1:
+            raise RunDirError("--overwrite is not available under torchrun; delete the run directory first.")
         if overwrite and run_dir.exists() and any(run_dir.iterdir()):
+            announce(f"training {spec.algorithm.name} on {spec.data.name} into {run_dir} (replacing it)")
             yield run_dir, replace_run(run_dir, lambda: train_one(spec, run_dir, device, quiet))
             return
+        if not where.writer:  # another rank of a data-parallel run: it trains, rank 0 writes and reports
+            train_one(spec, run_dir, device, quiet)
+            return
         refuse_existing(run_dir)
+        announce(f"training {spec.algorithm.name} on {spec.data.name} into {run_dir}")
         yield run_dir, train_one(spec, run_dir, device, quiet)
         return
     if overwrite:
@@ -48,40 +64,54 @@ def train_command(
             "interrupted ones. Delete the grid's folder to train it from scratch."
         )
     points = grid_points(raw, spec.grid)  # validate every point before running any
-    folder = out or Path("results") / (spec_file.stem if spec_file else f"{spec.algorithm.name}-grid")
-    for name, point in points:
-        yield from train_point(point, folder / name, device, quiet)
+    folder = out or Path("runs") / (spec_file.stem if spec_file else f"{spec.algorithm.name}-grid")
+    for name, point in points[where.rank :: where.world]:
+        yield from train_point(point, folder / name, device, quiet, announce)
 
 
 def train_point(
-    spec: Any, run_dir: Path, device: str | None, quiet: bool
+    spec: Any, run_dir: Path, device: str | None, quiet: bool, announce: Announce = lambda line: None
 ) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """One grid point: skipped when complete, resumed when checkpointed, else trained fresh."""
+    """One grid point, trained alone by this process: skipped when complete, resumed when checkpointed,
+    else trained fresh."""
     if (run_dir / SUMMARY_FILE).is_file():
+        announce(f"skipping {run_dir}: finished")
         yield run_dir, {**read_json(run_dir / SUMMARY_FILE), "skipped": True}
     elif checkpoint_path(run_dir).is_file():
-        yield run_dir, resume_command(run_dir, device, quiet)
+        announce(f"resuming {run_dir}")
+        yield run_dir, resume_command(run_dir, device, quiet, parallel_ok=False)
     else:
         refuse_existing(run_dir)
-        yield run_dir, train_one(spec, run_dir, device, quiet)
+        announce(f"training {spec.algorithm.name} on {spec.data.name} into {run_dir}")
+        yield run_dir, train_one(spec, run_dir, device, quiet, parallel_ok=False)
 
 
-def train_one(spec: Any, run_dir: Path, device: str | None, quiet: bool) -> dict[str, Any]:
-    """Train a validated spec into ``run_dir``."""
+def train_one(
+    spec: Any, run_dir: Path, device: str | None, quiet: bool, parallel_ok: bool = True
+) -> dict[str, Any]:
+    """Train a validated spec into ``run_dir``; data-parallel under torchrun unless not ``parallel_ok``."""
     from metacli.runlayer import train_run
 
-    return train_run(spec, run_dir, device=device, quiet=quiet)
+    if not parallel_ok:
+        return train_run(spec, run_dir, device=device, quiet=quiet)
+    with process_group(device) as (parallel, dev):
+        return train_run(spec, run_dir, device=dev, quiet=quiet, parallel=parallel)
 
 
-def resume_command(run_dir: Path, device: str | None, quiet: bool) -> dict[str, Any]:
-    """Continue ``run_dir`` from its checkpoint."""
+def resume_command(
+    run_dir: Path, device: str | None, quiet: bool, parallel_ok: bool = True
+) -> dict[str, Any]:
+    """Continue ``run_dir`` from its checkpoint (data-parallel under torchrun unless not ``parallel_ok``)."""
     from metacli.runlayer import resume_run
 
     if not run_dir.is_dir():
         raise RunDirError(
             f"--resume {run_dir}: no such run directory. Pass a folder written by 'metacli train'."
         )
-    return resume_run(run_dir, device=device, quiet=quiet)
+    if not parallel_ok:
+        return resume_run(run_dir, device=device, quiet=quiet)
+    with process_group(device) as (parallel, dev):
+        return resume_run(run_dir, device=dev, quiet=quiet, parallel=parallel)
 
 
 def replace_run(run_dir: Path, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -145,10 +175,11 @@ def describe_fields(
     from metacli.spec import load_spec
 
     spec, _ = load_spec(spec_file, overrides, algo=algo, dataset=dataset)
-    table = Table(title=f"run spec fields ({spec.algorithm.name} on {spec.data.name})")
-    for col in ("field", "value", "documentation"):
-        table.add_column(col, overflow="fold")
+    table = Table(title=f"run spec fields ({spec.algorithm.name} on {spec.data.name})", expand=True)
+    table.add_column("field", overflow="fold", ratio=3)
+    table.add_column("value", overflow="fold", ratio=2)
+    table.add_column("documentation", overflow="fold", ratio=6)
     for path, value, doc in field_rows(spec):
         if path.split(".")[0] not in spec.unused_sections:  # only what this protocol reads
-            table.add_row(path, value, doc)
+            table.add_row(path, value, " ".join(doc.split()))  # the docstring's line breaks are the source's
     return table

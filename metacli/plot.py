@@ -198,7 +198,7 @@ def load_runs(folder: Path) -> list[RunCurves]:
         raise RunDirError(
             f"No runs with metrics to plot under {folder}: neither per-round online metrics (ctm_acc, "
             "ltm_acc, task_bytes) nor per-step few-shot ones. Pass the folder of your runs (e.g. "
-            "results/), or run 'metacli train' first."
+            "runs/, where 'metacli train' writes), or run 'metacli train' first."
         )
     return sorted(found, key=lambda r: (r.is_hedge, r.name))
 

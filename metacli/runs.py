@@ -155,7 +155,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 def find_runs(folder: Path) -> list[Path]:
     """Every run directory (one holding ``spec.yaml`` and ``metrics.jsonl``) under ``folder``, sorted."""
     if not folder.is_dir():
-        raise RunDirError(f"{folder} is not a folder. Pass the folder that holds your runs, e.g. results/.")
+        raise RunDirError(f"{folder} is not a folder. Pass the folder that holds your runs, e.g. runs/.")
     return sorted(p.parent for p in folder.rglob(METRICS_FILE) if (p.parent / SPEC_FILE).is_file())
 
 

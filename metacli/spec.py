@@ -11,6 +11,7 @@ import copy
 import difflib
 import itertools
 import math
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -19,9 +20,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from metacli.engine.algorithms import ONLINE_ALGORITHMS, AlgorithmConfig
-from metacli.engine.data import ONLINE_DATASETS, DataConfig
-from metacli.engine.models import ModelConfig
+from metacli.engine.config.algorithms import ONLINE_ALGORITHM_NAMES, AlgorithmConfig
+from metacli.engine.config.data import ONLINE_DATASET_NAMES, DataConfig
+from metacli.engine.config.models import ModelConfig
 from metacli.errors import SpecError
 from metacli.runs import SCHEMA_VERSION
 
@@ -149,14 +150,15 @@ class RunSpec(BaseModel):
 
     @model_validator(mode="after")
     def _protocol_matches(self) -> RunSpec:
-        online_algo = self.algorithm.name in ONLINE_ALGORITHMS
-        online_data = self.data.name in ONLINE_DATASETS
+        online_algo = self.algorithm.name in ONLINE_ALGORITHM_NAMES
+        online_data = self.data.name in ONLINE_DATASET_NAMES
         if online_algo != online_data:
             kind = "an online" if online_algo else "a few-shot"
             raise ValueError(
                 f"algorithm '{self.algorithm.name}' is {kind} method but dataset '{self.data.name}' is "
                 f"{'a task stream' if online_data else 'an episodic dataset'}; pair online methods "
-                f"({', '.join(sorted(ONLINE_ALGORITHMS))}) with {', '.join(sorted(ONLINE_DATASETS))}."
+                f"({', '.join(sorted(ONLINE_ALGORITHM_NAMES))}) with "
+                f"{', '.join(sorted(ONLINE_DATASET_NAMES))}."
             )
         for section in self.unused_sections:
             given = getattr(self, section)
@@ -185,7 +187,7 @@ class RunSpec(BaseModel):
     @property
     def is_online(self) -> bool:
         """Whether this run follows the online protocol."""
-        return self.algorithm.name in ONLINE_ALGORITHMS
+        return self.algorithm.name in ONLINE_ALGORITHM_NAMES
 
     @property
     def unused_sections(self) -> tuple[str, ...]:
@@ -361,8 +363,8 @@ def preset(algo: str, dataset: str) -> dict[str, Any]:
     """The documented preset spec (as a plain dict) for an algorithm on a dataset."""
     if dataset not in DATASET_PRESETS:
         raise SpecError(
-            f"Unknown dataset '{dataset}'. Presets exist for: {', '.join(sorted(DATASET_PRESETS))}. "
-            "Pass one of these to --dataset, or write a spec file."
+            f"Unknown dataset '{dataset}'.{closest_hint(dataset, list(DATASET_PRESETS))} Presets exist for: "
+            f"{', '.join(sorted(DATASET_PRESETS))}. Pass one of these to --dataset, or write a spec file."
         )
     spec: dict[str, Any] = {"algorithm": {"name": algo}}
     deep_update(spec, copy.deepcopy(DATASET_PRESETS[dataset]))
@@ -478,9 +480,18 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             guess = closest_field(e["loc"])
             hint = f" Did you mean {guess}?" if guess else " Remove it or check its spelling."
+        elif e["type"] == "union_tag_invalid":  # an unknown algorithm, dataset or model name
+            tags = re.findall(r"'([^']+)'", str(e.get("ctx", {}).get("expected_tags", "")))
+            hint = closest_hint(str(e.get("ctx", {}).get("tag", "")), tags)
         lines.append(f"  - {loc or 'spec'}: {e['msg']}{shown}.{hint}")
     lines.append("Fix these fields in the spec file or with --set key.path=value.")
     return "\n".join(lines)
+
+
+def closest_hint(given: str, valid: list[str]) -> str:
+    """`` Did you mean X?`` for the valid name nearest to ``given`` (by ``difflib``), else ``""``."""
+    match = difflib.get_close_matches(given, valid, n=1, cutoff=0.6)
+    return f" Did you mean {match[0]}?" if match else ""
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:

@@ -1,24 +1,70 @@
-"""The README's Python API example runs as written."""
+"""The README runs as written: its Python API example (in float32 and float64), and every ``metacli``
+command of its shell blocks parses and, for ``train``, names a spec, preset and overrides that validate."""
 
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+REPO = README.parent
 
 
 def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
+def shell_commands() -> list[str]:
+    """Every ``metacli`` command in the README's bash blocks (torchrun's ``-m metacli`` ones included),
+    with comments, line continuations and shell loops taken off, one placeholder per run name."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("#")[0]
+            for part in re.split(r"&&|;|\bdo\b", line):
+                found = re.search(r"(?:^|\s)(?:-m )?metacli (train|evaluate|hedge|plot)\b(.*)", part)
+                if found:
+                    commands.append(f"{found.group(1)}{found.group(2)}".strip())
+    return commands
+
+
 def test_readme_has_a_python_api_example() -> None:
     assert any("meta_step" in b and "adapt" in b for b in python_blocks())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("block", python_blocks())
-def test_python_block_runs(block: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_python_block_runs(block: str, dtype: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if dtype == "float64":
+        assert "overrides=[" in block, "the example should take overrides, so a dtype can be set"
+        block = block.replace("overrides=[", 'overrides=["dtype=float64", ')
     exec(compile(block, str(README), "exec"), {})  # noqa: S102 - our own documentation
     assert capsys.readouterr().out.strip()
+
+
+def test_the_readme_shows_every_command() -> None:
+    assert {c.split()[0] for c in shell_commands()} == {"train", "evaluate", "hedge", "plot"}
+
+
+@pytest.mark.parametrize("command", shell_commands())
+def test_every_readme_command_parses_and_its_spec_validates(command: str) -> None:
+    import typer.main
+
+    from metacli.cli import app
+    from metacli.spec import load_spec
+
+    args = shlex.split(command.replace("$m", "moml").replace("<name>", "NAME").replace("<time>", "T"))
+    click_app = typer.main.get_command(app)
+    ctx = click_app.make_context("metacli", args, resilient_parsing=False)  # exits on an unknown option
+    sub = click_app.get_command(ctx, args[0])  # type: ignore[attr-defined]
+    params = sub.make_context(args[0], args[1:]).params
+    if args[0] != "train" or params["resume"] is not None:
+        return
+    spec_file = params["spec_file"]
+    if spec_file is not None and spec_file.name == "SPEC.yaml":
+        return  # the placeholder of the multi-machine example
+    spec_path = REPO / spec_file if spec_file is not None else None
+    load_spec(spec_path, list(params["overrides"] or []), algo=params["algo"], dataset=params["dataset"])

@@ -19,6 +19,7 @@ from metacli.engine.data.paths import downloads_allowed, resolve_data_root, user
 from metacli.engine.device import resolve_device
 from metacli.engine.functional import Learner
 from metacli.engine.models import build_model
+from metacli.engine.parallel import DataParallel
 from metacli.engine.policy import choose_executor, choose_threads
 from metacli.engine.types import Batch, DataContext, EpisodicDataset, OnlineStream, TaskStream
 from metacli.spec import RunSpec
@@ -37,6 +38,8 @@ class Parts(NamedTuple):
     """An :class:`~metacli.engine.types.EpisodicDataset` or, for online runs, an :class:`OnlineStream`."""
     spec: RunSpec | None = None
     """The spec with every ``auto`` resolved, as the run directory's spec.yaml records it (set by build)."""
+    parallel: DataParallel | None = None
+    """The data-parallel group this process trains in (``torchrun``); None: one process."""
 
 
 def make_generator(seed: int) -> torch.Generator:
@@ -50,8 +53,10 @@ def data_context(spec: RunSpec, device: torch.device, dtype: torch.dtype, progre
     return DataContext(root, user_cache_dir(), device, dtype, downloads_allowed(), progress)
 
 
-def build(spec: RunSpec, device: str | None = None, progress: bool = False) -> Parts:
-    """Build every part of ``spec``; ``device`` overrides ``spec.device``."""
+def build(
+    spec: RunSpec, device: str | None = None, progress: bool = False, parallel: DataParallel | None = None
+) -> Parts:
+    """Build every part of ``spec``; ``device`` overrides ``spec.device``; ``parallel``: see Parts."""
     dev = resolve_device(device or spec.device)
     dtype = torch.float64 if spec.dtype == "float64" else torch.float32
     dataset = DATASETS[spec.data.name](spec.data, data_context(spec, dev, dtype, progress))
@@ -72,7 +77,7 @@ def build(spec: RunSpec, device: str | None = None, progress: bool = False) -> P
     learner = Learner(model, criterion)
     generator = make_generator(spec.seed)
     algorithm = ALGORITHMS[spec.algorithm.name](spec.algorithm, learner, generator)
-    return Parts(dev, dtype, generator, learner, algorithm, dataset, spec)
+    return Parts(dev, dtype, generator, learner, algorithm, dataset, spec, parallel)
 
 
 def resolve_auto(spec: RunSpec, device: torch.device, in_shape: tuple[int, ...], n_params: int) -> RunSpec:

@@ -180,7 +180,7 @@ def meta_train_step(
     out: list[StepResult] = []
 
     def step() -> None:
-        result = parts.algorithm.meta_step(state.meta, tasks, cfg.executor)
+        result = parts.algorithm.meta_step(state.meta, tasks, cfg.executor, parts.parallel)
         out.append(result)
         bad = "loss" if not math.isfinite(result.loss) else None
         if bad is None and not all_finite(result.grads.values()):

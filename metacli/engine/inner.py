@@ -30,16 +30,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
+from metacli.engine.config.algorithms import Adapt, Rate
 from metacli.engine.functional import grad_and_loss
 from metacli.engine.types import Params
-
-Adapt = Literal["all", "head", "body"]
-Rate = Literal["scalar", "lslr", "mask", "relu"]
 
 EXTRA_SEPARATOR = ":"
 """Separates an extra's kind from the parameter it belongs to: ``lslr:body.0.conv.weight``."""

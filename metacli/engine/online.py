@@ -32,6 +32,7 @@ from metacli.engine.functional import Learner, clip_by_global_norm
 from metacli.engine.guards import Diverged, Stopped, all_finite
 from metacli.engine.inner import descend, sgd_rule
 from metacli.engine.online_fast import StreamGram, fast_path_applies, mlp_finetune_and_test_many
+from metacli.engine.parallel import DataParallel
 from metacli.engine.types import Batch, OnlineAlgorithm, OnlineStream, Params
 
 S = TypeVar("S")
@@ -126,14 +127,27 @@ def _evaluate(
     params: Params,
     task_ids: Tensor,
     cache: StreamGram | None,
+    parallel: DataParallel | None = None,
 ) -> dict[str, float]:
-    """Mean loss and accuracy over ``task_ids`` for each evaluation variant, keyed loss{sfx}, acc{sfx}."""
+    """Mean loss and accuracy over ``task_ids`` for each evaluation variant, keyed loss{sfx}, acc{sfx}.
+
+    With ``parallel`` each rank fine-tunes and tests its share of ``task_ids``; the per-task results are
+    gathered in task order on every rank before the means.
+    """
     variants = algo.eval_variants
-    got = finetune_and_test_many(
-        learner, params, stream, task_ids, list(variants.values()), algo.eval_clip_norm, cache=cache
-    )
+    n = task_ids.numel()
+    local = task_ids if parallel is None else task_ids[parallel.share(n)]
+    if local.numel() > 0:
+        got = finetune_and_test_many(
+            learner, params, stream, local, list(variants.values()), algo.eval_clip_norm, cache=cache
+        )
+    else:  # fewer tasks than ranks: this rank has none, but still takes part in the gathers
+        empty = next(iter(params.values())).new_zeros(0)
+        got = [(empty, empty) for _ in variants]
     out: dict[str, float] = {}
     for sfx, (loss, acc) in zip(variants, got, strict=True):
+        if parallel is not None:
+            loss, acc = parallel.gather(loss, n), parallel.gather(acc, n)
         out[f"loss{sfx}"], out[f"acc{sfx}"] = float(loss.mean()), float(acc.mean())
     return out
 
@@ -179,6 +193,7 @@ def run_online(
     on_checkpoint: Callable[[int, S], None] | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
     wall_offset: float = 0.0,
+    parallel: DataParallel | None = None,
 ) -> S:
     """Run rounds ``start_round..T-1`` of the online protocol; one record per round to ``on_round``.
 
@@ -186,7 +201,8 @@ def run_online(
     records already written (restores running averages), ``wall_offset`` = the seconds already run (logged
     ``wall_time`` continues from it), and a CPU generator whose state was saved with the algorithm state
     (``on_checkpoint(rounds_done, state)`` is called after every round: save ``algo.state_dict(state)``
-    and ``generator.get_state()`` there). Without ``ltm`` the LTM keys are NaN.
+    and ``generator.get_state()`` there). Without ``ltm`` the LTM keys are NaN. With ``parallel`` every rank
+    runs the rounds (the same updates) and the LTM's seen tasks are split across the ranks.
 
     Raises:
         Diverged: the model became non-finite in a round (before it is recorded or checkpointed).
@@ -207,7 +223,8 @@ def run_online(
         if algo.ctm_after_update:
             ctm = _evaluate(algo, learner, stream, algo.eval_model(state), current, cache)
         if ltm:
-            ltm_vals = _evaluate(algo, learner, stream, algo.eval_model(state), torch.arange(t + 1), cache)
+            seen = torch.arange(t + 1)
+            ltm_vals = _evaluate(algo, learner, stream, algo.eval_model(state), seen, cache, parallel)
         else:
             ltm_vals = {k: float("nan") for k in ctm}
         rec = _record(t + 1, ctm, ltm_vals, sums)

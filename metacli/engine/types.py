@@ -15,6 +15,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from metacli.engine.functional import Learner
+    from metacli.engine.parallel import DataParallel
 
 Params = dict[str, Tensor]
 Criterion = Literal["mse", "cross_entropy"]
@@ -155,8 +156,11 @@ class EpisodicAlgorithm(Protocol):
         randomness of the adaptation itself, so that evaluation never draws from the run's generator)."""
         ...
 
-    def meta_step(self, meta: Params, tasks: Task, executor: str = "loop") -> StepResult:
-        """Mean query loss over stacked ``tasks`` and its meta-gradient."""
+    def meta_step(
+        self, meta: Params, tasks: Task, executor: str = "loop", parallel: DataParallel | None = None
+    ) -> StepResult:
+        """Mean query loss over stacked ``tasks`` and its meta-gradient (with ``parallel``: this rank
+        computes its share of the tasks and the mean over all ranks is returned on every rank)."""
         ...
 
     def extra_metrics(self, meta: Params) -> dict[str, float]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from metacli.engine.build import Parts, build
+from metacli.engine.parallel import DataParallel
 from metacli.errors import RunDirError
 from metacli.progress import Reporter
 from metacli.runlayer import checkpoint as ckpt
@@ -57,17 +59,33 @@ class RunLogger:
         self.tb.close()
 
 
-def train_run(spec: RunSpec, run_dir: Path, device: str | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Train ``spec`` into a fresh ``run_dir`` (removed again if it fails before any checkpoint)."""
+def train_run(
+    spec: RunSpec,
+    run_dir: Path,
+    device: str | None = None,
+    quiet: bool = False,
+    parallel: DataParallel | None = None,
+) -> dict[str, Any]:
+    """Train ``spec`` into a fresh ``run_dir`` (removed again if it fails before any checkpoint).
+
+    ``parallel``: train data-parallel in this group; only its rank 0 writes ``run_dir``.
+    """
+    if parallel is not None and parallel.rank != 0:
+        parts = build(spec, device=device, parallel=parallel)
+        return _run(resolved(parts), parts, run_dir, checkpoint=None, quiet=True)
     with staged_run_dir(run_dir):
-        parts = build(spec, device=device, progress=not quiet)
+        parts = build(spec, device=device, progress=not quiet, parallel=parallel)
         spec = resolved(parts)
         atomic_write_text(run_dir / SPEC_FILE, spec_to_yaml(spec))
         return _run(spec, parts, run_dir, checkpoint=None, quiet=quiet)
 
 
-def resume_run(run_dir: Path, device: str | None = None, quiet: bool = False) -> dict[str, Any]:
+def resume_run(
+    run_dir: Path, device: str | None = None, quiet: bool = False, parallel: DataParallel | None = None
+) -> dict[str, Any]:
     """Continue a run from ``checkpoints/last.pt`` with the spec stored in the run directory.
+
+    The checkpoint does not depend on the number of ranks that wrote it: ``parallel`` may differ.
 
     Raises:
         RunDirError: no checkpoint, an unreadable one, or one written for another spec or schema version.
@@ -76,10 +94,10 @@ def resume_run(run_dir: Path, device: str | None = None, quiet: bool = False) ->
     path = checkpoint_path(run_dir)
     if not path.is_file():
         raise RunDirError(f"{run_dir} has no checkpoint ({path}) to resume from; start a new run instead.")
-    parts = build(spec, device=device, progress=not quiet)
+    parts = build(spec, device=device, progress=not quiet, parallel=parallel)
     saved = ckpt.load(path, parts.device)
     changed = ckpt.check_matches(saved, resolved(parts), path)
-    if changed:
+    if changed and (parallel is None or parallel.rank == 0):
         warnings.warn(f"resuming {run_dir} with changed settings: " + "; ".join(changed), stacklevel=1)
     return _run(resolved(parts), parts, run_dir, checkpoint=saved, quiet=quiet)
 
@@ -105,12 +123,16 @@ def _run(
         ckpt.restore_rng(checkpoint["rng"], generators)
     resumed_at = None if checkpoint is None else int(checkpoint["done"])
     wall_offset = 0.0 if checkpoint is None else float(checkpoint["wall_time"])
-    logger = RunLogger(run_dir, job.unit, resumed_at)
-    prior = read_metrics(run_dir) if resumed_at else []
+    writer = parts.parallel is None or parts.parallel.rank == 0  # other ranks write nothing
+    prior = [r for r in read_metrics(run_dir) if int(r[job.unit]) <= resumed_at] if resumed_at else []
+    run_logger = RunLogger(run_dir, job.unit, resumed_at) if writer else None
+    logger: Callable[[int, dict[str, float]], None] = run_logger or (lambda index, row: None)
     t0 = time.perf_counter()
     last_saved = [resumed_at]  # the step or round of the last checkpoint on disk
 
     def save(is_best: bool) -> None:
+        if not writer:
+            return
         blob = ckpt.make(
             spec, job.unit, job.done, wall_offset + time.perf_counter() - t0, generators, job.state_dict()
         )
@@ -123,14 +145,17 @@ def _run(
     name = f"{spec.algorithm.name} on {spec.data.name}"
     try:
         with (
-            Reporter(name, job.total, done=job.done, quiet=quiet, unit=job.unit) as rep,
-            guarded_training(run_dir, job.total, job.unit, lambda: last_saved[0]) as stop_requested,
+            Reporter(name, job.total, done=job.done, quiet=quiet, unit=job.unit, silent=not writer) as rep,
+            guarded_training(run_dir, job.total, job.unit, lambda: last_saved[0]) as stop_signal,
         ):
-            job.run(
-                Hooks(logger, save, lambda info: rep.advance(1, info), stop_requested, wall_offset, prior)
-            )
+            parallel = parts.parallel
+            # every rank stops at the same boundary, whichever of them saw the signal
+            stop_requested = stop_signal if parallel is None else lambda: parallel.any(stop_signal())
+            advance = lambda info: rep.advance(1, info)  # noqa: E731
+            job.run(Hooks(logger, save, advance, stop_requested, wall_offset, prior))
     finally:
-        logger.close()
+        if run_logger is not None:
+            run_logger.close()
     seconds = time.perf_counter() - t0
     summary: dict[str, Any] = {
         "algorithm": spec.algorithm.name,
@@ -138,9 +163,11 @@ def _run(
         "device": str(parts.device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "ranks": 1 if parts.parallel is None else parts.parallel.world,
         **job.summary(),
         "train_seconds": seconds,
         "total_wall_time": wall_offset + seconds,
     }
-    write_json(run_dir / SUMMARY_FILE, summary)
+    if writer:
+        write_json(run_dir / SUMMARY_FILE, summary)
     return summary

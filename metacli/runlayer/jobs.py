@@ -168,6 +168,7 @@ class OnlineJob:
             on_checkpoint=on_checkpoint,
             stop_requested=hooks.stop_requested,
             wall_offset=hooks.wall_offset,
+            parallel=parts.parallel,
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,65 +1,24 @@
 """Algorithm registry: ``ALGORITHMS`` (name -> class) beside the discriminated union ``AlgorithmConfig``.
 
-A typo in ``algorithm.name`` is a pydantic error that lists the valid names. One test asserts that
-the dict and the union name the same algorithms.
+The configs, their union and the set of online algorithms are defined without torch in
+:mod:`metacli.engine.config.algorithms` (so that a run spec validates without importing torch) and
+re-exported here. A typo in ``algorithm.name`` is a pydantic error that lists the valid names. One test
+asserts that the dict and the union name the same algorithms.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import Field
-
-from metacli.engine.algorithms.implicit import BilevelHead, ITDBiOConfig, MemoryReducedConfig
-from metacli.engine.algorithms.maml import (
-    MAML,
-    ANILConfig,
-    BOILConfig,
-    FOMAMLConfig,
-    LSLRConfig,
-    MAMLConfig,
-    MAMLEnhancedConfig,
-    MetaCurvatureConfig,
-    SparseMAMLConfig,
-    SparseReLUMAMLConfig,
-)
-from metacli.engine.algorithms.moml import BMOML, MOML, BMOMLConfig, MOMLConfig
-from metacli.engine.algorithms.online_baselines import (
-    FS,
-    FTML,
-    MOGD,
-    TOE,
-    FSConfig,
-    FTMLConfig,
-    MOGDConfig,
-    TOEConfig,
-)
-from metacli.engine.algorithms.reptile import Reptile, ReptileConfig
+from metacli.engine.algorithms.implicit import BilevelHead
+from metacli.engine.algorithms.maml import MAML
+from metacli.engine.algorithms.moml import BMOML, MOML
+from metacli.engine.algorithms.online_baselines import FS, FTML, MOGD, TOE
+from metacli.engine.algorithms.reptile import Reptile
+from metacli.engine.config.algorithms import ONLINE_ALGORITHM_NAMES, AlgorithmConfig
 from metacli.engine.types import AlgorithmFactory
 
-AlgorithmConfig = Annotated[
-    MAMLConfig
-    | FOMAMLConfig
-    | LSLRConfig
-    | MetaCurvatureConfig
-    | MAMLEnhancedConfig
-    | ANILConfig
-    | BOILConfig
-    | SparseMAMLConfig
-    | SparseReLUMAMLConfig
-    | ReptileConfig
-    | MemoryReducedConfig
-    | ITDBiOConfig
-    | MOMLConfig
-    | BMOMLConfig
-    | FTMLConfig
-    | MOGDConfig
-    | TOEConfig
-    | FSConfig,
-    Field(discriminator="name"),
-]
+__all__ = ["ALGORITHMS", "EPISODIC_ALGORITHMS", "ONLINE_ALGORITHMS", "AlgorithmConfig"]
 
-EPISODIC_ALGORITHMS: dict[str, AlgorithmFactory] = {
+ALGORITHMS: dict[str, AlgorithmFactory] = {
     "maml": MAML,
     "fomaml": MAML,
     "lslr": MAML,
@@ -72,9 +31,6 @@ EPISODIC_ALGORITHMS: dict[str, AlgorithmFactory] = {
     "reptile": Reptile,
     "memory_reduced": BilevelHead,
     "itd_bio": BilevelHead,
-}
-"""Every MAML-family name runs the one :class:`MAML` class; its config picks the inner rule."""
-ONLINE_ALGORITHMS: dict[str, AlgorithmFactory] = {
     "moml": MOML,
     "bmoml": BMOML,
     "ftml": FTML,
@@ -82,4 +38,13 @@ ONLINE_ALGORITHMS: dict[str, AlgorithmFactory] = {
     "toe": TOE,
     "fs": FS,
 }
-ALGORITHMS: dict[str, AlgorithmFactory] = {**EPISODIC_ALGORITHMS, **ONLINE_ALGORITHMS}
+"""Every algorithm by name. Every MAML-family name runs the one :class:`MAML` class; its config picks the
+inner rule."""
+EPISODIC_ALGORITHMS: dict[str, AlgorithmFactory] = {
+    name: factory for name, factory in ALGORITHMS.items() if name not in ONLINE_ALGORITHM_NAMES
+}
+"""The few-shot algorithms (episodic meta-training and meta-testing)."""
+ONLINE_ALGORITHMS: dict[str, AlgorithmFactory] = {
+    name: factory for name, factory in ALGORITHMS.items() if name in ONLINE_ALGORITHM_NAMES
+}
+"""The online protocol's algorithms: those of ``config.algorithms.ONLINE_ALGORITHM_NAMES``."""

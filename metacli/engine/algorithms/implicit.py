@@ -33,66 +33,22 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from metacli.engine.config.algorithms import ITDBiOConfig, MemoryReducedConfig
 from metacli.engine.executors import EXECUTORS, meta_grads, task_at
 from metacli.engine.functional import Learner, clamp_elements
 from metacli.engine.inner import descend, sgd_rule
 from metacli.engine.models import param_group
+from metacli.engine.parallel import DataParallel, task_share
 from metacli.engine.types import Batch, Params, StepResult, Task
 from metacli.errors import SpecError
 
 HEAD_W, HEAD_B = "head.weight", "head.bias"
-
-
-class BilevelHeadConfig(BaseModel):
-    """Settings shared by the backbone / head bilevel algorithms."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    inner_lr: float = Field(default=0.1, gt=0)
-    """lambda_phi: step size of the K head gradient steps (code: 0.1 CIFAR-FS/FC100, 0.05 ImageNet)."""
-    inner_steps: int = Field(default=20, ge=1)
-    """K: head gradient steps per task in meta-training."""
-    reg: float = Field(default=1e-3, ge=0)
-    """rho: the lower level's L2 term rho/2 |phi|^2 (the paper's R; the official code has none: 0)."""
-    eval_inner_steps: int = Field(default=20, ge=0)
-    """Head steps at evaluation (backbone frozen; the code's protocol: 20)."""
-    eval_inner_lr: float | None = Field(default=None, gt=0)
-    """Head step size at evaluation; None: inner_lr (the code's protocol: 0.05)."""
-    outer_optimizer: Literal["sgd", "adam"] = "sgd"
-    """theta's optimiser: plain SGD (the paper's Algorithm 1) or Adam (the official code)."""
-    outer_lr: float = Field(default=0.1, gt=0)
-    """lambda_theta (SGD; SUGGESTED, the paper's value was not read) or Adam's rate (code: 1e-4 / 1e-3)."""
-    warm_start: bool = True
-    """Start slot i's head (and CG) from its values of the previous outer step (paper); false: the code."""
-    grad_clip: float | None = Field(default=None, gt=0)
-    """Clamp every meta-gradient element to [-grad_clip, grad_clip]; None: off."""
-
-
-class MemoryReducedConfig(BilevelHeadConfig):
-    """Memory-reduced meta-learning: implicit hypergradient at phi^K by N warm-started CG steps."""
-
-    name: Literal["memory_reduced"] = "memory_reduced"
-    """Algorithm name (discriminator)."""
-    cg_steps: int = Field(default=20, ge=1)
-    """N: conjugate-gradient steps on grad^2_phi g v = grad_phi f (Subroutine 1)."""
-    cg_tol: float = Field(default=0.0, ge=0)
-    """Stop CG updates once the residual norm is below this (0: always N steps, as the code)."""
-
-
-class ITDBiOConfig(BilevelHeadConfig):
-    """ITD-BiO: back-propagation through the K head steps (the paper's baseline)."""
-
-    name: Literal["itd_bio"] = "itd_bio"
-    """Algorithm name (discriminator)."""
-    warm_start: bool = False
-    """Start slot i's head from its previous phi^K (off: the fixed initialisation, as the code)."""
 
 
 def conjugate_gradient(
@@ -227,16 +183,36 @@ class BilevelHead:
         v0 = self.slots.get("v", fresh[1])
         return self.slots["phi"].to(phi_init), v0.to(phi_init)
 
-    def meta_step(self, meta: Params, tasks: Task, executor: str = "loop") -> StepResult:
+    def meta_step(
+        self, meta: Params, tasks: Task, executor: str = "loop", parallel: DataParallel | None = None
+    ) -> StepResult:
         """The mean hypergradient over the stacked ``tasks``; updates the warm-start slots.
 
         Args:
             meta: meta-parameters (backbone and the fixed head initialisation).
             tasks: B tasks stacked on a leading axis (slot i = task i).
             executor: ``"loop"`` (one task's graph at a time) or ``"vmap"``.
+            parallel: data-parallel ranks: this one computes its share of the tasks (and of the slots);
+                the mean hypergradient and every slot are combined on all ranks.
         """
+        n_total = tasks.query.x.shape[0]
+        share = slice(0, n_total) if parallel is None else parallel.share(n_total)
+        phi0, v0 = (start[share] for start in self._starts(meta, n_total))
+        result, phi_all, v_all = self._share_step(meta, task_share(tasks, share), phi0, v0, executor)
+        if parallel is not None:
+            result = parallel.mean(result, share.stop - share.start, n_total)
+            phi_all, v_all = parallel.gather(phi_all, n_total), parallel.gather(v_all, n_total)
+        if self.cfg.warm_start:
+            self.slots = {"phi": phi_all.detach()}
+            if isinstance(self.cfg, MemoryReducedConfig):
+                self.slots["v"] = v_all.detach()
+        return result._replace(grads=clamp_elements(result.grads, self.cfg.grad_clip))
+
+    def _share_step(
+        self, meta: Params, tasks: Task, phi0: Tensor, v0: Tensor, executor: str
+    ) -> tuple[StepResult, Tensor, Tensor]:
+        """(mean hypergradient over ``tasks``, unclamped; every task's phi^K; every task's v^N)."""
         n_tasks = tasks.query.x.shape[0]
-        phi0, v0 = self._starts(meta, n_tasks)
         if executor == "loop":
             grads = {k: torch.zeros_like(v) for k, v in meta.items()}
             phis, vs, auxes = [], [], []
@@ -256,13 +232,8 @@ class BilevelHead:
             grads = meta_grads(surrogates.mean(), meta)
         else:
             raise SpecError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
-        if self.cfg.warm_start:
-            self.slots = {"phi": phi_all.detach()}
-            if isinstance(self.cfg, MemoryReducedConfig):
-                self.slots["v"] = v_all.detach()
-        grads = clamp_elements(grads, self.cfg.grad_clip)
         metrics = {k: float(v.mean()) for k, v in aux_all.items()}
-        return StepResult(metrics["query_loss"], grads, metrics)
+        return StepResult(metrics["query_loss"], grads, metrics), phi_all, v_all
 
     # ---------------------------------------------------------------- evaluation and the rest
 

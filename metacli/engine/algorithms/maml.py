@@ -16,7 +16,8 @@ offsets are meta-learned only, a difference noted in ``docs/reference/maml_famil
 The variants (FOMAML, LSLR, Meta-Curvature, MAML Enhanced, ANIL, BOIL, Sparse-MAML, sparse-ReLU-MAML)
 are presets of :class:`MAMLConfig` that change one part of the inner step
 ``phi_p <- phi_p - r_{p,k} P_p(g_p)`` (:mod:`metacli.engine.inner`): which parameters adapt, the
-preconditioner P, the rate r. Each config class below states its rule and paper; the extra
+preconditioner P, the rate r. Each config class (in :mod:`metacli.engine.config.algorithms`, which
+holds every algorithm's config without torch; re-exported here) states its rule and paper; the extra
 meta-parameters (learned rates, curvature factors, masks) are meta-learned beside theta by the same
 outer Adam, at ``extras_lr`` where a paper gives them their own rate.
 
@@ -34,179 +35,42 @@ Example:
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from metacli.engine.executors import Executor, meta_gradient
-from metacli.engine.functional import Learner, clamp_elements
-from metacli.engine.inner import Adapt, FamilyRule, Rate, descend, extra_metrics, split_meta
-from metacli.engine.types import Batch, Params, StepResult, Task
-
-
-class MAMLConfig(BaseModel):
-    """Model-Agnostic Meta-Learning: SGD inner loop, Adam outer loop, second order by default.
-
-    ``adapt``, ``rate`` and ``curvature`` select the inner step; the variant presets below fix them.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    name: Literal["maml"] = "maml"
-    """Algorithm name (discriminator)."""
-    alpha: float = Field(default=0.01, gt=0)
-    """Inner-loop (adaptation) SGD learning rate; the initial value of learned rates (LSLR, sparse-ReLU).
-    On the mean loss: the MAML TensorFlow code's alpha on N-way tasks is N x alpha here (its summed loss)."""
-    inner_steps: int = Field(default=1, ge=1)
-    """Inner SGD steps per task during meta-training."""
-    eval_inner_steps: int = Field(default=10, ge=0)
-    """Inner SGD steps per task at evaluation."""
-    first_order: bool = False
-    """Detach the inner gradients (FOMAML): no Hessian-vector products."""
-    outer_lr: float = Field(default=1e-3, gt=0)
-    """beta: Adam learning rate of the meta-update."""
-    grad_clip: float | None = Field(default=None, gt=0)
-    """Clamp every meta-gradient element to [-grad_clip, grad_clip] (cbfinn MiniImageNet: 10); None: off."""
-    adapt: Adapt = "all"
-    """Parameters the inner loop adapts: all (MAML), head (ANIL: the last linear layer), body (BOIL)."""
-    rate: Rate = "scalar"
-    """Inner rate: scalar alpha, lslr (learned per tensor and step), mask (alpha x STE binary mask,
-    Sparse-MAML), relu (STE-ReLU(m) per element, sparse-ReLU-MAML)."""
-    curvature: bool = False
-    """Precondition the inner gradient with Meta-Curvature's learned Kronecker factors."""
-    extras_lr: float | None = Field(default=None, gt=0)
-    """Adam learning rate of the extras (rates, curvature factors, masks); None: outer_lr."""
-    mask_init: Literal["kaiming", "uniform"] = "kaiming"
-    """Sparse-MAML mask logits: Kaiming-uniform for weights (--kaiming_init) or U(-0.5, 0.5) everywhere."""
-    mask_init_shift: float = 0.0
-    """Added to the mean-centred mask logits (its --init_shift); > 0 starts less sparse."""
-
-
-class FOMAMLConfig(MAMLConfig):
-    """First-order MAML: a preset of MAML with ``first_order=True`` (Finn et al., 2017)."""
-
-    name: Literal["fomaml"] = "fomaml"  # type: ignore[assignment]
-    """Algorithm name (discriminator)."""
-    first_order: bool = True
-    """Detach the inner gradients (FOMAML): no Hessian-vector products."""
-
-
-class LSLRConfig(MAMLConfig):
-    """LSLR of MAML++: ``phi_p^{k+1} = phi_p^k - alpha_{p,k} g_p^k``, one learned rate per tensor and step.
-
-    Antoniou, Edwards, Storkey. "How to train your MAML", ICLR 2019 (code HowToTrainYourMAMLPytorch).
-    Rates start at ``alpha`` and are unconstrained; the outer Adam learns them with theta.
-    """
-
-    name: Literal["lslr"] = "lslr"  # type: ignore[assignment]
-    """Algorithm name (discriminator)."""
-    rate: Literal["lslr"] = "lslr"
-    """Learned per-tensor, per-step rates."""
-
-
-class MetaCurvatureConfig(MAMLConfig):
-    """Meta-Curvature: ``phi^{k+1} = phi^k - alpha M g^k``, M Kronecker-factored per tensor, meta-learned.
-
-    Park & Oliva. "Meta-Curvature", NeurIPS 2019 (code silverbottlep/maml). A weight's M is
-    ``M_out (x) M_in (x) M_filter`` (identities at first), a bias's M elementwise (ones at first).
-    """
-
-    name: Literal["metacurvature"] = "metacurvature"  # type: ignore[assignment]
-    """Algorithm name (discriminator)."""
-    curvature: Literal[True] = True
-    """Kronecker-factored curvature on the inner gradient."""
-
-
-class MAMLEnhancedConfig(MAMLConfig):
-    """MAML Enhanced: Meta-Curvature and LSLR together, ``phi_p^{k+1} = phi_p^k - alpha_{p,k} M_p g_p^k``.
-
-    The composition of Park & Oliva 2019 and Antoniou et al. 2019 (no paper combines them).
-    """
-
-    name: Literal["maml_enhanced"] = "maml_enhanced"  # type: ignore[assignment]
-    """Algorithm name (discriminator)."""
-    curvature: Literal[True] = True
-    """Kronecker-factored curvature on the inner gradient."""
-    rate: Literal["lslr"] = "lslr"
-    """Learned per-tensor, per-step rates."""
-
-
-class ANILConfig(MAMLConfig):
-    """ANIL: only the head adapts, ``head^{k+1} = head^k - alpha grad_head L_S(body, head^k)``; body frozen.
-
-    Raghu, Raghu, Bengio, Vinyals. "Rapid Learning or Feature Reuse?", ICLR 2020. The outer step
-    still reaches the body through the adapted head's dependence on its features.
-    """
-
-    name: Literal["anil"] = "anil"  # type: ignore[assignment]
-    """Algorithm name (discriminator)."""
-    adapt: Literal["head"] = "head"
-    """Only the last linear layer adapts."""
-
-
-class BOILConfig(MAMLConfig):
-    """BOIL: only the body adapts, the head stays at its initialisation in the inner loop (head rate 0).
-
-    Oh, Yoo, Kim, Yun. "BOIL: Towards Representation Change for Few-shot Learning", ICLR 2021. Body
-    and head are both meta-learned by the outer Adam.
-    """
-
-    name: Literal["boil"] = "boil"  # type: ignore[assignment]
-    """Algorithm name (discriminator)."""
-    adapt: Literal["body"] = "body"
-    """Everything but the head adapts."""
-
-
-class SparseMAMLConfig(MAMLConfig):
-    """Sparse-MAML: ``phi_p^{k+1} = phi_p^k - alpha mask(m_p) * g_p^k``, mask = STE(1[m_p >= 0]).
-
-    von Oswald, Zhao, Kobayashi, Schug, Caccia, Zucchet, Sacramento. "Learning where to learn",
-    NeurIPS 2021 (code Johswald/learning_where_to_learn). As the released code, theta is trained
-    first order by default (its ``--second_order`` is off, "NOT TESTED"); the mask still gets a
-    meta-gradient, through the updates it multiplies. Mask logits are learned at ``extras_lr``.
-    """
-
-    name: Literal["sparse_maml"] = "sparse_maml"  # type: ignore[assignment]
-    """Algorithm name (discriminator)."""
-    rate: Literal["mask"] = "mask"
-    """alpha times a learned binary mask per element."""
-    first_order: bool = True
-    """Detach the inner gradients (the released code's default); the mask is still meta-learned."""
-    extras_lr: float | None = Field(default=0.0075, gt=0)
-    """Adam learning rate of the mask logits (code: 0.0075 ConvNet, 0.01 ResNet-12)."""
-
-
-class SparseReLUMAMLConfig(MAMLConfig):
-    """sparse-ReLU-MAML: ``phi^{k+1} = phi^k - ReLU(m) * g^k`` with a straight-through ReLU, m init alpha.
-
-    von Oswald et al., NeurIPS 2021 (``--meta_relu_through --meta_constant_init``): Meta-SGD with
-    rates that can be exactly zero. First order in theta by default, as Sparse-MAML.
-    """
-
-    name: Literal["sparse_relu_maml"] = "sparse_relu_maml"  # type: ignore[assignment]
-    """Algorithm name (discriminator)."""
-    rate: Literal["relu"] = "relu"
-    """A learned non-negative rate per element."""
-    first_order: bool = True
-    """Detach the inner gradients (the released code's default); the rates are still meta-learned."""
-    extras_lr: float | None = Field(default=0.0075, gt=0)
-    """Adam learning rate of the rates m (code: 0.01 for its ResNet-12 runs)."""
-
-
-MAML_VARIANTS: tuple[type[MAMLConfig], ...] = (
-    MAMLConfig,
-    FOMAMLConfig,
-    LSLRConfig,
-    MetaCurvatureConfig,
-    MAMLEnhancedConfig,
+from metacli.engine.config.algorithms import (
+    MAML_VARIANTS,
     ANILConfig,
     BOILConfig,
+    FOMAMLConfig,
+    LSLRConfig,
+    MAMLConfig,
+    MAMLEnhancedConfig,
+    MetaCurvatureConfig,
     SparseMAMLConfig,
     SparseReLUMAMLConfig,
 )
-"""Every config the :class:`MAML` class runs, one per registry name."""
+from metacli.engine.executors import Executor, meta_gradient
+from metacli.engine.functional import Learner, clamp_elements
+from metacli.engine.inner import FamilyRule, descend, extra_metrics, split_meta
+from metacli.engine.parallel import DataParallel, over_shares
+from metacli.engine.types import Batch, Params, StepResult, Task
+
+__all__ = [
+    "MAML",
+    "MAML_VARIANTS",
+    "ANILConfig",
+    "BOILConfig",
+    "FOMAMLConfig",
+    "LSLRConfig",
+    "MAMLConfig",
+    "MAMLEnhancedConfig",
+    "MetaCurvatureConfig",
+    "SparseMAMLConfig",
+    "SparseReLUMAMLConfig",
+]
 
 
 class MAML:
@@ -281,15 +145,23 @@ class MAML:
             aux["accuracy"] = (out.detach().argmax(-1) == task.query.y).to(out.dtype).mean()
         return self.learner.loss_of_output(out, task.query.y), aux
 
-    def meta_step(self, meta: Params, tasks: Task, executor: str = "loop") -> StepResult:
+    def meta_step(
+        self, meta: Params, tasks: Task, executor: str = "loop", parallel: DataParallel | None = None
+    ) -> StepResult:
         """Meta-gradient of the mean query loss over the stacked ``tasks`` (clamped if ``grad_clip``).
 
         Args:
             meta: meta-parameters from :meth:`init_meta`.
             tasks: B tasks stacked on a leading axis.
             executor: ``"loop"`` or ``"vmap"`` (see :mod:`metacli.engine.executors`).
+            parallel: data-parallel ranks: this one computes its share of the tasks, and the mean over all
+                of them is combined before the clamp (which is not linear).
         """
-        result = meta_gradient(self.task_loss, meta, tasks, cast(Executor, executor))  # validated there
+        result = over_shares(
+            lambda share: meta_gradient(self.task_loss, meta, share, cast(Executor, executor)),
+            tasks,
+            parallel,
+        )  # the executor name is validated in meta_gradient
         return result._replace(grads=clamp_elements(result.grads, self.cfg.grad_clip))
 
     def extra_metrics(self, meta: Params) -> dict[str, float]:

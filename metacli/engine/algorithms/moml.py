@@ -25,72 +25,15 @@ adapts full-batch on all train images with clipping and no weight decay.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from metacli.engine.config.algorithms import BMOMLConfig, MetaSGDConfig, MOMLConfig
 from metacli.engine.functional import Learner, clip_by_global_norm, tensor_bytes
 from metacli.engine.inner import descend, sgd_rule
 from metacli.engine.types import Batch, OnlineStream, Params
-
-
-class MetaSGDConfig(BaseModel):
-    """Settings shared by the second-order online meta-learners (MOML, B-MOML, FTML, MOGD)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    K: int = Field(10, ge=1)
-    """Outer SGD steps per round (grid {10, 20}; the released script's first value, 10)."""
-    outer_lr: float = Field(0.1, gt=0)
-    """Outer (meta) SGD learning rate (0.1, constant)."""
-    weight_decay: float = Field(1e-4, ge=0)
-    """Weight decay of the outer SGD step and of the differentiable inner step (1e-4)."""
-    clip_norm: float = Field(3.0, gt=0)
-    """Global L2 norm the total outer gradient, and each evaluation fine-tune gradient, is clipped to."""
-    inner_lr: float = Field(0.01, gt=0)
-    """learning_rate_ft: inner and evaluation fine-tune lr (grid {0.1, 0.01}; default 0.01, the only
-    value the released main.py actually runs for MOML, moml.md §6 fault 5)."""
-    inner_steps: int = Field(1, ge=1)
-    """num_grad_step: inner and evaluation fine-tune steps (grid {1, 5}; default 1). As in the official
-    code, training adapts on a support batch of batch_size images with weight decay and no clipping,
-    while the CTM/LTM evaluation adapts full-batch on all of a task's train images with clipping and no
-    weight decay (moml.md §10 item 5)."""
-    batch_size: int = Field(10, ge=1)
-    """Size of the support batch and of the disjoint query batch (10)."""
-
-    @property
-    def support_query_images(self) -> int:
-        """Images one outer step draws from a task: a support batch and a disjoint query batch."""
-        return 2 * self.batch_size
-
-    def eval_variants(self) -> dict[str, tuple[float, int]]:
-        """Evaluation fine-tune (lr, steps) per metric-key suffix: the training inner loop's (§5.1)."""
-        return {"": (self.inner_lr, self.inner_steps)}
-
-
-class MOMLConfig(MetaSGDConfig):
-    """MOML (moml.md §2): regularised warm-started meta-SGD with a constant-size state."""
-
-    name: Literal["moml"] = "moml"
-    """Selects MOML."""
-    alpha: float = Field(1.0, ge=0)
-    """α of the proximal term (grid {1, 5, 10}; default 1). 0 switches the regulariser off (= MOGD)."""
-
-
-class BMOMLConfig(MetaSGDConfig):
-    """B-MOML (moml.md §2.7): MOML whose outer steps sample their task from a small task buffer."""
-
-    name: Literal["bmoml"] = "bmoml"
-    """Selects B-MOML."""
-    alpha: float = Field(1.0, ge=0)
-    """α of the proximal term (grid {1, 5, 10}; default 1). 0 switches the regulariser off."""
-    buffer_size: int = Field(10, ge=1)
-    """B, the number of task indices kept for training (10)."""
-    buffer_policy: Literal["random", "last"] = "random"
-    """'random' (the released default): append until full, then overwrite a uniformly random slot with
-    the current task (not reservoir sampling); 'last': sliding window of the last B tasks."""
 
 
 class MOMLState(NamedTuple):

@@ -19,37 +19,20 @@ one; the others are logged under suffixed keys (``_ft1``, ``_ft5``, ``_noft``).
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from metacli.engine.algorithms.moml import (
-    MetaSGDConfig,
     OnlineLearner,
     meta_sgd_round,
     params_to_cpu,
     task_bytes,
 )
+from metacli.engine.config.algorithms import FSConfig, FTMLConfig, MetaSGDConfig, MOGDConfig, TOEConfig
 from metacli.engine.functional import clip_by_global_norm, tensor_bytes
 from metacli.engine.inner import descend, sgd_rule
 from metacli.engine.types import Batch, OnlineStream, Params
-
-EvalVariant = Literal["ft1", "ft5", "noft"]
-
-
-class FTMLConfig(MetaSGDConfig):
-    """FTML (Finn et al. 2019) as in the MOML code: meta-SGD on tasks drawn from all seen tasks."""
-
-    name: Literal["ftml"] = "ftml"
-    """Selects FTML."""
-
-
-class MOGDConfig(MetaSGDConfig):
-    """MOGD: warm-started meta-SGD on the current task (MOML without the regulariser)."""
-
-    name: Literal["mogd"] = "mogd"
-    """Selects MOGD."""
 
 
 class ThetaState(NamedTuple):
@@ -120,52 +103,6 @@ class MOGD(_MetaSGDBaseline):
     def held_bytes(self, state: ThetaState, t: int, stream: OnlineStream) -> tuple[int, int]:
         """(current task's train data, θ): constant."""
         return task_bytes(stream), tensor_bytes(state.theta)
-
-
-class _ScratchConfig(BaseModel):
-    """Evaluation settings shared by TOE and FS (moml.md §5.1)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    eval_lr: float = Field(0.1, gt=0)
-    """Learning rate of the evaluation fine-tune (0.1)."""
-    eval_steps: tuple[int, int] = (1, 5)
-    """Step counts of the two fine-tuned variants ft1 and ft5 ((1, 5))."""
-    eval_variant: EvalVariant = "ft1"
-    """Primary evaluation (unsuffixed metric keys): ft1, ft5 or noft; the others get key suffixes. As in
-    the official code, TOE's and FS's CTM is measured after the round's training (the meta-learners'
-    before it), so TOE has already trained on the task it is tested on (moml.md §5.2)."""
-    clip_norm: float = Field(3.0, gt=0)
-    """Global L2 clip norm of the training steps (TOE) and of the evaluation fine-tune steps (3)."""
-
-    def eval_variants(self) -> dict[str, tuple[float, int]]:
-        """(lr, steps) per key suffix; the primary variant has the empty suffix."""
-        all_v = {"ft1": (self.eval_lr, self.eval_steps[0]), "ft5": (self.eval_lr, self.eval_steps[1])}
-        all_v["noft"] = (self.eval_lr, 0)
-        return {("" if k == self.eval_variant else f"_{k}"): v for k, v in all_v.items()}
-
-
-class TOEConfig(_ScratchConfig):
-    """TOE: re-initialise to θ₀ each round and train K SGD steps on all data seen so far."""
-
-    name: Literal["toe"] = "toe"
-    """Selects TOE."""
-    K: int = Field(10, ge=1)
-    """Plain SGD steps per round, each round re-initialised to θ₀ as in the official code, so TOE is a
-    weak baseline as released (grid {10, 20}; default 10)."""
-    lr: float = Field(0.1, gt=0)
-    """SGD learning rate (0.1)."""
-    weight_decay: float = Field(1e-4, ge=0)
-    """SGD weight decay (1e-4), added after clipping."""
-    batch_size: int = Field(10, ge=1)
-    """Mini-batch size (10)."""
-
-
-class FSConfig(_ScratchConfig):
-    """FS: no training; θ₀ fine-tuned on each task (evaluation only)."""
-
-    name: Literal["fs"] = "fs"
-    """Selects FS."""
 
 
 class TOEState(NamedTuple):

@@ -37,44 +37,22 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from metacli.engine.config.algorithms import ReptileConfig
 from metacli.engine.executors import Executor, meta_gradient
 from metacli.engine.functional import Learner
 from metacli.engine.inner import StepRule, descend, sgd_rule
+from metacli.engine.parallel import DataParallel, over_shares
 from metacli.engine.types import Batch, Params, StepResult, Task
 
 ADAM_BETA2 = 0.999
 """Second-moment decay of the inner Adam (TensorFlow and PyTorch default, as the original code)."""
 ADAM_EPS = 1e-8
 """Denominator term of the inner Adam, PyTorch placement: ``lr * g / (sqrt(v_hat) + eps)``."""
-
-
-class ReptileConfig(BaseModel):
-    """Reptile: first-order meta-learning by moving theta towards task-adapted weights."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    name: Literal["reptile"] = "reptile"
-    """Algorithm name (discriminator)."""
-    inner_optimizer: Literal["adam", "sgd"] = "adam"
-    """Inner optimiser: Adam with beta1 = 0 (paper) or plain SGD."""
-    inner_lr: float = Field(default=1e-3, gt=0)
-    """Inner-loop learning rate."""
-    inner_steps: int = Field(default=32, ge=1)
-    """Inner mini-batch steps per task in meta-training."""
-    inner_batch: int = Field(default=10, ge=1)
-    """Examples per inner mini-batch (capped at the task's size)."""
-    epsilon: float = Field(default=1.0, gt=0)
-    """Outer step size at the start of training."""
-    epsilon_final: float = Field(default=0.0, ge=0)
-    """Outer step size at the end of training (linear anneal)."""
-    eval_inner_steps: int = Field(default=32, ge=0)
-    """Inner steps per task at evaluation (on the support only)."""
 
 
 def minibatch_schedule(n: int, steps: int, batch: int, generator: torch.Generator) -> Tensor:
@@ -205,7 +183,9 @@ class Reptile:
             aux["inner_loss"] = inner_loss
         return cast(Tensor, surrogate), aux
 
-    def meta_step(self, meta: Params, tasks: Task, executor: str = "loop") -> StepResult:
+    def meta_step(
+        self, meta: Params, tasks: Task, executor: str = "loop", parallel: DataParallel | None = None
+    ) -> StepResult:
         """Reptile gradient ``theta - mean_i phi_i^K`` over the stacked ``tasks``.
 
         ``StepResult.loss`` is the query loss after adaptation (logging only: the query was part of the
@@ -216,11 +196,14 @@ class Reptile:
             meta: meta-parameters from :meth:`init_meta`.
             tasks: B tasks stacked on a leading axis.
             executor: ``"loop"`` or ``"vmap"`` (see :mod:`metacli.engine.executors`).
+            parallel: data-parallel ranks (each computes its share of the tasks; the mean is combined).
         """
         n = tasks.support.x.shape[1] + tasks.query.x.shape[1]
         schedule = self._schedule(n, self.cfg.inner_steps, tasks.query.x.device)
         task_loss = functools.partial(self._task_loss, schedule=schedule)
-        result = meta_gradient(task_loss, meta, tasks, cast(Executor, executor))  # validated there
+        result = over_shares(
+            lambda share: meta_gradient(task_loss, meta, share, cast(Executor, executor)), tasks, parallel
+        )  # the executor name is validated in meta_gradient
         return result._replace(loss=result.metrics["query_loss"])
 
     def extra_metrics(self, meta: Params) -> dict[str, float]:

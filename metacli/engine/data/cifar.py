@@ -28,15 +28,18 @@ import warnings
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import Tensor
 
+from metacli.engine.config.data import CIFAR_PER_CLASS as PER_CLASS  # noqa: F401 (re-exported)
+from metacli.engine.config.data import CIFAR_SPLIT_CLASSES as SPLIT_CLASSES  # noqa: F401 (re-exported)
+from metacli.engine.config.data import CIFARFewShotConfig, CIFARFSConfig, FC100Config, Split
+from metacli.engine.config.data import CIFARSplitName as SplitName
 from metacli.engine.data.download import download as _download
-from metacli.engine.data.images import SPLITS, ClassImages, FewShotConfig, FewShotImages, Split
+from metacli.engine.data.images import SPLITS, ClassImages, FewShotImages
 from metacli.engine.data.miniimagenet import md5_of, read_pickle, warn_checksums
 from metacli.engine.data.paths import (
     ENV_VAR,
@@ -69,54 +72,12 @@ MEMBER_MD5: dict[str, str] = {
 MD5: dict[str, str] = {"archive": ARCHIVE_MD5, **MEMBER_MD5}
 """Every checksum a source is compared with: the archive's and its members'."""
 SIDE = 32
-PER_CLASS = 600
-"""Images per class once train and test are pooled (500 + 100)."""
 FORMAT_VERSION = 1
 """Bumped whenever the cached tensor would change for the same archive (part of the cache key)."""
 CIFAR100_MEAN: tuple[float, float, float] = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD: tuple[float, float, float] = (0.2675, 0.2565, 0.2761)
 """CIFAR-100 channel statistics, as MetaOptNet and learn2learn standardise CIFAR-FS and FC100."""
 WHAT = "CIFAR-100"
-
-SplitName = Literal["cifar-fs", "fc100"]
-SPLIT_CLASSES: dict[SplitName, dict[Split, int]] = {
-    "cifar-fs": {"train": 64, "val": 16, "test": 20},
-    "fc100": {"train": 60, "val": 20, "test": 20},
-}
-"""Fine classes per split (documentation and a check of the packaged JSONs)."""
-
-
-class CIFARFewShotConfig(FewShotConfig):
-    """Fields shared by CIFAR-FS and FC100 (600 images of 32×32 per class)."""
-
-    normalize: Literal["none", "cifar100"] = "none"
-    """``none``: x / 255; ``cifar100``: then (x - mean) / std with CIFAR-100's channel statistics."""
-    queries: int = Field(default=15, ge=1)
-    """Q: query images per class."""
-
-    def images_per_class(self) -> int | None:
-        """600: train and test images pooled."""
-        return PER_CLASS
-
-
-class CIFARFSConfig(CIFARFewShotConfig):
-    """N-way K-shot tasks from CIFAR-FS (Bertinetto et al. 2019: 64 / 16 / 20 CIFAR-100 classes)."""
-
-    name: Literal["cifar_fs"] = "cifar_fs"
-
-    def split_classes(self) -> dict[Split, int]:
-        """64 / 16 / 20."""
-        return dict(SPLIT_CLASSES["cifar-fs"])
-
-
-class FC100Config(CIFARFewShotConfig):
-    """N-way K-shot tasks from FC100 (Oreshkin et al. 2018: 12 / 4 / 4 superclasses, 60 / 20 / 20 classes)."""
-
-    name: Literal["fc100"] = "fc100"
-
-    def split_classes(self) -> dict[Split, int]:
-        """60 / 20 / 20."""
-        return dict(SPLIT_CLASSES["fc100"])
 
 
 class Pooled(NamedTuple):

@@ -25,59 +25,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
+from metacli.engine.config.data import FewShotConfig, Split
 from metacli.engine.types import Batch, Task
 from metacli.errors import DataError
 
-Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
-
-
-class FewShotConfig(BaseModel):
-    """Fields shared by every N-way K-shot image dataset (subclassed per dataset with its ``name``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    ways: int = Field(default=5, ge=2)
-    """N: classes per task."""
-    shots: int = Field(default=1, ge=1)
-    """K: support images per class."""
-    queries: int = Field(default=15, ge=1)
-    """Q: query images per class."""
-    train_shots: int | None = Field(default=None, ge=1)
-    """Support images per class in meta-training tasks only (Reptile's train-shots); default: shots."""
-
-    @model_validator(mode="after")
-    def _fits_a_class(self) -> FewShotConfig:
-        smallest = min(self.split_classes().values(), default=None)
-        if smallest is not None and self.ways > smallest:
-            sizes = ", ".join(f"{s} {n}" for s, n in self.split_classes().items())
-            raise ValueError(
-                f"ways = {self.ways}, but the smallest split of this dataset has {smallest} classes "
-                f"({sizes}); lower ways"
-            )
-        per_class = self.images_per_class()
-        need = max(self.shots, self.train_shots or 0) + self.queries
-        if per_class is not None and need > per_class:
-            raise ValueError(
-                f"shots + queries = {need} images per class, but every class of this dataset has only "
-                f"{per_class}; lower queries or shots"
-            )
-        return self
-
-    def images_per_class(self) -> int | None:
-        """How many images every class holds, when the dataset fixes it (checked at validation)."""
-        return None
-
-    def split_classes(self) -> dict[Split, int]:
-        """Classes per split of the real dataset, when fixed (checked at validation; fixtures hold fewer)."""
-        return {}
-
-    def shots_for(self, split: Split) -> int:
-        """K of a task of ``split``: ``train_shots`` in meta-training when set, else ``shots``."""
-        return self.train_shots if split == "train" and self.train_shots is not None else self.shots
 
 
 def rotation_permutations(side: int) -> Tensor:

@@ -42,12 +42,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from PIL import Image
-from pydantic import Field
 from rich.progress import track
 from torch import Tensor
 
+from metacli.engine.config.data import MINIIMAGENET_PER_CLASS as PER_CLASS  # noqa: F401 (re-exported)
+from metacli.engine.config.data import MINIIMAGENET_SPLIT_CLASSES as SPLIT_CLASSES  # noqa: F401 (re-exported)
+from metacli.engine.config.data import MiniImageNetConfig, Split
 from metacli.engine.data.download import download as _download
-from metacli.engine.data.images import SPLITS, ClassImages, FewShotConfig, FewShotImages, Split
+from metacli.engine.data.images import SPLITS, ClassImages, FewShotImages
 from metacli.engine.data.paths import (
     ENV_VAR,
     OFFLINE_VAR,
@@ -63,10 +65,6 @@ SourceFormat = Literal["pickle", "folder"]
 
 SIDE = 84
 """Height and width of every image."""
-PER_CLASS = 600
-"""Images per class in the real dataset."""
-SPLIT_CLASSES: dict[Split, int] = {"train": 64, "val": 16, "test": 20}
-"""Classes per split in the Ravi & Larochelle split (documentation; fixtures may have fewer)."""
 FORMAT_VERSION = 1
 """Bumped whenever the cached tensors would change for the same source files (part of the cache key)."""
 
@@ -136,26 +134,6 @@ can run code or touch the file system.
 """
 
 UInt8Array = npt.NDArray[np.uint8]
-
-
-class MiniImageNetConfig(FewShotConfig):
-    """N-way K-shot tasks from miniImageNet (Ravi & Larochelle split, 600 images of 84×84 per class)."""
-
-    name: Literal["miniimagenet"] = "miniimagenet"
-    format: Literal["auto", "pickle", "folder"] = "auto"
-    """Source layout: ``auto`` reads the pickles when all three exist, else the image folder."""
-    normalize: Literal["none", "imagenet"] = "none"
-    """``none``: x / 255 (as cbfinn/maml); ``imagenet``: then (x - mean) / std with ImageNet statistics."""
-    queries: int = Field(default=15, ge=1)
-    """Q: query images per class (15, as in the MAML miniImageNet experiments)."""
-
-    def images_per_class(self) -> int | None:
-        """600: every miniImageNet class has 600 images."""
-        return PER_CLASS
-
-    def split_classes(self) -> dict[Split, int]:
-        """64 / 16 / 20 (Ravi & Larochelle)."""
-        return dict(SPLIT_CLASSES)
 
 
 class SplitImages(NamedTuple):

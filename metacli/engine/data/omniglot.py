@@ -53,19 +53,19 @@ import zlib
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import PIL
 import torch
 from PIL import Image
-from pydantic import Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
+from metacli.engine.config.data import DRAWERS, OmniglotConfig, Split
 from metacli.engine.data.download import download as _download
-from metacli.engine.data.images import SPLITS, ClassImages, FewShotConfig, FewShotImages, Split
+from metacli.engine.data.images import SPLITS, ClassImages, FewShotImages
 from metacli.engine.data.paths import ENV_VAR, cache_key, file_identity, read_cache_file, write_cache_file
 from metacli.engine.types import DataContext
 from metacli.errors import DataError
@@ -94,9 +94,6 @@ MD5: dict[str, str] = {
 }
 """MD5 of the official archives (torchvision, torchmeta; ``datasets.md`` §5.2); checked on download only."""
 
-DRAWERS = 20
-"""Images (drawers) per character."""
-
 FORMAT_VERSION = 1
 """Bump when the decoding or the cache layout changes, so old caches are ignored."""
 
@@ -119,40 +116,6 @@ class Character(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.set}/{self.alphabet}/{self.name}"
-
-
-class OmniglotConfig(FewShotConfig):
-    """Omniglot N-way K-shot tasks (Vinyals or Lake split, optional rotation classes)."""
-
-    name: Literal["omniglot"] = "omniglot"
-    """Dataset name (discriminator)."""
-    queries: int = Field(default=5, ge=1)
-    """Q: query images per class. 5 keeps 1- and 5-shot tasks within the 20 drawers (cbfinn/maml uses
-    Q = K, e.g. 1 for 1-shot); run configs set it explicitly."""
-    split: Literal["vinyals", "lake"] = "vinyals"
-    """Class split: ``vinyals`` (1028 / 172 / 423 characters) or ``lake`` (background minus a validation
-    subset / that subset / evaluation)."""
-    rotations: bool = True
-    """Also offer every character rotated by 90, 180, 270 degrees as three new classes (MAML, torchmeta)."""
-    image_size: int = Field(default=28, ge=1, le=105)
-    """Side of the square images after resizing from 105 (28 in MAML and most few-shot work)."""
-    lake_val_characters: int = Field(default=100, ge=1, le=963)
-    """Lake split only: background characters held out for validation (cbfinn/maml: 100)."""
-    split_seed: int = 0
-    """Lake split only: seed of the draw of the validation characters."""
-
-    def images_per_class(self) -> int:
-        """Every character has 20 drawers."""
-        return DRAWERS
-
-    def split_classes(self) -> dict[Split, int]:
-        """Characters per split (x 4 with rotations): Vinyals 1028 / 172 / 423; Lake 964 - v / v / 659."""
-        if self.split == "vinyals":
-            characters: dict[Split, int] = {"train": 1028, "val": 172, "test": 423}
-        else:
-            v = self.lake_val_characters
-            characters = {"train": 964 - v, "val": v, "test": 659}
-        return {s: n * (4 if self.rotations else 1) for s, n in characters.items()}
 
 
 class OmniglotCharacters(NamedTuple):

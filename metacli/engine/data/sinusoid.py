@@ -8,40 +8,12 @@ that every dataset has the same ``sample`` signature.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from metacli.engine.config.data import SinusoidConfig
 from metacli.engine.types import Batch, DataContext, Task
-
-
-class SinusoidConfig(BaseModel):
-    """Sinusoid regression tasks with random amplitude and phase."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    name: Literal["sinusoid"] = "sinusoid"
-    """Dataset name (discriminator)."""
-    shots: int = Field(default=5, ge=1)
-    """K: support points per task."""
-    queries: int = Field(default=10, ge=1)
-    """Query points per task."""
-    amplitude: tuple[float, float] = (0.1, 5.0)
-    """Range of the uniform amplitude A."""
-    phase: tuple[float, float] = (0.0, math.pi)
-    """Range of the uniform phase, in radians."""
-    x_range: tuple[float, float] = (-5.0, 5.0)
-    """Range of the uniform inputs x."""
-
-    @model_validator(mode="after")
-    def _ordered_ranges(self) -> SinusoidConfig:
-        for field in ("amplitude", "phase", "x_range"):
-            low, high = getattr(self, field)
-            if low > high:
-                raise ValueError(f"{field}: low {low} > high {high}; write it as [low, high]")
-        return self
 
 
 def _uniform(bounds: tuple[float, float], shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:

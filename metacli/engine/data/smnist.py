@@ -18,24 +18,20 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, field_validator
 
+from metacli.engine.config.data import ALL_TRANSFORMS, SMNISTConfig, TransformName
+from metacli.engine.config.data import MNIST_TEST_IMAGES as N_TEST
+from metacli.engine.config.data import MNIST_TRAIN_IMAGES as N_TRAIN
 from metacli.engine.data.mnist import load_mnist
 from metacli.engine.data.paths import atomic_write
 from metacli.engine.types import Batch, DataContext, OnlineStream
 
-TransformName = Literal["rotate", "flip", "scale", "shift"]
-ALL_TRANSFORMS: tuple[TransformName, ...] = ("rotate", "flip", "scale", "shift")
-"""Every transform, in the order of the pipeline (and of the random draws)."""
-
-N_TRAIN = 60000
-N_TEST = 10000
 N_CLASSES = 10
 SIDE = 28
 MEAN = np.float32(0.1307)
@@ -50,47 +46,6 @@ SHIFT_PX = 4
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
-
-
-class SMNISTConfig(BaseModel):
-    """The S-MNIST stream of MOML: MNIST chunked into tasks, each class of each task transformed."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    name: Literal["smnist"] = "smnist"
-    """Dataset name (discriminator)."""
-    tasks: int = 1000
-    """Number of rounds T; must divide 60000 and 10000 (60000/T train and 10000/T test images per task)."""
-    seed: int = 17
-    """Seed of the permutations and of the per-(task, class) transform draws (the MOML script uses 17)."""
-    transforms: tuple[TransformName, ...] = ALL_TRANSFORMS
-    """Transforms to apply. All draws are always made, so turning one off leaves the others identical.
-    As in the official code, the 4-pixel shift fills with 0 in normalised space (a grey bar, not the
-    black background) and the half-scale uses Pillow's bicubic resize (moml.md §4.1)."""
-
-    @property
-    def train_per_task(self) -> int:
-        """Training images per task (60 for T = 1000)."""
-        return N_TRAIN // self.tasks
-
-    @field_validator("tasks")
-    @classmethod
-    def _tasks_divide(cls, value: int) -> int:
-        """T must split both sets into equal chunks (the stream is one dense array per split)."""
-        if value < 1 or N_TRAIN % value or N_TEST % value:
-            raise ValueError(
-                f"tasks must be a positive divisor of both 60000 and 10000 (i.e. of 10000), "
-                f"so that every task gets the same number of images, e.g. 10, 20, 100, 1000; got {value}"
-            )
-        return value
-
-    @field_validator("transforms")
-    @classmethod
-    def _no_duplicates(cls, value: tuple[TransformName, ...]) -> tuple[TransformName, ...]:
-        """Each transform is on or off; listing one twice is a mistake."""
-        if len(set(value)) != len(value):
-            raise ValueError(f"transforms lists a transform more than once: {list(value)}")
-        return value
 
 
 class TransformDraws(NamedTuple):

@@ -1,5 +1,8 @@
 """Model registry: ``MODELS`` (name -> builder) beside the discriminated union ``ModelConfig``.
 
+The configs and their union are defined without torch in :mod:`metacli.engine.config.models` (so that a
+run spec validates without importing torch) and re-exported here.
+
 Every model names its parameters ``body.*`` (feature extractor) or ``head.*`` (the final linear layer
 only), so that variants can select what adapts by name: ANIL adapts the head, BOIL the body
 (``docs/reference/maml_family.md`` §2.4, §2.5). :func:`param_group` maps a name to its group.
@@ -12,19 +15,14 @@ only), so that variants can select what adapts by name: ANIL adapts the head, BO
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import Field
 from torch import nn
 
+from metacli.engine.config.models import Conv4Config, MLPConfig, ModelConfig, ResNet12Config
 from metacli.engine.models import conv4, mlp, resnet12
-from metacli.engine.models.conv4 import Conv4Config
-from metacli.engine.models.mlp import MLPConfig
-from metacli.engine.models.resnet12 import ResNet12Config
 
 __all__ = ["MODELS", "PARAM_GROUPS", "ModelConfig", "ParamGroup", "build_model", "param_group"]
-
-ModelConfig = Annotated[MLPConfig | Conv4Config | ResNet12Config, Field(discriminator="name")]
 
 MODELS: dict[str, Callable[[Any, tuple[int, ...], int], nn.Module]] = {
     "mlp": mlp.build,

@@ -21,32 +21,16 @@ ones and zeros for the batch-norm scale and offset.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from metacli.engine.config.models import Conv4Config, Pool
 from metacli.engine.models.layers import BatchNorm
 from metacli.errors import SpecError
 
 __all__ = ["BatchNorm", "Conv4", "Conv4Config", "ConvBlock", "Pool", "build", "feature_side"]
 
-Pool = Literal["max", "stride"]
 N_BLOCKS = 4
-
-
-class Conv4Config(BaseModel):
-    """Four conv blocks (``conv3x3 -> batch norm -> ReLU -> downsample``) and a linear head."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    name: Literal["conv4"] = "conv4"
-    """Model name (discriminator)."""
-    filters: int = Field(default=64, ge=1)
-    """Channels of every conv layer: 32 miniImageNet (MAML), 48 (MAML++), 64 Omniglot; any positive width."""
-    pool: Pool = "stride"
-    """``max`` = 2x2 max-pool after the ReLU (miniImageNet), ``stride`` = stride-2 convs (Omniglot)."""
 
 
 def feature_side(side: int, pool: Pool, blocks: int = N_BLOCKS) -> int:

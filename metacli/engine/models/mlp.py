@@ -7,20 +7,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-
-class MLPConfig(BaseModel):
-    """A ReLU multilayer perceptron; inputs are flattened."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    name: Literal["mlp"] = "mlp"
-    hidden: tuple[int, ...] = (40, 40)
-    """Widths of the hidden layers."""
+from metacli.engine.config.models import MLPConfig
 
 
 class MLP(nn.Module):

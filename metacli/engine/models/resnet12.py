@@ -44,35 +44,15 @@ ANIL adapts ``head.*`` only, BOIL ``body.*`` only (:func:`metacli.engine.models.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Literal
 
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import Tensor, nn
 
+from metacli.engine.config.models import Pooling, ResNet12Config
 from metacli.engine.models.layers import BatchNorm
 from metacli.errors import SpecError
 
 __all__ = ["Pooling", "ResBlock", "ResNet12", "ResNet12Config", "build", "feature_sides"]
-
-Pooling = Literal["every_block", "first_three"]
-
-
-class ResNet12Config(BaseModel):
-    """Four residual blocks (3 x conv3x3-BN-LeakyReLU, 1x1-conv shortcut, max-pool), average pool, linear."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    name: Literal["resnet12"] = "resnet12"
-    """Model name (discriminator)."""
-    widths: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] = (64, 160, 320, 640)
-    """Channels of the four blocks: (64, 160, 320, 640) MetaOptNet, (64, 128, 256, 512) BOIL/Sparse-MAML."""
-    pooling: Pooling = "every_block"
-    """``every_block``: 2x2 max-pool after all four blocks (MetaOptNet); ``first_three``: after blocks 1-3,
-    the third with padding 1 (BOIL, Sparse-MAML code)."""
-    negative_slope: float = Field(default=0.1, ge=0)
-    """LeakyReLU slope: 0.1 MetaOptNet; 0.01 in the BOIL/Sparse-MAML code (``nn.LeakyReLU()``)."""
-
 
 _POOL_PADDINGS: dict[str, tuple[int | None, ...]] = {
     "every_block": (0, 0, 0, 0),

@@ -1,0 +1,414 @@
+"""The algorithms' configs: the ``algorithm:`` section of a run spec, without torch.
+
+One pydantic model per algorithm, selected by its ``name`` (the discriminated union
+:data:`AlgorithmConfig`), and :data:`ONLINE_ALGORITHM_NAMES`, the algorithms of the online protocol. A
+run spec is validated from this module alone (``metacli.spec``), so a typo in a spec is reported without
+importing torch. Each algorithm's implementation imports its config from here
+(:mod:`metacli.engine.algorithms.maml`, ``.reptile``, ``.implicit``, ``.moml``, ``.online_baselines``),
+and :mod:`metacli.engine.algorithms` maps each name to its class.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Adapt = Literal["all", "head", "body"]
+"""Which parameters the MAML family's inner loop adapts (:mod:`metacli.engine.inner`)."""
+Rate = Literal["scalar", "lslr", "mask", "relu"]
+"""The MAML family's inner rate r (:mod:`metacli.engine.inner`)."""
+
+
+# MAML and its variants (metacli.engine.algorithms.maml)
+
+
+class MAMLConfig(BaseModel):
+    """Model-Agnostic Meta-Learning: SGD inner loop, Adam outer loop, second order by default.
+
+    ``adapt``, ``rate`` and ``curvature`` select the inner step; the variant presets below fix them.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    name: Literal["maml"] = "maml"
+    """Algorithm name (discriminator)."""
+    alpha: float = Field(default=0.01, gt=0)
+    """Inner-loop (adaptation) SGD learning rate; the initial value of learned rates (LSLR, sparse-ReLU).
+    On the mean loss: the MAML TensorFlow code's alpha on N-way tasks is N x alpha here (its summed loss)."""
+    inner_steps: int = Field(default=1, ge=1)
+    """Inner SGD steps per task during meta-training."""
+    eval_inner_steps: int = Field(default=10, ge=0)
+    """Inner SGD steps per task at evaluation."""
+    first_order: bool = False
+    """Detach the inner gradients (FOMAML): no Hessian-vector products."""
+    outer_lr: float = Field(default=1e-3, gt=0)
+    """beta: Adam learning rate of the meta-update."""
+    grad_clip: float | None = Field(default=None, gt=0)
+    """Clamp every meta-gradient element to [-grad_clip, grad_clip] (cbfinn MiniImageNet: 10); None: off."""
+    adapt: Adapt = "all"
+    """Parameters the inner loop adapts: all (MAML), head (ANIL: the last linear layer), body (BOIL)."""
+    rate: Rate = "scalar"
+    """Inner rate: scalar alpha, lslr (learned per tensor and step), mask (alpha x STE binary mask,
+    Sparse-MAML), relu (STE-ReLU(m) per element, sparse-ReLU-MAML)."""
+    curvature: bool = False
+    """Precondition the inner gradient with Meta-Curvature's learned Kronecker factors."""
+    extras_lr: float | None = Field(default=None, gt=0)
+    """Adam learning rate of the extras (rates, curvature factors, masks); None: outer_lr."""
+    mask_init: Literal["kaiming", "uniform"] = "kaiming"
+    """Sparse-MAML mask logits: Kaiming-uniform for weights (--kaiming_init) or U(-0.5, 0.5) everywhere."""
+    mask_init_shift: float = 0.0
+    """Added to the mean-centred mask logits (its --init_shift); > 0 starts less sparse."""
+
+
+class FOMAMLConfig(MAMLConfig):
+    """First-order MAML: a preset of MAML with ``first_order=True`` (Finn et al., 2017)."""
+
+    name: Literal["fomaml"] = "fomaml"  # type: ignore[assignment]
+    """Algorithm name (discriminator)."""
+    first_order: bool = True
+    """Detach the inner gradients (FOMAML): no Hessian-vector products."""
+
+
+class LSLRConfig(MAMLConfig):
+    """LSLR of MAML++: ``phi_p^{k+1} = phi_p^k - alpha_{p,k} g_p^k``, one learned rate per tensor and step.
+
+    Antoniou, Edwards, Storkey. "How to train your MAML", ICLR 2019 (code HowToTrainYourMAMLPytorch).
+    Rates start at ``alpha`` and are unconstrained; the outer Adam learns them with theta.
+    """
+
+    name: Literal["lslr"] = "lslr"  # type: ignore[assignment]
+    """Algorithm name (discriminator)."""
+    rate: Literal["lslr"] = "lslr"
+    """Learned per-tensor, per-step rates."""
+
+
+class MetaCurvatureConfig(MAMLConfig):
+    """Meta-Curvature: ``phi^{k+1} = phi^k - alpha M g^k``, M Kronecker-factored per tensor, meta-learned.
+
+    Park & Oliva. "Meta-Curvature", NeurIPS 2019 (code silverbottlep/maml). A weight's M is
+    ``M_out (x) M_in (x) M_filter`` (identities at first), a bias's M elementwise (ones at first).
+    """
+
+    name: Literal["metacurvature"] = "metacurvature"  # type: ignore[assignment]
+    """Algorithm name (discriminator)."""
+    curvature: Literal[True] = True
+    """Kronecker-factored curvature on the inner gradient."""
+
+
+class MAMLEnhancedConfig(MAMLConfig):
+    """MAML Enhanced: Meta-Curvature and LSLR together, ``phi_p^{k+1} = phi_p^k - alpha_{p,k} M_p g_p^k``.
+
+    The composition of Park & Oliva 2019 and Antoniou et al. 2019 (no paper combines them).
+    """
+
+    name: Literal["maml_enhanced"] = "maml_enhanced"  # type: ignore[assignment]
+    """Algorithm name (discriminator)."""
+    curvature: Literal[True] = True
+    """Kronecker-factored curvature on the inner gradient."""
+    rate: Literal["lslr"] = "lslr"
+    """Learned per-tensor, per-step rates."""
+
+
+class ANILConfig(MAMLConfig):
+    """ANIL: only the head adapts, ``head^{k+1} = head^k - alpha grad_head L_S(body, head^k)``; body frozen.
+
+    Raghu, Raghu, Bengio, Vinyals. "Rapid Learning or Feature Reuse?", ICLR 2020. The outer step
+    still reaches the body through the adapted head's dependence on its features.
+    """
+
+    name: Literal["anil"] = "anil"  # type: ignore[assignment]
+    """Algorithm name (discriminator)."""
+    adapt: Literal["head"] = "head"
+    """Only the last linear layer adapts."""
+
+
+class BOILConfig(MAMLConfig):
+    """BOIL: only the body adapts, the head stays at its initialisation in the inner loop (head rate 0).
+
+    Oh, Yoo, Kim, Yun. "BOIL: Towards Representation Change for Few-shot Learning", ICLR 2021. Body
+    and head are both meta-learned by the outer Adam.
+    """
+
+    name: Literal["boil"] = "boil"  # type: ignore[assignment]
+    """Algorithm name (discriminator)."""
+    adapt: Literal["body"] = "body"
+    """Everything but the head adapts."""
+
+
+class SparseMAMLConfig(MAMLConfig):
+    """Sparse-MAML: ``phi_p^{k+1} = phi_p^k - alpha mask(m_p) * g_p^k``, mask = STE(1[m_p >= 0]).
+
+    von Oswald, Zhao, Kobayashi, Schug, Caccia, Zucchet, Sacramento. "Learning where to learn",
+    NeurIPS 2021 (code Johswald/learning_where_to_learn). As the released code, theta is trained
+    first order by default (its ``--second_order`` is off, "NOT TESTED"); the mask still gets a
+    meta-gradient, through the updates it multiplies. Mask logits are learned at ``extras_lr``.
+    """
+
+    name: Literal["sparse_maml"] = "sparse_maml"  # type: ignore[assignment]
+    """Algorithm name (discriminator)."""
+    rate: Literal["mask"] = "mask"
+    """alpha times a learned binary mask per element."""
+    first_order: bool = True
+    """Detach the inner gradients (the released code's default); the mask is still meta-learned."""
+    extras_lr: float | None = Field(default=0.0075, gt=0)
+    """Adam learning rate of the mask logits (code: 0.0075 ConvNet, 0.01 ResNet-12)."""
+
+
+class SparseReLUMAMLConfig(MAMLConfig):
+    """sparse-ReLU-MAML: ``phi^{k+1} = phi^k - ReLU(m) * g^k`` with a straight-through ReLU, m init alpha.
+
+    von Oswald et al., NeurIPS 2021 (``--meta_relu_through --meta_constant_init``): Meta-SGD with
+    rates that can be exactly zero. First order in theta by default, as Sparse-MAML.
+    """
+
+    name: Literal["sparse_relu_maml"] = "sparse_relu_maml"  # type: ignore[assignment]
+    """Algorithm name (discriminator)."""
+    rate: Literal["relu"] = "relu"
+    """A learned non-negative rate per element."""
+    first_order: bool = True
+    """Detach the inner gradients (the released code's default); the rates are still meta-learned."""
+    extras_lr: float | None = Field(default=0.0075, gt=0)
+    """Adam learning rate of the rates m (code: 0.01 for its ResNet-12 runs)."""
+
+
+MAML_VARIANTS: tuple[type[MAMLConfig], ...] = (
+    MAMLConfig,
+    FOMAMLConfig,
+    LSLRConfig,
+    MetaCurvatureConfig,
+    MAMLEnhancedConfig,
+    ANILConfig,
+    BOILConfig,
+    SparseMAMLConfig,
+    SparseReLUMAMLConfig,
+)
+"""Every config the :class:`~metacli.engine.algorithms.maml.MAML` class runs, one per registry name."""
+
+
+# Reptile (metacli.engine.algorithms.reptile)
+
+
+class ReptileConfig(BaseModel):
+    """Reptile: first-order meta-learning by moving theta towards task-adapted weights."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    name: Literal["reptile"] = "reptile"
+    """Algorithm name (discriminator)."""
+    inner_optimizer: Literal["adam", "sgd"] = "adam"
+    """Inner optimiser: Adam with beta1 = 0 (paper) or plain SGD."""
+    inner_lr: float = Field(default=1e-3, gt=0)
+    """Inner-loop learning rate."""
+    inner_steps: int = Field(default=32, ge=1)
+    """Inner mini-batch steps per task in meta-training."""
+    inner_batch: int = Field(default=10, ge=1)
+    """Examples per inner mini-batch (capped at the task's size)."""
+    epsilon: float = Field(default=1.0, gt=0)
+    """Outer step size at the start of training."""
+    epsilon_final: float = Field(default=0.0, ge=0)
+    """Outer step size at the end of training (linear anneal)."""
+    eval_inner_steps: int = Field(default=32, ge=0)
+    """Inner steps per task at evaluation (on the support only)."""
+
+
+# Memory-reduced meta-learning, ITD-BiO (metacli.engine.algorithms.implicit)
+
+
+class BilevelHeadConfig(BaseModel):
+    """Settings shared by the backbone / head bilevel algorithms."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    inner_lr: float = Field(default=0.1, gt=0)
+    """lambda_phi: step size of the K head gradient steps (code: 0.1 CIFAR-FS/FC100, 0.05 ImageNet)."""
+    inner_steps: int = Field(default=20, ge=1)
+    """K: head gradient steps per task in meta-training."""
+    reg: float = Field(default=1e-3, ge=0)
+    """rho: the lower level's L2 term rho/2 |phi|^2 (the paper's R; the official code has none: 0)."""
+    eval_inner_steps: int = Field(default=20, ge=0)
+    """Head steps at evaluation (backbone frozen; the code's protocol: 20)."""
+    eval_inner_lr: float | None = Field(default=None, gt=0)
+    """Head step size at evaluation; None: inner_lr (the code's protocol: 0.05)."""
+    outer_optimizer: Literal["sgd", "adam"] = "sgd"
+    """theta's optimiser: plain SGD (the paper's Algorithm 1) or Adam (the official code)."""
+    outer_lr: float = Field(default=0.1, gt=0)
+    """lambda_theta (SGD; SUGGESTED, the paper's value was not read) or Adam's rate (code: 1e-4 / 1e-3)."""
+    warm_start: bool = True
+    """Start slot i's head (and CG) from its values of the previous outer step (paper); false: the code."""
+    grad_clip: float | None = Field(default=None, gt=0)
+    """Clamp every meta-gradient element to [-grad_clip, grad_clip]; None: off."""
+
+
+class MemoryReducedConfig(BilevelHeadConfig):
+    """Memory-reduced meta-learning: implicit hypergradient at phi^K by N warm-started CG steps."""
+
+    name: Literal["memory_reduced"] = "memory_reduced"
+    """Algorithm name (discriminator)."""
+    cg_steps: int = Field(default=20, ge=1)
+    """N: conjugate-gradient steps on grad^2_phi g v = grad_phi f (Subroutine 1)."""
+    cg_tol: float = Field(default=0.0, ge=0)
+    """Stop CG updates once the residual norm is below this (0: always N steps, as the code)."""
+
+
+class ITDBiOConfig(BilevelHeadConfig):
+    """ITD-BiO: back-propagation through the K head steps (the paper's baseline)."""
+
+    name: Literal["itd_bio"] = "itd_bio"
+    """Algorithm name (discriminator)."""
+    warm_start: bool = False
+    """Start slot i's head from its previous phi^K (off: the fixed initialisation, as the code)."""
+
+
+# MOML and B-MOML (metacli.engine.algorithms.moml)
+
+
+class MetaSGDConfig(BaseModel):
+    """Settings shared by the second-order online meta-learners (MOML, B-MOML, FTML, MOGD)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    K: int = Field(10, ge=1)
+    """Outer SGD steps per round (grid {10, 20}; the released script's first value, 10)."""
+    outer_lr: float = Field(0.1, gt=0)
+    """Outer (meta) SGD learning rate (0.1, constant)."""
+    weight_decay: float = Field(1e-4, ge=0)
+    """Weight decay of the outer SGD step and of the differentiable inner step (1e-4)."""
+    clip_norm: float = Field(3.0, gt=0)
+    """Global L2 norm the total outer gradient, and each evaluation fine-tune gradient, is clipped to."""
+    inner_lr: float = Field(0.01, gt=0)
+    """learning_rate_ft: inner and evaluation fine-tune lr (grid {0.1, 0.01}; default 0.01, the only
+    value the released main.py actually runs for MOML: it never uses the rest of its grid)."""
+    inner_steps: int = Field(1, ge=1)
+    """num_grad_step: inner and evaluation fine-tune steps (grid {1, 5}; default 1). As in the official
+    code, training adapts on a support batch of batch_size images with weight decay and no clipping,
+    while the CTM/LTM evaluation adapts full-batch on all of a task's train images with clipping and no
+    weight decay."""
+    batch_size: int = Field(10, ge=1)
+    """Size of the support batch and of the disjoint query batch (10)."""
+
+    @property
+    def support_query_images(self) -> int:
+        """Images one outer step draws from a task: a support batch and a disjoint query batch."""
+        return 2 * self.batch_size
+
+    def eval_variants(self) -> dict[str, tuple[float, int]]:
+        """Evaluation fine-tune (lr, steps) per metric-key suffix: the training inner loop's (§5.1)."""
+        return {"": (self.inner_lr, self.inner_steps)}
+
+
+class MOMLConfig(MetaSGDConfig):
+    """MOML (moml.md §2): regularised warm-started meta-SGD with a constant-size state."""
+
+    name: Literal["moml"] = "moml"
+    """Selects MOML."""
+    alpha: float = Field(1.0, ge=0)
+    """α of the proximal term (grid {1, 5, 10}; default 1). 0 switches the regulariser off (= MOGD)."""
+
+
+class BMOMLConfig(MetaSGDConfig):
+    """B-MOML (moml.md §2.7): MOML whose outer steps sample their task from a small task buffer."""
+
+    name: Literal["bmoml"] = "bmoml"
+    """Selects B-MOML."""
+    alpha: float = Field(1.0, ge=0)
+    """α of the proximal term (grid {1, 5, 10}; default 1). 0 switches the regulariser off."""
+    buffer_size: int = Field(10, ge=1)
+    """B, the number of task indices kept for training (10)."""
+    buffer_policy: Literal["random", "last"] = "random"
+    """'random' (the released default): append until full, then overwrite a uniformly random slot with
+    the current task (not reservoir sampling); 'last': sliding window of the last B tasks."""
+
+
+# FTML, MOGD, TOE and FS (metacli.engine.algorithms.online_baselines)
+
+EvalVariant = Literal["ft1", "ft5", "noft"]
+
+
+class FTMLConfig(MetaSGDConfig):
+    """FTML (Finn et al. 2019) as in the MOML code: meta-SGD on tasks drawn from all seen tasks."""
+
+    name: Literal["ftml"] = "ftml"
+    """Selects FTML."""
+
+
+class MOGDConfig(MetaSGDConfig):
+    """MOGD: warm-started meta-SGD on the current task (MOML without the regulariser)."""
+
+    name: Literal["mogd"] = "mogd"
+    """Selects MOGD."""
+
+
+class _ScratchConfig(BaseModel):
+    """Evaluation settings shared by TOE and FS (moml.md §5.1)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    eval_lr: float = Field(0.1, gt=0)
+    """Learning rate of the evaluation fine-tune (0.1)."""
+    eval_steps: tuple[int, int] = (1, 5)
+    """Step counts of the two fine-tuned variants ft1 and ft5 ((1, 5))."""
+    eval_variant: EvalVariant = "ft1"
+    """Primary evaluation (unsuffixed metric keys): ft1, ft5 or noft; the others get key suffixes. As in
+    the official code, TOE's and FS's CTM is measured after the round's training (the meta-learners'
+    before it), so TOE has already trained on the task it is tested on."""
+    clip_norm: float = Field(3.0, gt=0)
+    """Global L2 clip norm of the training steps (TOE) and of the evaluation fine-tune steps (3)."""
+
+    def eval_variants(self) -> dict[str, tuple[float, int]]:
+        """(lr, steps) per key suffix; the primary variant has the empty suffix."""
+        all_v = {"ft1": (self.eval_lr, self.eval_steps[0]), "ft5": (self.eval_lr, self.eval_steps[1])}
+        all_v["noft"] = (self.eval_lr, 0)
+        return {("" if k == self.eval_variant else f"_{k}"): v for k, v in all_v.items()}
+
+
+class TOEConfig(_ScratchConfig):
+    """TOE: re-initialise to θ₀ each round and train K SGD steps on all data seen so far."""
+
+    name: Literal["toe"] = "toe"
+    """Selects TOE."""
+    K: int = Field(10, ge=1)
+    """Plain SGD steps per round, each round re-initialised to θ₀ as in the official code, so TOE is a
+    weak baseline as released (grid {10, 20}; default 10)."""
+    lr: float = Field(0.1, gt=0)
+    """SGD learning rate (0.1)."""
+    weight_decay: float = Field(1e-4, ge=0)
+    """SGD weight decay (1e-4), added after clipping."""
+    batch_size: int = Field(10, ge=1)
+    """Mini-batch size (10)."""
+
+
+class FSConfig(_ScratchConfig):
+    """FS: no training; θ₀ fine-tuned on each task (evaluation only)."""
+
+    name: Literal["fs"] = "fs"
+    """Selects FS."""
+
+
+# The union of them all, and the online ones
+
+AlgorithmConfig = Annotated[
+    MAMLConfig
+    | FOMAMLConfig
+    | LSLRConfig
+    | MetaCurvatureConfig
+    | MAMLEnhancedConfig
+    | ANILConfig
+    | BOILConfig
+    | SparseMAMLConfig
+    | SparseReLUMAMLConfig
+    | ReptileConfig
+    | MemoryReducedConfig
+    | ITDBiOConfig
+    | MOMLConfig
+    | BMOMLConfig
+    | FTMLConfig
+    | MOGDConfig
+    | TOEConfig
+    | FSConfig,
+    Field(discriminator="name"),
+]
+"""The ``algorithm:`` section: the config that ``name`` selects; a wrong name lists the valid ones."""
+
+ONLINE_ALGORITHM_NAMES: frozenset[str] = frozenset({"moml", "bmoml", "ftml", "mogd", "toe", "fs"})
+"""The algorithms of the online protocol (paired with a task stream); every other name is few-shot."""

@@ -1,0 +1,105 @@
+"""Data parallelism over ``torch.distributed``: each rank takes a share of the tasks, results are combined.
+
+Few-shot meta-training: every rank draws the whole meta-batch of B tasks from the run's generator (the same
+on every rank), keeps its contiguous share (:meth:`DataParallel.share`), and computes the mean
+meta-gradient of its n_r tasks; :meth:`DataParallel.mean` turns those into the mean over all B tasks::
+
+    g = (1/B) sum_r n_r g_r        (one all-reduce of the packed gradients, loss and metrics)
+
+so every rank takes the same outer step, and the result equals one process's up to the order of the
+floating-point sum. Per-task state (warm starts) and per-task evaluation results are put back together
+in task order by :meth:`DataParallel.gather`. The process group is set up by the caller (the run layer);
+this module only uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from metacli.engine.types import Batch, StepResult, Task
+
+
+class DataParallel:
+    """This process's place in a data-parallel group (``rank`` of ``world``) and its collectives."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+
+    def bounds(self, n: int, rank: int | None = None) -> tuple[int, int]:
+        """[start, stop) of ``rank``'s share of ``n`` items: contiguous, sizes differing by at most one."""
+        r = self.rank if rank is None else rank
+        base, extra = divmod(n, self.world)
+        start = r * base + min(r, extra)
+        return start, start + base + (r < extra)
+
+    def share(self, n: int) -> slice:
+        """This rank's share of ``n`` items (tasks of a meta-batch, task ids of an evaluation)."""
+        return slice(*self.bounds(n))
+
+    def mean(self, result: StepResult, n_local: int, n_total: int) -> StepResult:
+        """The mean over all ranks' tasks of a step result that is the mean over this rank's ``n_local``."""
+        keys = list(result.grads)
+        names = list(result.metrics)
+        flat = torch.cat(
+            [result.grads[k].reshape(-1) for k in keys]
+            + [
+                torch.tensor(
+                    [result.loss, *result.metrics.values()],
+                    dtype=result.grads[keys[0]].dtype,
+                    device=result.grads[keys[0]].device,
+                )
+            ]
+        )
+        flat = flat * (n_local / n_total)
+        dist.all_reduce(flat)
+        grads, offset = {}, 0
+        for k in keys:
+            size = result.grads[k].numel()
+            grads[k] = flat[offset : offset + size].view_as(result.grads[k])
+            offset += size
+        scalars = flat[offset:].tolist()
+        return StepResult(scalars[0], grads, dict(zip(names, scalars[1:], strict=True)))
+
+    def gather(self, local: Tensor, n_total: int) -> Tensor:
+        """Every rank's ``local`` rows (its share of ``n_total``), concatenated in rank order (task order)."""
+        widest = n_total // self.world + (n_total % self.world > 0)
+        padded = local.new_zeros((widest, *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded.contiguous())
+        sizes = [stop - start for start, stop in (self.bounds(n_total, r) for r in range(self.world))]
+        return torch.cat([p[:size] for p, size in zip(parts, sizes, strict=True)])
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any (a stop signal seen by one rank stops all)."""
+        t = torch.tensor([float(flag)], device=self._device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def _device(self) -> torch.device:
+        backend = dist.get_backend()
+        return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
+
+def task_share(tasks: Task, share: slice) -> Task:
+    """The tasks ``share`` of a stacked meta-batch."""
+    return Task(
+        Batch(tasks.support.x[share], tasks.support.y[share]),
+        Batch(tasks.query.x[share], tasks.query.y[share]),
+    )
+
+
+def over_shares(step: Callable[[Task], StepResult], tasks: Task, parallel: DataParallel | None) -> StepResult:
+    """``step`` (a mean over the tasks it is given) on this rank's share of ``tasks``, made the mean over all.
+
+    Without ``parallel``: ``step(tasks)``.
+    """
+    if parallel is None:
+        return step(tasks)
+    n = tasks.query.x.shape[0]
+    share = parallel.share(n)
+    return parallel.mean(step(task_share(tasks, share)), share.stop - share.start, n)

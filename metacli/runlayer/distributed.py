@@ -1,0 +1,75 @@
+"""``torchrun`` support: the process group of a data-parallel run, and this process's rank.
+
+``torchrun --nproc-per-node N -m metacli train SPEC`` starts N processes with ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK`` and a rendezvous in the environment. A single run then trains data-parallel
+(:mod:`metacli.engine.parallel`): NCCL between GPUs (one per process, ``cuda:LOCAL_RANK``), gloo between
+CPU processes. A grid spreads its points over the ranks instead, each rank training whole points alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple
+
+from metacli.errors import SpecError
+
+if TYPE_CHECKING:
+    from metacli.engine.parallel import DataParallel
+
+
+class Place(NamedTuple):
+    """Where this process is in a ``torchrun`` launch (rank 0 of 1 without one)."""
+
+    rank: int
+    world: int
+    local_rank: int
+
+    @property
+    def writer(self) -> bool:
+        """Rank 0 alone writes run directories, logs and checkpoints, and prints."""
+        return self.rank == 0
+
+
+def place() -> Place:
+    """This process's rank, world size and local rank, from torchrun's environment variables."""
+    try:
+        return Place(
+            int(os.environ.get("RANK", "0")),
+            int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")),
+        )
+    except ValueError:
+        raise SpecError(
+            "RANK, WORLD_SIZE and LOCAL_RANK must be integers (torchrun sets them); unset them to run one "
+            "process."
+        ) from None
+
+
+@contextlib.contextmanager
+def process_group(device: str | None) -> Iterator[tuple[DataParallel | None, str | None]]:
+    """The data-parallel group of a torchrun launch, for the duration of one run.
+
+    Yields (``DataParallel`` or None without torchrun, the device for this process): ``cuda:LOCAL_RANK``
+    with NCCL where CUDA is present and ``device`` is not ``cpu``, else ``device`` with gloo.
+    """
+    where = place()
+    if where.world == 1:
+        yield None, device
+        return
+    import torch
+    import torch.distributed as dist
+
+    from metacli.engine.parallel import DataParallel  # noqa: F811 (the run-time import of the name)
+
+    use_cuda = torch.cuda.is_available() and (device or "auto") != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(where.local_rank)
+        device = f"cuda:{where.local_rank}"
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    try:
+        yield DataParallel(where.rank, where.world), device
+    finally:
+        dist.destroy_process_group()
