@@ -18,6 +18,11 @@ from metacli.cli import app
 SHORT = ["--set", "train.meta_batch=2", "--set", "eval.tasks=2", "--set", "train.log_every=1"]
 
 
+def train_cmd(*args: str) -> list[str]:
+    """``python -m metacli train`` of a short sinusoid run with ``args``."""
+    return [sys.executable, "-m", "metacli", "train", *SHORT, *args]
+
+
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache"), **extra}
 
@@ -25,17 +30,7 @@ def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
 def test_a_piped_run_names_its_folder_first_and_shows_progress_before_it_ends(tmp_path: Path) -> None:
     """No TTY (a pipe): the first line names the run folder; plain progress lines come while it runs."""
     env = env_for(tmp_path, METACLI_PROGRESS_EVERY="0.3")
-    cmd = [
-        sys.executable,
-        "-m",
-        "metacli",
-        "train",
-        *SHORT,
-        "--set",
-        "train.meta_iters=100000",
-        "--out",
-        "run",
-    ]
+    cmd = train_cmd("--set", "train.meta_iters=100000", "--out", "run")
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -58,18 +53,7 @@ def test_a_piped_run_names_its_folder_first_and_shows_progress_before_it_ends(tm
 
 def test_quiet_lines_are_whole_lines_without_a_source_location(tmp_path: Path) -> None:
     env = env_for(tmp_path, METACLI_PROGRESS_EVERY="0", COLUMNS="40")
-    cmd = [
-        sys.executable,
-        "-m",
-        "metacli",
-        "train",
-        *SHORT,
-        "--set",
-        "train.meta_iters=3",
-        "--out",
-        "r",
-        "-q",
-    ]
+    cmd = train_cmd("--set", "train.meta_iters=3", "--out", "r", "-q")
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     steps = [x for x in out.stderr.splitlines() if "steps (" in x]
