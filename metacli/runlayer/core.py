@@ -21,7 +21,7 @@ from metacli.errors import RunDirError
 from metacli.progress import Reporter
 from metacli.runlayer import checkpoint as ckpt
 from metacli.runlayer.guard import guarded_training
-from metacli.runlayer.jobs import Hooks, make_job
+from metacli.runlayer.jobs import Hooks, Job, make_job
 from metacli.runs import (
     SPEC_FILE,
     SUMMARY_FILE,
@@ -156,8 +156,15 @@ def _run(
     finally:
         if run_logger is not None:
             run_logger.close()
-    seconds = time.perf_counter() - t0
-    summary: dict[str, Any] = {
+    summary = _summary(spec, parts, job, time.perf_counter() - t0, wall_offset)
+    if writer:
+        write_json(run_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+def _summary(spec: RunSpec, parts: Parts, job: Job, seconds: float, wall_offset: float) -> dict[str, Any]:
+    """summary.json of either protocol: what ran where, the protocol's own numbers, and the wall time."""
+    return {
         "algorithm": spec.algorithm.name,
         "dataset": spec.data.name,
         "device": str(parts.device),
@@ -168,6 +175,3 @@ def _run(
         "train_seconds": seconds,
         "total_wall_time": wall_offset + seconds,
     }
-    if writer:
-        write_json(run_dir / SUMMARY_FILE, summary)
-    return summary
