@@ -258,3 +258,22 @@ def test_resume_restores_the_warm_starts(algo: str, tmp_path: Path, monkeypatch:
     ]  # fmt: skip
     saved = straight_and_resumed(base, tmp_path)
     assert saved["algorithm_state"]["phi"].shape[0] == 2  # one warm start per batch slot
+
+
+@pytest.mark.parametrize(
+    "cfg", [EXACT.model_copy(update={"inner_steps": 5, "cg_steps": 3}), ITDBiOConfig(inner_steps=3)]
+)
+def test_grad_clip_clamps_every_hypergradient_element(cfg: MemoryReducedConfig | ITDBiOConfig) -> None:
+    """Catches a bilevel meta-step that ignores ``grad_clip``: the clamped gradient is the unclamped one
+    clamped element-wise, and the clip binds somewhere."""
+    learner, tasks = problem()
+    free = BilevelHead(cfg, learner)
+    meta = free.init_meta(learner.init_params())
+    raw = free.meta_step(meta, tasks, "loop").grads
+    clip = 0.5 * max(float(g.abs().max()) for g in raw.values())
+    clipped = (
+        BilevelHead(cfg.model_copy(update={"grad_clip": clip}), learner).meta_step(meta, tasks, "loop").grads
+    )
+    for k, g in raw.items():
+        torch.testing.assert_close(clipped[k], g.clamp(-clip, clip), rtol=0, atol=1e-12)
+    assert any(bool((g.abs() > clip).any()) for g in raw.values())

@@ -295,3 +295,20 @@ def test_sinusoid_executors_agree(name: str) -> None:
     assert loop.loss == pytest.approx(vmap.loss, rel=1e-12)
     for k in loop.grads:
         torch.testing.assert_close(vmap.grads[k], loop.grads[k], rtol=1e-10, atol=1e-12)
+
+
+def test_reptile_outer_rate_anneals_linearly_from_epsilon_to_epsilon_final() -> None:
+    """supervised-reptile's schedule: lr_t = epsilon (1 - t/T) + epsilon_final t/T, then constant."""
+    learner = Learner(build_mlp(MLPConfig(hidden=[4]), (1,), 1), "mse")
+    algo = Reptile(ReptileConfig(epsilon=0.8, epsilon_final=0.2), learner, torch.Generator().manual_seed(0))
+    meta = {
+        k: v.detach().clone().requires_grad_(True) for k, v in algo.init_meta(learner.init_params()).items()
+    }
+    optimizer, scheduler = algo.outer_optimizer(meta, total_steps=4)
+    assert scheduler is not None
+    rates = []
+    for _ in range(6):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.8, 0.65, 0.5, 0.35, 0.2, 0.2])
