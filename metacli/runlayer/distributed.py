@@ -71,5 +71,9 @@ def process_group(device: str | None) -> Iterator[tuple[DataParallel | None, str
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
     try:
         yield DataParallel(where.rank, where.world), device
+        # every rank done with its collectives before any tears the group down: a rank whose peer has
+        # already closed its sockets can abort in gloo's teardown ("terminate called without an active
+        # exception") after a successful run
+        dist.barrier()
     finally:
         dist.destroy_process_group()
