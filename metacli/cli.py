@@ -163,13 +163,17 @@ def train(
     if fields:
         console.print(describe_fields(spec_file, algo, dataset, list(overrides or [])))
         return
+
+    def announce(line: str) -> None:
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
     if resume is not None:
         from metacli.runlayer.distributed import place
 
         if not place().writer:  # the other ranks of a data-parallel run print nothing but errors
             resume_command(resume, device, quiet)
             return
-        err_console.print(f"resuming {resume}", markup=False, highlight=False, soft_wrap=True)
+        announce(f"resuming {resume}")
         summary = resume_command(resume, device, quiet)
         console.print(f"resumed {resume}: {format_summary(summary)}")
         console.print(next_commands([(resume, summary)]), markup=False, highlight=False, soft_wrap=True)
@@ -177,10 +181,6 @@ def train(
     overrides = list(overrides or [])
     if data_root is not None:
         overrides.append(f"data_root={data_root.resolve()}")
-
-    def announce(line: str) -> None:
-        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
-
     finished = []
     for run_dir, summary in train_command(
         spec_file, algo, dataset, overrides, out, device, quiet, overwrite, announce

@@ -64,8 +64,8 @@ def meta_gradient(task_loss: TaskLoss, meta: Params, tasks: Task, executor: Exec
     raise SpecError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
 
 
-def task_at(tasks: Task, i: int) -> Task:
-    """Task ``i`` of a stacked meta-batch."""
+def task_at(tasks: Task, i: int | slice) -> Task:
+    """Task ``i`` of a stacked meta-batch (with a slice: those tasks, still stacked)."""
     return Task(Batch(tasks.support.x[i], tasks.support.y[i]), Batch(tasks.query.x[i], tasks.query.y[i]))
 
 

@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from metacli.engine.types import Batch, StepResult, Task
+from metacli.engine.executors import task_at
+from metacli.engine.types import StepResult, Task
 
 
 class DataParallel:
@@ -66,8 +67,8 @@ class DataParallel:
 
     def gather(self, local: Tensor, n_total: int) -> Tensor:
         """Every rank's ``local`` rows (its share of ``n_total``), concatenated in rank order (task order)."""
-        widest = n_total // self.world + (n_total % self.world > 0)
-        padded = local.new_zeros((widest, *local.shape[1:]))
+        start, stop = self.bounds(n_total, 0)  # rank 0's share is the widest
+        padded = local.new_zeros((stop - start, *local.shape[1:]))
         padded[: local.shape[0]] = local
         parts = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(parts, padded.contiguous())
@@ -85,14 +86,6 @@ class DataParallel:
         return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
 
-def task_share(tasks: Task, share: slice) -> Task:
-    """The tasks ``share`` of a stacked meta-batch."""
-    return Task(
-        Batch(tasks.support.x[share], tasks.support.y[share]),
-        Batch(tasks.query.x[share], tasks.query.y[share]),
-    )
-
-
 def over_shares(step: Callable[[Task], StepResult], tasks: Task, parallel: DataParallel | None) -> StepResult:
     """``step`` (a mean over the tasks it is given) on this rank's share of ``tasks``, made the mean over all.
 
@@ -102,4 +95,4 @@ def over_shares(step: Callable[[Task], StepResult], tasks: Task, parallel: DataP
         return step(tasks)
     n = tasks.query.x.shape[0]
     share = parallel.share(n)
-    return parallel.mean(step(task_share(tasks, share)), share.stop - share.start, n)
+    return parallel.mean(step(task_at(tasks, share)), share.stop - share.start, n)

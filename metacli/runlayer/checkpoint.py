@@ -122,12 +122,10 @@ def load(path: Path, device: torch.device) -> dict[str, Any]:
             f"{path} cannot be read ({type(e).__name__}: {e}). The checkpoint is damaged or not a metacli "
             "checkpoint: restore it, or start a new run."
         ) from None
-    if not isinstance(ckpt, dict) or "state" not in ckpt and "schema_version" not in ckpt:
-        if isinstance(ckpt, dict) and ("step" in ckpt or "round" in ckpt):
-            ckpt = {"schema_version": 1}  # the per-protocol layouts before schema 2 had no version
-        else:
-            raise RunDirError(f"{path} is not a metacli checkpoint; restore it, or start a new run.")
-    version = ckpt.get("schema_version")
+    known = ("schema_version", "state", "step", "round")  # "step"/"round": the unversioned schema 1
+    if not isinstance(ckpt, dict) or not any(k in ckpt for k in known):
+        raise RunDirError(f"{path} is not a metacli checkpoint; restore it, or start a new run.")
+    version = ckpt.get("schema_version", None if "state" in ckpt else 1)
     if version != CHECKPOINT_VERSION:
         raise RunDirError(
             f"{path} has checkpoint schema version {version}, but this metacli reads version "

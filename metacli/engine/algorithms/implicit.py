@@ -44,7 +44,7 @@ from metacli.engine.executors import EXECUTORS, meta_grads, task_at
 from metacli.engine.functional import Learner, clamp_elements
 from metacli.engine.inner import descend, sgd_rule
 from metacli.engine.models import param_group
-from metacli.engine.parallel import DataParallel, task_share
+from metacli.engine.parallel import DataParallel
 from metacli.engine.types import Batch, Params, StepResult, Task
 from metacli.errors import SpecError
 
@@ -198,7 +198,7 @@ class BilevelHead:
         n_total = tasks.query.x.shape[0]
         share = slice(0, n_total) if parallel is None else parallel.share(n_total)
         phi0, v0 = (start[share] for start in self._starts(meta, n_total))
-        result, phi_all, v_all = self._share_step(meta, task_share(tasks, share), phi0, v0, executor)
+        result, phi_all, v_all = self._share_step(meta, task_at(tasks, share), phi0, v0, executor)
         if parallel is not None:
             result = parallel.mean(result, share.stop - share.start, n_total)
             phi_all, v_all = parallel.gather(phi_all, n_total), parallel.gather(v_all, n_total)
