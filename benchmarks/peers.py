@@ -2,7 +2,10 @@
 
 Each peer gets metacli's network and parameters (:func:`torch_module`: the same module with every
 :class:`~metacli.engine.models.layers.BatchNorm` replaced by ``nn.BatchNorm2d(track_running_stats=False)``,
-i.e. PyTorch's fused batch norm with batch statistics, and ``load_state_dict`` of metacli's parameter dict),
+i.e. PyTorch's fused batch norm with batch statistics, its blocks in the papers' order activation ->
+max-pool as a user of these tools writes them (metacli pools first,
+:func:`~metacli.engine.models.layers.pool_then_act`: the same function and gradients, less work), and
+``load_state_dict`` of metacli's parameter dict),
 the same stacked tasks, the same task loss (:meth:`metacli.engine.functional.Learner.loss_of_output`: mean
 MSE or cross-entropy) and the same alpha, inner steps, outer Adam learning rate and meta-gradient clamp.
 
@@ -31,7 +34,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metacli.engine.executors import task_at
+from metacli.engine.models.conv4 import ConvBlock
 from metacli.engine.models.layers import BatchNorm
+from metacli.engine.models.resnet12 import ResBlock
 from metacli.engine.types import Params, Task
 
 LossOfOutput = Callable[[Tensor, Tensor], Tensor]
@@ -50,9 +55,30 @@ class Problem(NamedTuple):
     grad_clip: float | None
 
 
+class TextbookConvBlock(ConvBlock):
+    """metacli's Conv4 block in the papers' order: ``conv -> batch norm -> ReLU -> max-pool``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(torch.relu(self.norm(self.conv(x))))  # type: ignore[no-any-return]
+
+
+class TextbookResBlock(ResBlock):
+    """metacli's ResNet-12 block with the last activation before the max-pool, as the papers write it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self._act(self.residual_sum(x)))  # type: ignore[no-any-return]
+
+
+TEXTBOOK: dict[type[nn.Module], type[nn.Module]] = {ConvBlock: TextbookConvBlock, ResBlock: TextbookResBlock}
+"""metacli's blocks and their peers' versions (same parameters, same function)."""
+
+
 def torch_module(model: nn.Module, params: Params) -> nn.Module:
-    """A copy of metacli's ``model`` with fused ``nn.BatchNorm2d`` layers, holding ``params`` (same names)."""
+    """A copy of metacli's ``model``, fused ``nn.BatchNorm2d`` and textbook blocks, holding ``params``."""
     net = copy.deepcopy(model)
+    for module in net.modules():
+        if type(module) in TEXTBOOK:
+            module.__class__ = TEXTBOOK[type(module)]  # same attributes, only forward differs
     for name, module in list(net.named_modules()):
         if isinstance(module, BatchNorm):
             parent_name, _, child = name.rpartition(".")

@@ -13,7 +13,9 @@ steps and outer Adam:
   parts built from the ``--algo maml`` preset as :func:`metacli.engine.build.build` does;
 - the peers of :mod:`benchmarks.peers`: a plain per-task ``torch.autograd.grad(create_graph=True)`` loop,
   ``higher.innerloop_ctx`` and ``torchopt.MetaSGD``, on a copy of metacli's network whose batch norm is
-  ``nn.BatchNorm2d(track_running_stats=False)`` (PyTorch's fused kernel).
+  ``nn.BatchNorm2d(track_running_stats=False)`` (PyTorch's fused kernel) and whose blocks run activation ->
+  max-pool, the papers' order (metacli pools first: the same function and gradients, less work).
+
 
 Cases (MAML second order, presets of :mod:`metacli.spec`; images are synthetic uint8 unless said):
 
@@ -62,6 +64,7 @@ import copy
 import importlib.metadata
 import importlib.util
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -574,7 +577,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(
         f"torch {env['torch']}, higher {env['higher']}, torchopt {env['torchopt']}, {env['device']}, ", end=""
     )
-    print(f"torch threads: {env['threads']}" + (" (--quick sizes)" if sizes.quick else ""))
+    env["malloc"] = (
+        " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_")) or "defaults"
+    )
+    print(
+        f"torch threads: {env['threads']}, malloc: {env['malloc']}"
+        + (" (--quick sizes)" if sizes.quick else "")
+    )
     for name, why in missing.items():
         print(f"peer {name} left out: {why}")
     cases = [run_case(name, sizes, peers, args, device) for name in args.cases]
@@ -582,7 +591,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out |= {"sizes": sizes._asdict(), "peers_missing": missing, "memory_measure": memory.method(device)}
     out["cases"] = cases
     print(
-        f"\nOne meta-step per contender ({env['device']}, torch threads: {env['threads']}, median of "
+        f"\nOne meta-step per contender ({env['device']}, torch threads: {env['threads']}, malloc: "
+        f"{env['malloc']}, median of "
         f"{args.repeats} interleaved repeats after one warm-up; forward + meta-gradient + outer Adam, tasks "
         f"fixed; x fastest peer > 1: faster than every peer; peak MiB: {out['memory_measure']})\n"
     )

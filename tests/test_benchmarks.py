@@ -10,11 +10,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("higher", reason="benchmark peer 'higher' not installed (pip install -e .[bench])")
 pytest.importorskip("torchopt", reason="benchmark peer 'torchopt' not installed (pip install -e .[bench])")
 
-from benchmarks import suite  # noqa: E402  (after the skips: it needs neither, but the test needs both)
+from benchmarks import peers, suite  # noqa: E402  (after the skips: it needs neither, but the test needs both)
+from metacli.engine.models import build_model  # noqa: E402
+from metacli.engine.models.conv4 import Conv4Config, ConvBlock  # noqa: E402
+from metacli.engine.models.resnet12 import ResBlock, ResNet12Config  # noqa: E402
 
 
 def test_quick_suite_contenders_agree(tmp_path: Path) -> None:
@@ -28,3 +32,18 @@ def test_quick_suite_contenders_agree(tmp_path: Path) -> None:
         assert row["check"]["float32"] <= suite.GRAD_RTOL
         assert row["tasks_per_s"] > 0 and row["peak_bytes"] > 0
     assert json.loads(out_path.read_text())["cases"][0]["case"] == "omniglot"
+
+
+@pytest.mark.parametrize(
+    "cfg", [Conv4Config(filters=4, pool="max"), ResNet12Config(widths=(4, 6, 8, 10), pooling="first_three")]
+)
+def test_peers_get_the_textbook_blocks_with_the_same_function(cfg: Conv4Config | ResNet12Config) -> None:
+    """The peers' copy runs activation -> max-pool (as their users write it) and computes the same logits."""
+    torch.manual_seed(0)
+    model = build_model(cfg, (3, 16, 16), 2)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    net = peers.torch_module(model, params)
+    blocks = [m for m in net.modules() if isinstance(m, ConvBlock | ResBlock)]
+    assert blocks and all(type(m) in peers.TEXTBOOK.values() for m in blocks)
+    x = torch.randn(6, 3, 16, 16)
+    assert torch.equal(net(x), model(x))

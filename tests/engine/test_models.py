@@ -8,6 +8,8 @@ Which kernel runs where: ``tests/engine/test_fused.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -244,3 +246,92 @@ def test_resnet12_meta_gradient_matches_finite_differences(pooling: Pooling) -> 
     finite_difference = (loss_at(1.0) - loss_at(-1.0)) / (2 * eps)
     analytic = float(sum((result.grads[k] * direction[k]).sum() for k in meta))
     assert analytic == pytest.approx(finite_difference, rel=1e-6)
+
+
+# ---------------------------------------------------------------- max-pool before the activation
+
+
+def textbook_order(pool: nn.Module, act: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """The papers' order, activation then max-pool."""
+    return pool(act(x))  # type: ignore[no-any-return]
+
+
+def blocky_tasks(in_shape: tuple[int, int, int], n_tasks: int = 2) -> Task:
+    """2-way 1-shot tasks (2 queries per class) of piecewise-constant binary images, as Omniglot strokes.
+
+    Constant 4x4 patches make equal neighbouring activations, so max-pool windows hold ties, both positive
+    (the argmax choice matters) and all-negative (ReLU zeros everywhere in the window).
+    """
+    ways, queries, (c, h, w) = 2, 2, in_shape
+    gen = torch.Generator().manual_seed(3)
+
+    def images(n: int) -> Tensor:
+        coarse = (torch.rand(n_tasks, n, c, h // 4, w // 4, generator=gen) > 0.6).to(F64)
+        return coarse.repeat_interleave(4, dim=-2).repeat_interleave(4, dim=-1)
+
+    support = Batch(images(ways), torch.arange(ways).repeat(n_tasks, 1))
+    query = Batch(images(ways * queries), torch.arange(ways).repeat_interleave(queries).repeat(n_tasks, 1))
+    return Task(support, query)
+
+
+def pool_window_ties(model: nn.Module, x: Tensor) -> tuple[int, int]:
+    """(tied windows with a positive maximum, tied windows with none) over every max-pool input."""
+    inputs: list[Tensor] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, args: inputs.append(args[0].detach()))
+        for m in model.modules()
+        if isinstance(m, nn.MaxPool2d)
+    ]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    positive = nonpositive = 0
+    for z in inputs:
+        windows = F.unfold(z.flatten(0, 1).unsqueeze(1), 2, stride=2)  # (N*C, 4, windows)
+        top = windows.max(dim=1, keepdim=True).values
+        tied = (windows == top).sum(dim=1) > 1
+        positive += int((tied & (top[:, 0] > 0)).sum())
+        nonpositive += int((tied & (top[:, 0] <= 0)).sum())
+    return positive, nonpositive
+
+
+POOL_CASES = [
+    ("conv4_max", Conv4Config(filters=4, pool="max"), (1, 16, 16)),
+    ("resnet12", ResNet12Config(widths=(4, 6, 8, 10)), (1, 16, 16)),
+    ("resnet12_first_three", ResNet12Config(widths=(4, 6, 8, 10), pooling="first_three"), (1, 16, 16)),
+]
+
+
+@pytest.mark.parametrize("executor", ["loop", "vmap"])
+@pytest.mark.parametrize(("cfg", "in_shape"), [c[1:] for c in POOL_CASES], ids=[c[0] for c in POOL_CASES])
+def test_pooling_before_the_activation_gives_the_textbook_meta_gradient(
+    monkeypatch: pytest.MonkeyPatch,
+    cfg: Conv4Config | ResNet12Config,
+    in_shape: tuple[int, int, int],
+    executor: str,
+) -> None:
+    """Second-order MAML through ``pool -> act`` equals ``act -> pool``, ties included.
+
+    Bit for bit in the loop executor (fused batch norm); to float64 round-off under vmap.
+    """
+    from metacli.engine.models import conv4, resnet12
+
+    learner, _ = fewshot_problem(cfg, in_shape)
+    tasks = blocky_tasks(in_shape)
+    positive, nonpositive = pool_window_ties(learner.model, tasks.query.x[0])
+    assert positive > 0 and nonpositive > 0  # the case the argument of pool_then_act is about
+    algo = MAML(MAML_CFG, learner)
+    meta = algo.init_meta(learner.init_params())
+    ours = algo.meta_step(meta, tasks, executor)
+    monkeypatch.setattr(conv4, "pool_then_act", textbook_order)
+    monkeypatch.setattr(resnet12, "pool_then_act", textbook_order)
+    reference = algo.meta_step(meta, tasks, executor)
+    assert ours.loss == reference.loss
+    assert all(float(g.abs().max()) > 0 for g in ours.grads.values())
+    for k in meta:
+        if executor == "loop":
+            assert torch.equal(ours.grads[k], reference.grads[k]), k
+        else:  # primitive-op batch norm under vmap sums its backward in a layout-dependent order: 3e-16 seen
+            torch.testing.assert_close(ours.grads[k], reference.grads[k], rtol=1e-14, atol=1e-15)

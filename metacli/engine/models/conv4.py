@@ -17,6 +17,9 @@ Parameter names: ``body.<block>.conv.{weight,bias}``, ``body.<block>.norm.{weigh
 ``head.{weight,bias}``; ANIL adapts ``head.*`` only, BOIL ``body.*`` only
 (:func:`metacli.engine.models.param_group`). Initialisation is PyTorch's default for conv and linear layers,
 ones and zeros for the batch-norm scale and offset.
+
+A block computes ``max-pool -> ReLU`` rather than ``ReLU -> max-pool``: the same function, and the same
+gradient at every order (:func:`pool_then_act`), with the ReLU and its backward on a quarter of the values.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from metacli.engine.config.models import Conv4Config, Pool
-from metacli.engine.models.layers import BatchNorm
+from metacli.engine.models.layers import BatchNorm, pool_then_act
 from metacli.errors import SpecError
 
 __all__ = ["BatchNorm", "Conv4", "Conv4Config", "ConvBlock", "Pool", "build", "feature_side"]
@@ -41,7 +44,10 @@ def feature_side(side: int, pool: Pool, blocks: int = N_BLOCKS) -> int:
 
 
 class ConvBlock(nn.Module):
-    """``conv3x3 -> BatchNorm -> ReLU -> downsample`` (2x2 max-pool, or none after a stride-2 conv)."""
+    """``conv3x3 -> BatchNorm -> ReLU -> downsample`` (2x2 max-pool, or none after a stride-2 conv).
+
+    Computed as ``pool -> ReLU`` (:func:`pool_then_act`: the same function and derivatives, less work).
+    """
 
     def __init__(self, c_in: int, c_out: int, pool: Pool) -> None:
         super().__init__()
@@ -50,7 +56,7 @@ class ConvBlock(nn.Module):
         self.pool: nn.Module = nn.MaxPool2d(2) if pool == "max" else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.pool(torch.relu(self.norm(self.conv(x))))  # type: ignore[no-any-return]
+        return pool_then_act(self.pool, torch.relu, self.norm(self.conv(x)))
 
 
 class Conv4(nn.Module):

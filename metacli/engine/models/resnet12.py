@@ -9,7 +9,8 @@ Architecture (``docs/reference/maml_family.md`` §2.5, §2.6), four residual blo
 with ``conv1..3`` 3x3 convolutions (padding 1, stride 1, no bias), ``norm*`` the primitive-op
 :class:`~metacli.engine.models.layers.BatchNorm` (batch statistics, exact under ``vmap`` at second order;
 no running statistics), ``act`` LeakyReLU (the last one after the residual add), ``conv_s`` the 1x1
-shortcut convolution (no bias, every block changes the width) and ``pool`` a 2x2 max-pool.
+shortcut convolution (no bias, every block changes the width) and ``pool`` a 2x2 max-pool (computed before
+the last activation: :func:`~metacli.engine.models.layers.pool_then_act`, the same function and derivatives).
 
 Pooling, ``pooling``:
 
@@ -49,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metacli.engine.config.models import Pooling, ResNet12Config
-from metacli.engine.models.layers import BatchNorm
+from metacli.engine.models.layers import BatchNorm, pool_then_act
 from metacli.errors import SpecError
 
 __all__ = ["Pooling", "ResBlock", "ResNet12", "ResNet12Config", "build", "feature_sides"]
@@ -103,11 +104,14 @@ class ResBlock(nn.Module):
     def _act(self, x: Tensor) -> Tensor:
         return F.leaky_relu(x, self.negative_slope)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def residual_sum(self, x: Tensor) -> Tensor:
+        """The block before its last activation and pool: ``norm3(conv3(...)) + shortcut(x)``."""
         out = self._act(self.norm1(self.conv1(x)))
         out = self._act(self.norm2(self.conv2(out)))
-        out = self.norm3(self.conv3(out))
-        return self.pool(self._act(out + self.shortcut(x)))  # type: ignore[no-any-return]
+        return self.norm3(self.conv3(out)) + self.shortcut(x)  # type: ignore[no-any-return]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return pool_then_act(self.pool, self._act, self.residual_sum(x))
 
 
 class ResNet12(nn.Module):
