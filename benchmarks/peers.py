@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -63,7 +64,10 @@ class TextbookConvBlock(ConvBlock):
 
 
 class TextbookResBlock(ResBlock):
-    """metacli's ResNet-12 block with the last activation before the max-pool, as the papers write it."""
+    """metacli's ResNet-12 block as the papers write it: out-of-place LeakyReLU, the last before the pool."""
+
+    def _act(self, x: Tensor) -> Tensor:
+        return F.leaky_relu(x, self.negative_slope)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self._act(self.residual_sum(x)))  # type: ignore[no-any-return]

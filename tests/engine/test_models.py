@@ -200,6 +200,7 @@ MAML_CFG = MAMLConfig(alpha=0.1, inner_steps=2)
 
 EXACT_CASES = [
     ("conv4_32_max", Conv4Config(filters=32, pool="max"), (3, 16, 16)),
+    ("conv4_8_stride", Conv4Config(filters=8, pool="stride"), (1, 16, 16)),
     ("resnet12", ResNet12Config(widths=(4, 6, 8, 10)), (3, 16, 16)),
     ("resnet12_first_three", ResNet12Config(widths=(4, 6, 8, 10), pooling="first_three"), (3, 16, 16)),
 ]
@@ -252,8 +253,13 @@ def test_resnet12_meta_gradient_matches_finite_differences(pooling: Pooling) -> 
 
 
 def textbook_order(pool: nn.Module, act: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """The papers' order, activation then max-pool."""
-    return pool(act(x))  # type: ignore[no-any-return]
+    """The papers' order, activation then max-pool, and an out-of-place ReLU (metacli's is in place)."""
+    return pool(torch.relu(x) if act is torch.relu_ else act(x))  # type: ignore[no-any-return]
+
+
+def out_of_place_leaky_relu(block: nn.Module, x: Tensor) -> Tensor:
+    """ResBlock's activation as the papers write it (metacli's is in place)."""
+    return F.leaky_relu(x, block.negative_slope)  # type: ignore[arg-type]
 
 
 def blocky_tasks(in_shape: tuple[int, int, int], n_tasks: int = 2) -> Task:
@@ -306,13 +312,14 @@ POOL_CASES = [
 
 @pytest.mark.parametrize("executor", ["loop", "vmap"])
 @pytest.mark.parametrize(("cfg", "in_shape"), [c[1:] for c in POOL_CASES], ids=[c[0] for c in POOL_CASES])
-def test_pooling_before_the_activation_gives_the_textbook_meta_gradient(
+def test_pool_first_in_place_blocks_give_the_textbook_meta_gradient(
     monkeypatch: pytest.MonkeyPatch,
     cfg: Conv4Config | ResNet12Config,
     in_shape: tuple[int, int, int],
     executor: str,
 ) -> None:
-    """Second-order MAML through ``pool -> act`` equals ``act -> pool``, ties included.
+    """Second-order MAML through metacli's blocks (pool, then an in-place activation) equals the papers'
+    blocks (an out-of-place activation, then pool), ties included.
 
     Bit for bit in the loop executor (fused batch norm); to float64 round-off under vmap.
     """
@@ -327,6 +334,7 @@ def test_pooling_before_the_activation_gives_the_textbook_meta_gradient(
     ours = algo.meta_step(meta, tasks, executor)
     monkeypatch.setattr(conv4, "pool_then_act", textbook_order)
     monkeypatch.setattr(resnet12, "pool_then_act", textbook_order)
+    monkeypatch.setattr(resnet12.ResBlock, "_act", out_of_place_leaky_relu)
     reference = algo.meta_step(meta, tasks, executor)
     assert ours.loss == reference.loss
     assert all(float(g.abs().max()) > 0 for g in ours.grads.values())

@@ -102,7 +102,10 @@ class ResBlock(nn.Module):
         self.negative_slope = negative_slope
 
     def _act(self, x: Tensor) -> Tensor:
-        return F.leaky_relu(x, self.negative_slope)
+        # in place: every input here is a fresh output that no backward formula reads (batch norm saves its
+        # input, max-pool its input and indices, an add nothing), and LeakyReLU's derivatives can be taken
+        # from its output; so the values and all derivatives are unchanged, with one full-size tensor less
+        return F.leaky_relu(x, self.negative_slope, inplace=True)
 
     def residual_sum(self, x: Tensor) -> Tensor:
         """The block before its last activation and pool: ``norm3(conv3(...)) + shortcut(x)``."""
