@@ -122,7 +122,7 @@ def pool_then_act(pool: nn.Module, act: Callable[[Tensor], Tensor], x: Tensor) -
     element, with the same factor; where a ReLU window holds no positive value both give zero, whichever
     element the pool picked. So the meta-gradient is the same, bit for bit, at second order
     (``tests/engine/test_models.py``). Pooling first runs the activation, its backward and their second
-    derivatives on a quarter of the values: 5-10 % of a miniImageNet Conv4 meta-step on the CPU
-    (``benchmarks/suite.py``).
+    derivatives on a quarter of the values; with the in-place activation of the blocks, metacli's per-task
+    loop is ahead of the per-task peers on miniImageNet (``benchmarks/suite.py``, README).
     """
     return act(pool(x))
