@@ -16,7 +16,6 @@ steps and outer Adam:
   ``nn.BatchNorm2d(track_running_stats=False)`` (PyTorch's fused kernel) and whose blocks run activation ->
   max-pool, the papers' order (metacli pools first: the same function and gradients, less work).
 
-
 Cases (MAML second order, presets of :mod:`metacli.spec`; images are synthetic uint8 unless said):
 
 - ``sinusoid``: MLP 1-40-40-1, K = 5 (5 queries), 1 inner step, alpha 0.01, meta-batch 25;
