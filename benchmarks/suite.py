@@ -573,11 +573,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device, sizes = torch.device(args.device), sizes_from(args)
     peers, missing = available_peers()
     env = environment(device) | {p: package_version(p) for p in ("higher", "torchopt")}
-    print(
-        f"torch {env['torch']}, higher {env['higher']}, torchopt {env['torchopt']}, {env['device']}, ", end=""
-    )
     env["malloc"] = (
         " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_")) or "defaults"
+    )
+    print(
+        f"torch {env['torch']}, higher {env['higher']}, torchopt {env['torchopt']}, {env['device']}, ", end=""
     )
     print(
         f"torch threads: {env['threads']}, malloc: {env['malloc']}"
