@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from metacli import __version__
-from metacli.errors import MetacliError
+from metacli.errors import MetacliError, os_problem
 
 app = typer.Typer(
     name="metacli",
@@ -82,8 +82,18 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except KeyboardInterrupt:
             if debug_enabled():
                 raise
-            err_console.print("[yellow]interrupted[/]: the last checkpoint can be resumed with --resume.")
+            err_console.print(
+                "[yellow]interrupted[/]: a run that had written a checkpoint is kept and continues with "
+                "'metacli train --resume RUN'; one that had not was removed: run the same command again.",
+                highlight=False,
+            )
             raise typer.Exit(130) from None
+        except (OSError, MemoryError) as e:  # the machine's state (disk, permissions, limits), not a bug
+            if debug_enabled():
+                raise
+            cause = os_problem(e) if isinstance(e, OSError) else "out of memory: use smaller settings."
+            err_console.print(f"[bold red]error:[/] {cause}", highlight=False)
+            raise typer.Exit(1) from None
         except Exception as e:
             if debug_enabled():
                 raise
@@ -167,25 +177,31 @@ def train(
     def announce(line: str) -> None:
         err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    if resume is not None:
-        from metacli.runlayer.distributed import place
-
-        if not place().writer:  # the other ranks of a data-parallel run print nothing but errors
-            resume_command(resume, device, quiet)
-            return
-        announce(f"resuming {resume}")
-        summary = resume_command(resume, device, quiet)
-        console.print(f"resumed {resume}: {format_summary(summary)}")
-        console.print(next_commands([(resume, summary)]), markup=False, highlight=False, soft_wrap=True)
-        return
     overrides = list(overrides or [])
     if data_root is not None:
         overrides.append(f"data_root={data_root.resolve()}")
+    if resume is not None:
+        if spec_file or algo or dataset or out or overwrite:
+            raise MetacliError(
+                f"--resume {resume} continues that run with its own spec.yaml: drop the spec file, --algo, "
+                "--dataset, --out and --overwrite (change fields with --set, e.g. --set train.meta_iters=N)."
+            )
+        from metacli.runlayer.distributed import place
+
+        if not place().writer:  # the other ranks of a data-parallel run print nothing but errors
+            resume_command(resume, device, quiet, overrides=overrides)
+            return
+        announce(f"resuming {resume}")
+        summary = resume_command(resume, device, quiet, overrides=overrides, announce=announce)
+        console.print(f"resumed {resume}: {format_summary(summary)}")
+        console.print(next_commands([(resume, summary)]), markup=False, highlight=False, soft_wrap=True)
+        return
     finished = []
     for run_dir, summary in train_command(
         spec_file, algo, dataset, overrides, out, device, quiet, overwrite, announce
     ):
-        console.print(f"[green]done[/] {run_dir}: {format_summary(summary)}")
+        if not summary.get("skipped"):
+            console.print(f"[green]done[/] {run_dir}: {format_summary(summary)}")
         finished.append((run_dir, summary))
     if finished:
         console.print(next_commands(finished), markup=False, highlight=False, soft_wrap=True)

@@ -34,3 +34,36 @@ class Interrupted(MetacliError):
     """A run stopped by SIGINT or SIGTERM after writing a checkpoint: it can be resumed."""
 
     exit_code = 130
+
+
+_NO_PERMISSION = "you lack permission there: fix its permissions, or work in a folder you can write"
+
+
+def os_problem(error: OSError) -> str:
+    """What an operating-system failure means for the user, with the fix: one sentence, no traceback.
+
+    A read-only or unwritable folder, a full disk, a name too long, too many open files: these are the
+    machine's state, not metacli bugs, and the user can act on each.
+    """
+    import errno
+
+    where = f" ({error.filename})" if error.filename else ""
+    cause = error.strerror or type(error).__name__
+    fixes = {
+        errno.ENOSPC: "free space on that disk, or write elsewhere",
+        errno.EDQUOT: "free space within your disk quota, or write elsewhere",
+        errno.EROFS: "that file system is read-only: make it writable, or work on a copy in a writable folder",
+        errno.EACCES: _NO_PERMISSION,
+        errno.EPERM: _NO_PERMISSION,
+        errno.ENAMETOOLONG: "use a shorter --out or spec name",
+        errno.EMFILE: "too many open files: raise the limit ('ulimit -n') or run fewer processes",
+        errno.ENFILE: "the system's open-file table is full: close other programs and run it again",
+        errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+        errno.EISDIR: "that path is a folder where a file is needed: choose another path",
+        errno.EEXIST: "something already exists there: choose another path",
+        errno.ENOMEM: "the machine is out of memory: use smaller settings or free memory",
+        errno.EAGAIN: "a system resource limit was reached (processes, threads or memory): use fewer threads",
+        errno.EIO: "the disk reported an input/output error: check the device",
+    }
+    fix = fixes.get(error.errno or -1, "check that path and the machine, then run it again")
+    return f"{cause}{where}: {fix}."

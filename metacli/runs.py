@@ -20,6 +20,7 @@ This module imports neither torch nor the engine, so ``hedge`` and ``plot`` star
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from typing import Any, BinaryIO
 
 import yaml
 
-from metacli.errors import RunDirError
+from metacli.errors import RunDirError, os_problem
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -133,22 +134,48 @@ def read_spec_dict(run_dir: Path) -> dict[str, Any]:
     return data
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All metric lines of a run, in order. A torn last line (a killed run) is ignored."""
+def read_metrics(
+    run_dir: Path,
+    on_bad_line: Callable[[int, str, dict[str, Any] | None], None] | None = None,
+    check: Callable[[dict[str, Any]], str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """All metric lines of a run, in order. A torn last line (a killed run) is ignored.
+
+    A line before the last that is not a JSON object, or that ``check`` rejects (``check`` returns what is
+    wrong with a line, or None), is damage. Without ``on_bad_line`` it raises :class:`RunDirError`; with
+    it, ``on_bad_line(line number, what is wrong, the line's object or None when it is not one)`` is called
+    and the line left out (the callback may raise instead, to give up on the run). A file that cannot be
+    read at all is a RunDirError either way.
+    """
     path = run_dir / METRICS_FILE
     if not path.is_file():
         raise RunDirError(f"{run_dir} has no {METRICS_FILE}; it has not logged anything yet.")
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as e:
+        raise RunDirError(f"cannot read {path}: {os_problem(e)}") from None
     rows: list[dict[str, Any]] = []
-    lines = path.read_text(encoding="utf-8").splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row: Any = json.loads(line)
+            problem = None if isinstance(row, dict) else "is not a JSON object"
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond the parser's depth
             if i == len(lines) - 1:
                 break  # the run was killed while writing its last line
-            raise RunDirError(f"{path}: line {i + 1} is not valid JSON.") from None
+            row, problem = None, "is not valid JSON"
+        if problem is None and check is not None:
+            problem = check(row)
+        if problem is None:
+            rows.append(row)
+        elif on_bad_line is None:
+            raise RunDirError(
+                f"{path}: line {i + 1} {problem}. The file was damaged or edited by hand: restore it, "
+                "or delete that line."
+            )
+        else:
+            on_bad_line(i + 1, problem, row if isinstance(row, dict) else None)
     return rows
 
 
@@ -179,31 +206,157 @@ class MetricsLog:
         self._file.close()
 
 
-@contextmanager
-def staged_run_dir(final: Path) -> Iterator[Path]:
-    """Create a run directory so that a failure before the first checkpoint leaves nothing behind.
+LOCK_FILE = ".lock"
+"""Held (``flock``) by the one process that owns the run directory; holds that process's pid as text."""
 
-    Yields the final path, created fresh (or an existing empty folder). If the body raises before
-    completing, what it wrote is removed again unless it already held a checkpoint (then it is a resumable
-    partial run); a folder the user made beforehand is kept, emptied.
+_HELD: dict[Path, int] = {}
+"""Run directories this process owns: resolved path -> open lock file descriptor (claims nest)."""
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """The pid of the live process that owns ``run_dir``, or None when no process does.
+
+    The OS releases a ``flock`` when its process dies (SIGKILL too), so a lock file left by a dead run
+    never counts.
     """
-    created = not final.exists()
-    new_parents = [p for p in final.parents if not p.exists()]  # e.g. runs/ for the default --out
+    if run_dir.resolve() in _HELD:
+        return os.getpid()
     try:
-        final.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _pid_in(fd)
+    finally:
+        os.close(fd)  # also drops the shared lock just taken
+    return None
+
+
+def _pid_in(fd: int) -> int:
+    """The pid written in an open lock file (0 when it is not readable yet)."""
+    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() else 0
+
+
+def _take_lock(run_dir: Path) -> int:
+    """Open and ``flock`` the lock file of ``run_dir`` (which exists); the descriptor.
+
+    The lock file is removed when its owner finishes, so a lock taken on a file that has meanwhile been
+    unlinked (or replaced) is dropped and taken again on the file now at that path.
+
+    Raises:
+        RunDirError: another live process holds it (named by its pid).
+    """
+    path = run_dir / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = _pid_in(fd)
+            os.close(fd)
+            raise RunDirError(
+                f"{run_dir} is in use by another metacli process (pid {pid}), which is training into it. "
+                "Wait for it to finish (or stop it), or choose another --out."
+            ) from None
+        with suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)  # the previous owner removed this file as it finished: lock the one there now
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _release_lock(run_dir: Path, fd: int) -> None:
+    """Remove the lock file, then drop the lock (in this order: see :func:`_take_lock`)."""
+    with suppress(OSError):
+        (run_dir / LOCK_FILE).unlink()
+    os.close(fd)
+
+
+def make_folder(path: Path, what: str) -> list[Path]:
+    """Create the folder ``path`` (and its parents); the folders this created, innermost first.
+
+    Raises:
+        RunDirError: ``path`` is a file, lies inside a file, or cannot be created (the cause named).
+    """
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{what} {path} is a file, but a folder is needed there. Choose another path.")
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RunDirError(f"cannot create the run directory {final}: {e}. Pass a writable --out.") from None
+        raise RunDirError(f"cannot create {what} {path}: {os_problem(e)}") from None
+    return created
+
+
+@contextmanager
+def claimed_run_dir(run_dir: Path) -> Iterator[Path]:
+    """Own ``run_dir`` for the duration: create it, hold its lock, and undo a failed start.
+
+    Exactly one process owns a run directory at a time (an exclusive ``flock`` on ``.lock``); a second one
+    gets a :class:`RunDirError` naming the holder's pid at once. Claims nest within one process (the
+    outermost one does the work). If the body raises before the folder holds a checkpoint, what this
+    claim created is removed again (a folder the user made beforehand is kept, emptied of the run's
+    files), so a failure never leaves a half-written run behind.
+    """
+    key = run_dir.resolve()
+    if key in _HELD:
+        yield run_dir
+        return
+    created = make_folder(run_dir, "the run directory")
+    fd = _take_lock(run_dir)  # refused: the folder is another process's, left as it is
+    _HELD[key] = fd
     try:
-        yield final
+        yield run_dir
     except BaseException:
-        if not checkpoint_path(final).exists():
-            shutil.rmtree(final, ignore_errors=True)
-            if not created:
-                final.mkdir()  # the user's own (empty) folder stays
-            for parent in new_parents:  # innermost first; only folders this run made and left empty
-                with suppress(OSError):
-                    parent.rmdir()
+        if not checkpoint_path(run_dir).exists():
+            clear_run_files(run_dir)
+            del _HELD[key]
+            _release_lock(run_dir, fd)
+            _remove_created(created)
         raise
+    finally:
+        if key in _HELD:
+            del _HELD[key]
+            _release_lock(run_dir, fd)
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove the folders a claim created (innermost first), each only when nothing else is in it."""
+    for folder in created:
+        with suppress(OSError):
+            folder.rmdir()
+
+
+def is_run_file(name: str) -> bool:
+    """Whether a top-level entry of a run directory is one metacli writes (or its temporary file)."""
+    return (
+        name in (LOCK_FILE, SPEC_FILE, METRICS_FILE, SUMMARY_FILE, EVAL_FILE, CHECKPOINT_DIR)
+        or name.startswith("events.out.tfevents.")
+        or (name.startswith(".") and name.endswith(".tmp"))
+    )
+
+
+def foreign_files(run_dir: Path) -> list[str]:
+    """Entries of ``run_dir`` that metacli never writes (a user's files: never deleted)."""
+    return sorted(p.name for p in run_dir.iterdir() if not is_run_file(p.name)) if run_dir.is_dir() else []
+
+
+def clear_run_files(run_dir: Path) -> None:
+    """Delete what a run wrote in ``run_dir`` (a failed start), keeping the lock and any user's files."""
+    if not run_dir.is_dir():
+        return
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK_FILE or not is_run_file(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def finite_or_none(x: float) -> float | None:

@@ -145,10 +145,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     ),
     "train existing out": (
         lambda W: [*PRESET, "--set", "train.meta_iters=4", "--out", str(W / "run")],
-        "already exists and is not empty",
+        "hold another spec than this command asks for",
     ),
     "train resume missing": (lambda W: ["train", "--resume", str(W / "nope")], "no such run directory"),
-    "train resume no checkpoint": (lambda W: ["train", "--resume", str(W / "nock")], "has no checkpoint"),
+    "train resume not a run": (lambda W: ["train", "--resume", str(W / "empty")], "it has no spec.yaml"),
     "train resume truncated ckpt": (lambda W: ["train", "--resume", str(W / "trunc")], "cannot be read"),
     "train cuda absent": (lambda W: [*PRESET, "--device", "cuda"], "CUDA is not available here"),
     "eval missing dir": (lambda W: ["evaluate", str(W / "nope")], "is not a metacli run directory"),

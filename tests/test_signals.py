@@ -1,4 +1,4 @@
-"""SIGINT and SIGTERM stop a few-shot run at a step boundary with a checkpoint, and the run resumes."""
+"""SIGINT, SIGTERM and SIGHUP stop a few-shot run at a step boundary with a checkpoint, and the run resumes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_checkpoints_at_a_step_boundary_and_the_run_resumes(signum: int, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "metacli", "train", "--algo", "maml", "--dataset", "sinusoid",

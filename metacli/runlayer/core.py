@@ -7,9 +7,10 @@ that log, checkpoint atomically and poll for signals, then write summary.json.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,13 @@ from metacli.runs import (
     MetricsLog,
     atomic_write_text,
     checkpoint_path,
+    claimed_run_dir,
+    clear_run_files,
     read_metrics,
     read_spec_dict,
-    staged_run_dir,
     write_json,
 )
-from metacli.spec import RunSpec, spec_to_yaml, validate
+from metacli.spec import RunSpec, apply_overrides, spec_to_yaml, validate
 from metacli.tb import ScalarWriter
 
 
@@ -68,12 +70,19 @@ def train_run(
 ) -> dict[str, Any]:
     """Train ``spec`` into a fresh ``run_dir`` (removed again if it fails before any checkpoint).
 
-    ``parallel``: train data-parallel in this group; only its rank 0 writes ``run_dir``.
+    The process owns ``run_dir`` while it trains (:func:`~metacli.runs.claimed_run_dir`). ``parallel``:
+    train data-parallel in this group; only its rank 0 owns and writes ``run_dir``.
     """
     if parallel is not None and parallel.rank != 0:
         parts = build(spec, device=device, parallel=parallel)
         return _run(resolved(parts), parts, run_dir, checkpoint=None, quiet=True)
-    with staged_run_dir(run_dir):
+    with claimed_run_dir(run_dir):
+        if checkpoint_path(run_dir).exists():
+            raise RunDirError(
+                f"{run_dir} already holds a run (it has a checkpoint). Continue it with 'metacli train "
+                f"--resume {run_dir}', replace it with --overwrite, or choose another --out."
+            )
+        clear_run_files(run_dir)  # a failed start's leftovers: nothing of them can be continued
         parts = build(spec, device=device, progress=not quiet, parallel=parallel)
         spec = resolved(parts)
         atomic_write_text(run_dir / SPEC_FILE, spec_to_yaml(spec))
@@ -81,25 +90,41 @@ def train_run(
 
 
 def resume_run(
-    run_dir: Path, device: str | None = None, quiet: bool = False, parallel: DataParallel | None = None
+    run_dir: Path,
+    device: str | None = None,
+    quiet: bool = False,
+    parallel: DataParallel | None = None,
+    overrides: Sequence[str] = (),
+    announce: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
     """Continue a run from ``checkpoints/last.pt`` with the spec stored in the run directory.
 
-    The checkpoint does not depend on the number of ranks that wrote it: ``parallel`` may differ.
+    ``overrides`` (``--set``) change the stored spec first, e.g. a longer ``train.meta_iters`` for a finished
+    run; the checkpoint must still belong to it. A run that never reached its first checkpoint (a failed
+    start) is trained again from step 0 with its stored spec, saying so through ``announce``. The
+    checkpoint does not depend on the number of ranks that wrote it: ``parallel`` may differ.
 
     Raises:
-        RunDirError: no checkpoint, an unreadable one, or one written for another spec or schema version.
+        RunDirError: an unreadable checkpoint, or one written for another spec or schema version.
     """
-    spec = validate(read_spec_dict(run_dir), str(run_dir / SPEC_FILE))
-    path = checkpoint_path(run_dir)
-    if not path.is_file():
-        raise RunDirError(f"{run_dir} has no checkpoint ({path}) to resume from; start a new run instead.")
-    parts = build(spec, device=device, progress=not quiet, parallel=parallel)
-    saved = ckpt.load(path, parts.device)
-    changed = ckpt.check_matches(saved, resolved(parts), path)
-    if changed and (parallel is None or parallel.rank == 0):
-        warnings.warn(f"resuming {run_dir} with changed settings: " + "; ".join(changed), stacklevel=1)
-    return _run(resolved(parts), parts, run_dir, checkpoint=saved, quiet=quiet)
+    writer = parallel is None or parallel.rank == 0
+    with claimed_run_dir(run_dir) if writer else contextlib.nullcontext(run_dir):
+        spec = validate(apply_overrides(read_spec_dict(run_dir), overrides), str(run_dir / SPEC_FILE))
+        path = checkpoint_path(run_dir)
+        if not path.is_file():
+            announce(
+                f"{run_dir} never reached its first checkpoint (a failed start): training it from step 0"
+            )
+            return train_run(spec, run_dir, device=device, quiet=quiet, parallel=parallel)
+        parts = build(spec, device=device, progress=not quiet, parallel=parallel)
+        saved = ckpt.load(path, parts.device)
+        changed = ckpt.check_matches(saved, resolved(parts), path)
+        if changed and writer:
+            warnings.warn(f"resuming {run_dir} with changed settings: " + "; ".join(changed), stacklevel=1)
+        if writer:  # no longer finished; the stored spec is what this part trains
+            (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
+            atomic_write_text(run_dir / SPEC_FILE, spec_to_yaml(resolved(parts)))
+        return _run(resolved(parts), parts, run_dir, checkpoint=saved, quiet=quiet)
 
 
 def resolved(parts: Parts) -> RunSpec:

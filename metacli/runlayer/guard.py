@@ -9,13 +9,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from metacli.engine.guards import Diverged, Stopped
-from metacli.errors import Interrupted, RunFailure
+from metacli.errors import Interrupted, RunFailure, os_problem
 from metacli.runs import SPEC_FILE, checkpoint_path
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop a run at the next boundary with a checkpoint: Ctrl-C, a kill, a closed terminal."""
 
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[Callable[[], bool]]:
-    """While active, SIGINT and SIGTERM only ask the training loop to stop at the next step boundary.
+    """While active, SIGINT, SIGTERM and SIGHUP only ask the training loop to stop at the next step boundary.
 
     Yields the function the loop polls. A second signal while stopping raises KeyboardInterrupt at once
     (the last checkpoint on disk stays whole: checkpoints are written atomically). Outside the main thread,
@@ -31,7 +34,8 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
     if threading.current_thread() is not threading.main_thread():
         yield lambda: False
         return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    # a signal the process was started to ignore stays ignored (SIGHUP under nohup)
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS if signal.getsignal(s) != signal.SIG_IGN}
     try:
         yield lambda: bool(requested)
     finally:
@@ -54,11 +58,30 @@ def guarded_training(
             yield stop_requested
     except Diverged as e:
         raise RunFailure(diverged_message(run_dir, e, last_saved(), unit)) from None
+    except OSError as e:  # a full disk, a folder made read-only, a lost mount: the machine, not the run
+        raise RunFailure(
+            f"the run stopped: {os_problem(e)} {kept_message(run_dir, last_saved(), unit)}"
+        ) from None
+    except MemoryError:
+        raise RunFailure(
+            f"the run stopped: out of memory. {kept_message(run_dir, last_saved(), unit)} Use a smaller "
+            "train.meta_batch or model, or free memory."
+        ) from None
     except Stopped as e:
         raise Interrupted(
             f"stopped at {unit} {e.step} of {total}; {checkpoint_path(run_dir)} holds it. "
             f"Continue with: metacli train --resume {run_dir}"
         ) from None
+
+
+def kept_message(run_dir: Path, saved_step: int | None, unit: str) -> str:
+    """What a stopped run kept, and the command that continues it (or that there is none)."""
+    if saved_step is None:
+        return f"No checkpoint had been written yet: run the same command again to start {run_dir} afresh."
+    return (
+        f"{checkpoint_path(run_dir)} ({unit} {saved_step}) is kept: continue with "
+        f"'metacli train --resume {run_dir}'."
+    )
 
 
 def diverged_message(run_dir: Path, error: Diverged, saved_step: int | None, unit: str = "step") -> str:
