@@ -4,8 +4,7 @@ Cases, on random data:
 
 - ``sinusoid``: MLP 1-40-40-1, MAML second order, 5 inner steps, K = 5, 10 queries.
 - ``omniglot``: Conv4-64 (stride 2, primitive-op batch norm) on 1x28x28, 5-way 1-shot, 15 queries per
-  class, alpha = 0.4, MAML second order and FOMAML, ``--conv-inner-steps`` inner steps (5 as the
-  CPU measurement of ``docs/reference/maml_family.md`` §5).
+  class, alpha = 0.4, MAML second order and FOMAML, ``--conv-inner-steps`` inner steps (default 5).
 
 Each cell is the median over ``--repeats`` timed meta-steps after one warm-up; CUDA is synchronised
 around every timing. ``vmap/loop`` > 1 means vmap is faster.

@@ -1,4 +1,4 @@
-"""Time of one LTM evaluation of the online protocol (moml.md §5): U_eval on each of tasks 0..t-1.
+"""Time of one LTM evaluation of the online protocol (as the MOML code): U_eval on each of tasks 0..t-1.
 
 Setting: the S-MNIST MLP 784-200-10 (ReLU), full-batch fine-tuning on each task's 60 train images (mean
 cross-entropy, gradient clipped to global norm 3, lr 0.1), then test on its 10 test images, for all t

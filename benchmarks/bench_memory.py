@@ -16,7 +16,7 @@ events). The table is printed in MB (10^6 bytes) with the paper's numbers beside
 versions, every number) goes to ``benchmarks/results/memory_<device>.json``.
 
 The paper measured 32 tasks per iteration on a GPU with its own code, whose ANIL and ITD-BiO re-run the
-backbone with a graph at every inner step (memory_reduced.md §7 item 8). metacli's ITD-BiO computes the
+backbone with a graph at every inner step (yangxiaolin9527/RM-MetaL). metacli's ITD-BiO computes the
 features once per task and unrolls only the head, so its memory barely grows with K; its ANIL (the MAML
 family's, adapting the head through the whole network's forward) re-runs the backbone at every step like
 the paper's, and grows linearly.
@@ -42,7 +42,7 @@ from metacli.spec import RunSpec, deep_update, preset, validate
 ALGORITHMS = ("memory_reduced", "itd_bio", "anil", "maml")
 SHAPES = {"cifar": (32, 64), "mini": (84, 32)}
 """Image side and Conv4 filters of each input shape (the paper: 64 filters at 32x32, 32 at 84x84)."""
-PAPER_MB = {  # memory_reduced.md §6, Figure 2: K -> MB per algorithm
+PAPER_MB = {  # Yang, Ma, Yu 2025, Figure 2: K -> MB per algorithm
     "mini": {
         "memory_reduced": {5: 495.8, 10: 496.6, 15: 497.4, 20: 498.1},
         "itd_bio": {5: 1094.1, 10: 1892.7, 15: 2693.1, 20: 3490.8},

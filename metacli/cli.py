@@ -20,7 +20,14 @@ import typer
 from rich.console import Console
 
 from metacli import __version__
-from metacli.errors import MetacliError, os_problem
+from metacli.errors import (
+    OUT_OF_MEMORY,
+    Interrupted,
+    MetacliError,
+    is_out_of_memory,
+    os_problem,
+    symlink_loop,
+)
 
 app = typer.Typer(
     name="metacli",
@@ -77,7 +84,8 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except MetacliError as e:
             if debug_enabled():
                 raise
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+            label = "[yellow]stopped:[/]" if isinstance(e, Interrupted) else "[bold red]error:[/]"
+            err_console.print(f"{label} {e}", highlight=False)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             if debug_enabled():
@@ -88,15 +96,21 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
                 highlight=False,
             )
             raise typer.Exit(130) from None
-        except (OSError, MemoryError) as e:  # the machine's state (disk, permissions, limits), not a bug
+        except OSError as e:  # the machine's state (disk, permissions, limits), not a bug
             if debug_enabled():
                 raise
-            cause = os_problem(e) if isinstance(e, OSError) else "out of memory: use smaller settings."
-            err_console.print(f"[bold red]error:[/] {cause}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {os_problem(e)}", highlight=False)
             raise typer.Exit(1) from None
         except Exception as e:
             if debug_enabled():
                 raise
+            if is_out_of_memory(e):  # the machine's size, not a bug
+                err_console.print(f"[bold red]error:[/] {OUT_OF_MEMORY}.", highlight=False)
+                raise typer.Exit(1) from None
+            loop = symlink_loop(e)
+            if loop is not None:  # a path the user named, not a bug
+                err_console.print(f"[bold red]error:[/] {loop}", highlight=False)
+                raise typer.Exit(2) from None
             err_console.print(
                 f"[bold red]internal error:[/] {type(e).__name__}: {e}. This is a bug in metacli, not in "
                 "your input: run the same command as 'metacli --debug ...' to see the traceback, and "
@@ -369,7 +383,9 @@ def plot(
     """
     from metacli.plot import plot_runs
     from metacli.plot_fewshot import plot_episodic
+    from metacli.runs import check_folder_path
 
+    check_folder_path(out, "plot --out")
     written = plot_episodic(folder, out) if folder.is_dir() else []
     try:
         written += plot_runs(folder, out)

@@ -125,7 +125,7 @@ def plan(run_dir: Path, spec: Any, overwrite: bool) -> Plan:
                 "run. Choose another --out."
             )
         return "train", []
-    if not checkpoint_path(run_dir).is_file():
+    if not checkpoint_path(run_dir).exists():
         return "restart", []  # a failed start: nothing of it can be continued, whatever it was asked
     if overwrite:
         return "replace", []

@@ -10,6 +10,11 @@ Where the runs logged them, three columns come from each run's metrics.jsonl: it
 accuracy, the wall time at which it first reached 0.9 of the best validation accuracy of any run in the
 table (the measure of Yang et al. 2025, Table 2; wall time since the run started, validations included),
 and the largest ``peak_step_mb`` of its meta-training steps.
+
+One damaged run never spoils the table: a run whose spec.yaml cannot be read or validated, or that cannot
+be meta-tested (a missing or damaged checkpoint), is left out with one warning naming the cause; a
+damaged eval.json is evaluated again; lines of metrics.jsonl whose values are not numbers are left out of
+the three training columns (an unreadable or empty file leaves them empty), each with one warning.
 """
 
 from __future__ import annotations
@@ -22,8 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from metacli.errors import RunDirError
-from metacli.runs import EVAL_FILE, atomic_write_text, find_runs, read_json, read_metrics, read_spec_dict
+from metacli.errors import RunDirError, SpecError, os_problem
+from metacli.hedge import values_problem, warn, warn_lines
+from metacli.progress import fixed
+from metacli.runs import (
+    EVAL_FILE,
+    METRICS_FILE,
+    SPEC_FILE,
+    atomic_write_text,
+    find_runs,
+    read_json,
+    read_metrics,
+    read_spec_dict,
+)
 
 COMPARISON_MD = "comparison.md"
 COMPARISON_CSV = "comparison.csv"
@@ -53,8 +69,8 @@ class Training:
 
     @property
     def best(self) -> float | None:
-        """The best validation accuracy, None without validations."""
-        return max((acc for _, acc in self.validation), default=None)
+        """The best finite validation accuracy, None without one."""
+        return max((acc for _, acc in self.validation if math.isfinite(acc)), default=None)
 
     def time_to(self, target: float) -> float | None:
         """Wall time of the first validation at or above ``target``; None if it never got there."""
@@ -65,10 +81,35 @@ TIME_TO_FRACTION = 0.9
 """The fraction of the best validation accuracy whose first reach is timed (Yang et al. 2025, Table 2)."""
 
 
+TRAINING_KEYS = ("wall_time", "peak_step_mb")
+"""Besides ``val_acc@K``, the values of metrics.jsonl that the training columns use."""
+
+
+def _training_problem(row: dict[str, Any]) -> str | None:
+    """What keeps a metrics line from the training columns (a value they use is not a number), or None."""
+    return values_problem(row, [k for k in row if k.startswith("val_acc@") or k in TRAINING_KEYS])
+
+
+def _training_lines(run_dir: Path) -> list[dict[str, Any]]:
+    """The usable lines of a run's metrics.jsonl; damaged ones left out, with one warning per file."""
+    path = run_dir / METRICS_FILE
+    problems: list[tuple[int, str]] = []
+    try:
+        lines = read_metrics(run_dir, lambda n, problem, _: problems.append((n, problem)), _training_problem)
+    except RunDirError as e:
+        warn(f"{e} The run's training columns are left empty.")
+        return []
+    if problems:
+        warn_lines(path, problems, "Those lines are left out of the training columns.")
+    elif not lines:
+        warn(f"{path} is empty: the run logged nothing. Its training columns are left empty.")
+    return lines
+
+
 def training_of(run_dir: Path) -> Training:
     """Validation accuracies with their wall times, and the peak step memory, from metrics.jsonl."""
     validation, peaks = [], []
-    for line in read_metrics(run_dir):
+    for line in _training_lines(run_dir):
         accs = [v for k, v in line.items() if k.startswith("val_acc@")]
         if accs and "wall_time" in line:
             validation.append((float(line["wall_time"]), float(accs[0])))
@@ -86,17 +127,29 @@ def is_run_dir(path: Path) -> bool:
     return (path / "spec.yaml").is_file()
 
 
-def episodic_runs(folder: Path) -> list[Path]:
-    """The few-shot runs under ``folder`` (online runs are skipped: their evaluation is their training)."""
+def episodic_runs(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The few-shot runs under ``folder`` with their specs (online runs are skipped: their evaluation is
+    their training; a run whose spec.yaml cannot be read or validated is skipped with a warning)."""
     from metacli.spec import validate
 
-    runs = [r for r in find_runs(folder) if not validate(read_spec_dict(r), str(r)).is_online]
-    if not runs:
+    found, damaged = [], 0
+    for run_dir in find_runs(folder):
+        try:
+            spec = read_spec_dict(run_dir)
+            online = validate(spec, str(run_dir / SPEC_FILE)).is_online
+        except (RunDirError, SpecError) as e:
+            damaged += 1
+            warn(f"{e} Skipped {run_dir} in the comparison table.")
+            continue
+        if not online:
+            found.append((run_dir, spec))
+    if not found:
+        note = f" that can be read ({damaged} damaged, see the warnings)" if damaged else ""
         raise RunDirError(
-            f"{folder} holds no few-shot run directories (spec.yaml + metrics.jsonl). Train some with "
-            "'metacli train', e.g. a grid spec such as configs/sinusoid/table.yaml."
+            f"{folder} holds no few-shot run directories (spec.yaml + metrics.jsonl){note}. Train some "
+            "with 'metacli train', e.g. a grid spec such as configs/sinusoid/table.yaml."
         )
-    return runs
+    return found
 
 
 def reusable_eval(
@@ -106,7 +159,15 @@ def reusable_eval(
     path = run_dir / EVAL_FILE
     if not path.is_file():
         return None
-    old = read_json(path)
+    try:
+        old = read_json(path)
+    except RunDirError as e:
+        warn(f"{e} Meta-testing {run_dir} again, which replaces it.")
+        return None
+    except (OSError, ValueError) as e:  # unreadable, or not UTF-8
+        cause = os_problem(e) if isinstance(e, OSError) else f"it is not UTF-8 text ({e})"
+        warn(f"cannot read {path}: {cause} Meta-testing {run_dir} again, which replaces it.")
+        return None
     same = (
         old.get("tasks") == tasks
         and old.get("seed") == seed
@@ -114,7 +175,27 @@ def reusable_eval(
         and old.get("checkpoint") == which
         and old.get("checkpoint_step") == step
     )
-    return old if same else None
+    problem = _eval_problem(old) if same else None
+    if problem is not None:
+        warn(f"{path} {problem}; it was damaged or edited. Meta-testing {run_dir} again, which replaces it.")
+    return old if same and problem is None else None
+
+
+def _eval_problem(old: dict[str, Any]) -> str | None:
+    """What keeps an eval.json of the right settings from being shown in the table, or None."""
+    metrics = old.get("metrics")
+    if not isinstance(metrics, dict) or not metrics:
+        return "has no 'metrics' object"
+    for name, m in metrics.items():
+        if not isinstance(m, dict):
+            return f"has metric {name!r} that is not an object"
+        missing = [k for k in ("mean", "ci95") if k not in m]
+        if missing:
+            return f"has no {missing[0]!r} for metric {name!r}"
+        problem = values_problem(m, ("mean", "ci95"))
+        if problem is not None:
+            return f"{problem} (metric {name!r})"
+    return None
 
 
 def dotted(data: dict[str, Any], key: str) -> Any:
@@ -138,11 +219,18 @@ def published_numbers(spec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
 
 def compare(folder: Path, evaluate: Evaluate) -> list[Row]:
-    """One :class:`Row` per few-shot run under ``folder``, evaluated (or reused) by ``evaluate``."""
+    """One :class:`Row` per few-shot run under ``folder``, evaluated (or reused) by ``evaluate``.
+
+    A run that cannot be meta-tested (``evaluate`` raises :class:`RunDirError`: a missing or damaged
+    checkpoint) is left out with a warning; RunDirError when no run is left.
+    """
     rows = []
-    for run_dir in episodic_runs(folder):
-        out = evaluate(run_dir)
-        spec = read_spec_dict(run_dir)
+    for run_dir, spec in episodic_runs(folder):
+        try:
+            out = evaluate(run_dir)
+        except RunDirError as e:
+            warn(f"{e} Skipped {run_dir} in the comparison table.")
+            continue
         rows.append(
             Row(
                 name=str(run_dir.relative_to(folder)) if run_dir != folder else run_dir.name,
@@ -154,6 +242,11 @@ def compare(folder: Path, evaluate: Evaluate) -> list[Row]:
                 training=training_of(run_dir),
             )
         )
+    if not rows:
+        raise RunDirError(
+            f"No run under {folder} could be meta-tested (the warnings above say why). Repair or re-train "
+            "them, or evaluate one run directory to see its error."
+        )
     return rows
 
 
@@ -162,7 +255,7 @@ def metric_order(rows: list[Row]) -> list[str]:
 
     def key(name: str) -> tuple[int, int, str]:
         base, _, steps = name.partition("@")
-        return (0 if "acc" in base else 1, int(steps) if steps.isdigit() else 0, base)
+        return (0 if "acc" in base else 1, int(steps) if steps.isdecimal() else 0, base)
 
     return sorted({m for r in rows for m in r.metrics}, key=key)
 
@@ -201,7 +294,7 @@ def table_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     best = max((b for r in rows if (b := r.training.best) is not None), default=None)
     peaks = any(r.training.peak_mb is not None for r in rows)
     if best is not None:
-        header += ["best val acc %", f"time to {TIME_TO_FRACTION:g} x {100 * best:.2f} % (s)"]
+        header += ["best val acc %", f"time to {TIME_TO_FRACTION:g} x {fixed(100 * best, 2)} % (s)"]
     if peaks:
         header.append("peak step MB")
     body = []
@@ -212,11 +305,11 @@ def table_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         if best is not None:
             own, reached = r.training.best, r.training.time_to(TIME_TO_FRACTION * best)
             line += [
-                "-" if own is None else f"{100 * own:.2f}",
-                "never" if reached is None else f"{reached:.0f}",
+                "-" if own is None else fixed(100 * own, 2),
+                "never" if reached is None else fixed(reached, 0),
             ]
         if peaks:
-            line.append("-" if r.training.peak_mb is None else f"{r.training.peak_mb:.1f}")
+            line.append("-" if r.training.peak_mb is None else fixed(r.training.peak_mb, 1))
         body.append(line)
     return header, body
 

@@ -52,7 +52,7 @@ def os_problem(error: OSError) -> str:
     fixes = {
         errno.ENOSPC: "free space on that disk, or write elsewhere",
         errno.EDQUOT: "free space within your disk quota, or write elsewhere",
-        errno.EROFS: "that file system is read-only: make it writable, or work on a copy in a writable folder",
+        errno.EROFS: "that file system is read-only: make it writable, or work in a writable folder",
         errno.EACCES: _NO_PERMISSION,
         errno.EPERM: _NO_PERMISSION,
         errno.ENAMETOOLONG: "use a shorter --out or spec name",
@@ -67,3 +67,33 @@ def os_problem(error: OSError) -> str:
     }
     fix = fixes.get(error.errno or -1, "check that path and the machine, then run it again")
     return f"{cause}{where}: {fix}."
+
+
+OUT_OF_MEMORY = "out of memory: use a smaller train.meta_batch, model or data size, or free memory"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says memory ran out: Python's, torch's CUDA one, or torch's CPU allocator's.
+
+    torch reports a failed CPU allocation as a plain ``RuntimeError`` ("DefaultCPUAllocator: can't
+    allocate memory"), so the message is the only sign; checked by name to keep torch out of this module.
+    """
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def symlink_loop(error: BaseException) -> str | None:
+    """The message for a path whose symbolic links point back at themselves, or None for other errors.
+
+    ``Path.resolve`` reports such a loop as a plain ``RuntimeError`` (Python < 3.13), not as an OSError.
+    """
+    text = str(error)
+    if not (isinstance(error, RuntimeError) and text.startswith("Symlink loop from ")):
+        return None
+    where = text.removeprefix("Symlink loop from ")
+    return (
+        f"{where} is a symbolic link that leads back to itself (a loop): fix or remove the link, or "
+        "choose another path."
+    )

@@ -9,7 +9,7 @@ and reports the running average (1/t) Σ_{s≤t} h_s. The weights of round t dep
 before t, which is what makes Hedge an online algorithm; its regret against the best single
 expert in hindsight is at most ln(N)/eta + eta*T/8.
 
-The official ``hedge.py`` of the MOML paper (docs/reference/moml.md §6) has faults that this module
+The official ``hedge.py`` of the MOML paper (github.com/ruizhaoz/MOML) has faults that this module
 deliberately does **not** reproduce:
 
 1. look-ahead: it updates the weights with round-t losses *before* computing h_t (available here
@@ -24,6 +24,12 @@ neither torch nor the engine. Outputs, under the folder that holds the experts::
     hedge.json              eta, experts, per-metric summary (final averages, best expert, regret)
     hedge/spec.yaml         algorithm: {name: hedge}; the hedged curve is itself a run directory,
     hedge/metrics.jsonl     so ``metacli plot`` draws it next to the experts
+
+A damaged run (an unreadable spec.yaml or metrics.jsonl, an empty one, a line that is not JSON, a round
+whose accuracy is missing, not a number or outside [0, 1], missing rounds) cannot be an expert over the
+same rounds as the others: it is skipped with one warning naming the file and what is wrong, and Hedge
+runs over the rest. The helpers of that tolerant reading (:func:`row_problem`, :func:`warn`,
+:func:`warn_lines`) are shared with ``plot`` and ``evaluate``'s comparison table.
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +53,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from metacli import runs
-from metacli.errors import RunDirError
+from metacli.errors import MetacliError, RunDirError, os_problem
 
 HEDGE_ALGORITHM = "hedge"
 HEDGE_DIR = "hedge"
@@ -89,11 +97,21 @@ def hedge_weights(losses: np.ndarray, eta: float, reference_quirks: bool = False
     if not reference_quirks:
         # Shift by one round: the weights of round t see losses of rounds 0..t-1 only.
         cumulative = np.vstack([np.zeros((1, losses.shape[1])), cumulative[:-1]])
-    log_w = -eta * cumulative
-    # Subtracting the row maximum keeps exp() in range for any T and eta (a softmax in log space).
-    log_w -= log_w.max(axis=1, keepdims=True)
-    w = np.exp(log_w)
-    result: np.ndarray = w / w.sum(axis=1, keepdims=True)
+    return exp_weights(cumulative, eta)
+
+
+def exp_weights(cumulative: np.ndarray, eta: float) -> np.ndarray:
+    """``exp(-eta * L_i) / Σ_j exp(-eta * L_j)`` over the last axis of the cumulative losses ``L``.
+
+    Computed in the log domain for any finite ``eta >= 0``: the log-weights ``-eta * (L_i - min_j L_j)``
+    are taken relative to the best expert (the log-sum-exp shift), so the best one's is 0 and the others'
+    are <= 0. ``eta * (L_i - min L)`` may overflow to infinity (a weight of exactly 0, the limit) but never
+    gives ``inf - inf`` = NaN, and the normaliser lies in [1, N]. Ties share the weight equally.
+    """
+    gap = cumulative - cumulative.min(axis=-1, keepdims=True)  # finite, >= 0; 0 for the best
+    with np.errstate(over="ignore"):  # eta * gap beyond the float range: weight 0, as in the limit
+        w = np.exp(-eta * gap)
+    result: np.ndarray = w / w.sum(axis=-1, keepdims=True)
     return result
 
 
@@ -155,10 +173,10 @@ class HedgeReport:
     run_dir: Path
 
     def to_json(self) -> dict[str, Any]:
-        """The content of ``hedge.json``."""
+        """The content of ``hedge.json``; ``beta`` (``e^eta``) is null where it exceeds the float range."""
         return {
             "eta": self.eta,
-            "beta": math.exp(self.eta),
+            "beta": _beta(self.eta),
             "reference_quirks": self.reference_quirks,
             "rounds": self.rounds,
             "experts": list(self.experts),
@@ -177,7 +195,15 @@ class HedgeReport:
         }
 
 
-# --------------------------------------------------------------------------- reading the experts
+def _beta(eta: float) -> float | None:
+    """The paper's ``beta = e^eta``, or None where it exceeds the float range (eta above about 709)."""
+    try:
+        return math.exp(eta)
+    except OverflowError:
+        return None
+
+
+# --------------------------------------------------------------------------- finding the experts
 
 
 def _algorithm_name(spec: dict[str, Any]) -> str:
@@ -199,43 +225,146 @@ def is_hidden(relative: str) -> bool:
     return any(part.startswith(".") for part in Path(relative).parts)
 
 
-def _online_rows(run_dir: Path) -> dict[int, dict[str, Any]]:
-    """Per-round metric lines keyed by round; a repeated round (a resumed run) keeps its last line."""
-    return {int(r["round"]): r for r in runs.read_metrics(run_dir) if "round" in r}
+# --------------------------------------------------------------------------- reading runs that may be damaged
+
+INDEX_LIMIT = 2**53
+"""Rounds and steps are whole numbers below this (beyond it a float no longer tells neighbours apart)."""
 
 
-def _expert_series(run_dir: Path, name: str, keys: Sequence[str]) -> dict[str, np.ndarray] | None:
-    """The per-round ``keys`` of one run as arrays, or ``None`` if it is not an online run."""
-    rows = _online_rows(run_dir)
-    if not any(k in r for r in rows.values() for k in keys):
-        return None  # an episodic run, or an online run that has not logged a round yet
+def warn(message: str) -> None:
+    """Report damage that was skipped: one warning on one line (a YAML error's excerpt spans several)."""
+    warnings.warn(" ".join(message.split()), UserWarning, stacklevel=3)
+
+
+def warn_lines(path: Path, problems: Sequence[tuple[int, str]], consequence: str) -> None:
+    """One warning for the damaged lines of one file: the first three named, then how many more."""
+    named = "; ".join(f"line {line} {problem}" for line, problem in problems[:3])
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    warn(f"{path}: {named}{more}. {consequence}")
+
+
+def _shown(value: Any) -> str:
+    """A metrics value as the file spells it, cut short: ``null``, ``"abc"``, ``[1, 2]``."""
+    text = json.dumps(value)
+    return text if len(text) <= 30 else text[:27] + "..."
+
+
+def number_problem(row: dict[str, Any], key: str) -> str | None:
+    """What is wrong with ``row[key]`` as a number, or None when it is one (NaN and infinities are)."""
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"has {key!r}: {_shown(value)}, not a number"
+    try:
+        float(value)
+    except OverflowError:  # a JSON integer with hundreds of digits
+        return f"has {key!r}: {_shown(value)}, too large for a number"
+    return None
+
+
+def row_problem(row: dict[str, Any], index: str, keys: Iterable[str]) -> str | None:
+    """What is wrong with a metrics line as one of ``index`` (``round`` or ``step``), or None.
+
+    A line without ``index`` is not examined (an online reader passes over a few-shot run's lines).
+    Otherwise ``index`` must be a whole number from 0 up, and each of ``keys`` that the line holds a number.
+    """
+    if index not in row:
+        return None
+    value = row[index]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < INDEX_LIMIT:
+        return f"has {index!r}: {_shown(value)}, not a whole number from 0 up"
+    return values_problem(row, keys)
+
+
+def values_problem(row: dict[str, Any], keys: Iterable[str]) -> str | None:
+    """What is wrong with the first of ``keys`` that ``row`` holds and is not a number, or None."""
+    for key in keys:
+        problem = number_problem(row, key) if key in row else None
+        if problem is not None:
+            return problem
+    return None
+
+
+def _damage_in_rounds(rows: dict[int, dict[str, Any]], keys: Sequence[str]) -> str | None:
+    """What keeps a run's rounds from being an expert's, or None.
+
+    Missing rounds, an accuracy missing at some rounds only, or one outside [0, 1] or not finite. A key
+    the run logs at no round (or LTM that is NaN at every round: LTM switched off) is no damage: that is
+    the user's choice of --metric, refused by :func:`_expert_series`.
+    """
     rounds = sorted(rows)
     if rounds != list(range(1, len(rounds) + 1)):
         missing = sorted(set(range(1, rounds[-1] + 1)) - set(rounds))
-        raise RunDirError(
-            f"Run {name!r} logs rounds with gaps (missing {missing[:5]}); Hedge needs every round 1..T. "
-            "Re-run or resume it, or move it out of the folder."
+        return (
+            f"misses round(s) {missing[:5]}"
+            if missing
+            else f"logs round {rounds[0]}, but rounds count from 1"
         )
-    out: dict[str, np.ndarray] = {}
     for key in keys:
         absent = [t for t in rounds if key not in rows[t]]
+        if len(absent) == len(rounds):
+            continue
         if absent:
+            return f"has no {key!r} at round(s) {absent[:5]}, though its other rounds have it"
+        values = [float(rows[t][key]) for t in rounds]
+        if key == "ltm_acc" and all(math.isnan(v) for v in values):
+            continue
+        bad = [t for t, v in zip(rounds, values, strict=True) if not 0.0 <= v <= 1.0]  # NaN is bad too
+        if bad:
+            return (
+                f"has {key!r} = {rows[bad[0]][key]} at round {bad[0]} ({len(bad)} round(s) outside [0, 1] "
+                "or not finite); an accuracy lies in [0, 1]. Did the run diverge?"
+            )
+    return None
+
+
+def _expert_rows(run_dir: Path, keys: Sequence[str]) -> dict[int, dict[str, Any]] | None:
+    """A run's per-round lines keyed by round (a resumed run's repeated round: its last line); None for an
+    earlier Hedge output.
+
+    Raises:
+        RunDirError: the run is damaged (an unreadable spec.yaml or metrics.jsonl, an empty one, a bad
+            line, see :func:`_damage_in_rounds`): it cannot be an expert over the same rounds.
+    """
+    if _algorithm_name(runs.read_spec_dict(run_dir)) == HEDGE_ALGORITHM:
+        return None  # our own earlier output: hedging Hedge would count it twice
+    path = run_dir / runs.METRICS_FILE
+
+    def give_up(line: int, problem: str, row: dict[str, Any] | None) -> None:
+        raise RunDirError(f"{path}: line {line} {problem}.")
+
+    lines = runs.read_metrics(run_dir, give_up, lambda row: row_problem(row, "round", keys))
+    if not lines:
+        raise RunDirError(f"{path} is empty: the run logged nothing (killed as it started?).")
+    rows = {int(r["round"]): r for r in lines if "round" in r}
+    problem = _damage_in_rounds(rows, keys) if rows else None
+    if problem is not None:
+        raise RunDirError(f"{path} {problem}.")
+    return rows
+
+
+def _expert_series(
+    rows: dict[int, dict[str, Any]], name: str, keys: Sequence[str]
+) -> dict[str, np.ndarray] | None:
+    """The per-round ``keys`` of an undamaged run as arrays, or ``None`` if it is not an online run.
+
+    Raises:
+        RunDirError: the run logs one of ``keys`` at no round (LTM switched off): hedge the other metric.
+    """
+    if not any(k in r for r in rows.values() for k in keys):
+        return None  # an episodic run, or an online run that has not logged a round yet
+    out: dict[str, np.ndarray] = {}
+    for key in keys:
+        if any(key not in r for r in rows.values()):  # then in none: _damage_in_rounds saw to that
             hint = " (trained with online.ltm: false?)" if key == "ltm_acc" else ""
             raise RunDirError(
-                f"Run {name!r} has no {key!r} at round(s) {absent[:5]}{hint}; Hedge needs it every round. "
+                f"Run {name!r} logs no {key!r}{hint}; Hedge needs it every round. "
                 "Hedge only the metrics every run logged (e.g. --metric ctm)."
             )
-        arr = np.array([float(rows[t][key]) for t in rounds])
+        arr = np.array([float(rows[t][key]) for t in sorted(rows)])
         if key == "ltm_acc" and np.isnan(arr).all():
             raise RunDirError(
                 f"Run {name!r} logs no LTM (trained with online.ltm: false), so it cannot be hedged on LTM. "
                 "Hedge its CTM only: metacli hedge FOLDER --metric ctm."
-            )
-        bad = [t for t, a in zip(rounds, arr, strict=True) if not (math.isfinite(a) and 0.0 <= a <= 1.0)]
-        if bad:
-            raise RunDirError(
-                f"Run {name!r} has {key!r} outside [0, 1] or not finite at round(s) {bad[:5]} "
-                f"(e.g. {arr[bad[0] - 1]}); an accuracy must lie in [0, 1]. Did the run diverge?"
             )
         out[key] = arr
     return out
@@ -244,27 +373,45 @@ def _expert_series(run_dir: Path, name: str, keys: Sequence[str]) -> dict[str, n
 def load_experts(folder: Path, metrics: Sequence[str] = METRICS) -> dict[str, dict[str, np.ndarray]]:
     """Every online run under ``folder`` (except earlier Hedge outputs): name -> key -> (T,) array.
 
-    Names are run paths relative to ``folder``. Raises :class:`RunDirError` when there is no expert
-    or when experts disagree on the number of rounds.
+    Names are run paths relative to ``folder``. A damaged run is skipped with a warning. Raises
+    :class:`RunDirError` when no expert remains or when experts disagree on the number of rounds.
     """
     keys = [f"{m}_acc" for m in metrics]
     experts: dict[str, dict[str, np.ndarray]] = {}
+    skipped = 0
     for run_dir in runs.find_runs(folder):
         name = run_name(run_dir, folder)
         if is_hidden(name):
             continue  # a staging folder left by a killed 'metacli hedge'
-        if _algorithm_name(runs.read_spec_dict(run_dir)) == HEDGE_ALGORITHM:
-            continue  # our own earlier output: hedging Hedge would count it twice
-        series = _expert_series(run_dir, name, keys)
+        _refuse_live(run_dir, name)
+        try:
+            rows = _expert_rows(run_dir, keys)
+        except RunDirError as e:
+            skipped += 1
+            warn(f"{e} Skipped run {name!r}; Hedge runs over the other experts.")
+            continue
+        series = None if rows is None else _expert_series(rows, name, keys)
         if series is not None:
             experts[name] = series
     if not experts:
+        note = f" ({skipped} damaged run(s) skipped, see the warnings)" if skipped else ""
         raise RunDirError(
-            f"No online runs (per-round {', '.join(keys)}) under {folder}. "
+            f"No online runs (per-round {', '.join(keys)}) under {folder}{note}. "
             "Pass the folder that holds the runs written by 'metacli train' on an online benchmark."
         )
     _check_same_length(folder, experts)
     return experts
+
+
+def _refuse_live(run_dir: Path, name: str) -> None:
+    """Refuse an expert that a live process is still training: its rounds so far would give a wrong table."""
+    pid = runs.lock_holder(run_dir)
+    if pid is not None and pid != os.getpid():
+        raise RunDirError(
+            f"run {name!r} ({run_dir}) is still being trained by process {pid}; Hedge over the rounds it has "
+            "so far would not be the table of the finished runs. Wait for it to finish (or stop it), "
+            "then run hedge again."
+        )
 
 
 def _check_same_length(folder: Path, experts: dict[str, dict[str, np.ndarray]]) -> None:
@@ -311,10 +458,17 @@ def _summarise(
 
 def _next_weights(losses: np.ndarray, eta: float) -> np.ndarray:
     """The weights after every round (those Hedge would play at round T+1)."""
-    log_w = -eta * losses.sum(axis=0)
-    w = np.exp(log_w - log_w.max())
-    result: np.ndarray = w / w.sum()
-    return result
+    return exp_weights(losses.sum(axis=0), eta)
+
+
+def check_eta(eta: float) -> None:
+    """Refuse an ``--eta`` outside (0, inf): the weights would be meaningless (NaN, or growing with loss)."""
+    if not (math.isfinite(eta) and eta > 0.0):
+        raise MetacliError(
+            f"--eta {eta}: eta must be a positive number, finite and > 0 (the default is ln 10 = "
+            f"{DEFAULT_ETA:.4f}, the paper's beta = 10). Larger values follow the best run so far more "
+            "closely; any finite size works."
+        )
 
 
 def run_hedge(
@@ -336,8 +490,7 @@ def run_hedge(
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
         raise RunDirError(f"Unknown metric(s) {unknown or list(metrics)}; choose among {list(METRICS)}.")
-    if not (math.isfinite(eta) and eta > 0.0):
-        raise RunDirError(f"eta must be a positive number, got {eta}.")
+    check_eta(eta)
     folder = Path(folder)
     experts = load_experts(folder, metrics)
     names = tuple(experts)
@@ -396,7 +549,13 @@ def _is_hedge_run(path: Path) -> bool:
 
 
 def _write_outputs(report: HedgeReport, rows: list[dict[str, Any]], metrics: Sequence[str]) -> None:
-    """Write ``hedge/`` as a whole (built aside, then swapped in) and then ``hedge.json``."""
+    """Replace the result set, ``hedge.json`` and ``hedge/``, as a whole: built aside, then swapped in.
+
+    The new set is written into a hidden staging folder beside them (a kill there leaves the old set as
+    it was, and readers skip hidden folders), then :func:`_swap_in` moves the old set out and the new one
+    in, undoing its moves if one fails. A failure to write (full disk, no permission) is a
+    :class:`RunDirError` naming the cause, with the previous results intact.
+    """
     target = report.run_dir
     if target.exists() and not _is_hedge_run(target):
         # Only our own earlier output may be replaced; anything else there is the user's.
@@ -404,26 +563,59 @@ def _write_outputs(report: HedgeReport, rows: list[dict[str, Any]], metrics: Seq
             f"{target} exists and is not an earlier Hedge output; Hedge will not overwrite it. "
             f"Rename or move it, then run hedge again."
         )
-    # Build the new directory next to the old one, so a kill leaves either the old or the new one
-    # (a half-written staging dir is itself a hedge run, so a later run never reads it as an expert).
-    staging = Path(tempfile.mkdtemp(dir=report.folder, prefix=f".{HEDGE_DIR}.", suffix=".tmp"))
+    staging: Path | None = None
     try:
-        staging.chmod(0o755)  # mkdtemp makes it private; the result is a run directory like any other
-        runs.atomic_write_text(
-            staging / runs.SPEC_FILE, yaml.safe_dump(_hedge_spec(report, metrics), sort_keys=False)
-        )
-        runs.atomic_write_text(staging / runs.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=report.folder, prefix=f".{HEDGE_DIR}.old.", suffix=".tmp"))
-            os.replace(target, old / HEDGE_DIR)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        with runs.locked_folder(report.folder, "which is writing Hedge's results there"):
+            staging = Path(tempfile.mkdtemp(dir=report.folder, prefix=f".{HEDGE_DIR}.", suffix=".tmp"))
+            _build_set(staging, report, rows, metrics)
+            _swap_in(staging, report.folder)
+    except OSError as e:
+        raise RunDirError(
+            f"cannot write Hedge's results into {report.folder}: {os_problem(e)} "
+            f"The previous {HEDGE_JSON} and {HEDGE_DIR}/ there, if any, are unchanged."
+        ) from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build_set(
+    staging: Path, report: HedgeReport, rows: list[dict[str, Any]], metrics: Sequence[str]
+) -> None:
+    """Write the new ``hedge/`` (a run directory ``plot`` reads) and ``hedge.json`` into ``staging``."""
+    run_dir = staging / HEDGE_DIR
+    run_dir.mkdir()  # with the umask's permissions: the result is a run directory like any other
+    runs.atomic_write_text(
+        run_dir / runs.SPEC_FILE, yaml.safe_dump(_hedge_spec(report, metrics), sort_keys=False)
+    )
+    runs.atomic_write_text(run_dir / runs.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+    runs.write_json(staging / HEDGE_JSON, report.to_json())
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    """Move the old ``hedge/`` into ``staging`` and the new set from ``staging`` into ``folder``.
+
+    Each move is one rename within one file system. ``hedge.json`` is replaced last, by one atomic
+    rename (the commit); if any move fails, those made so far are undone in reverse order, so the folder
+    holds the whole old set or the whole new one. Only a kill in the microseconds between the last two
+    renames could leave the new ``hedge/`` beside the old ``hedge.json``; running hedge again mends that.
+    """
+    moves: list[tuple[Path, Path]] = []
+
+    def move(source: Path, destination: Path) -> None:
+        os.replace(source, destination)
+        moves.append((source, destination))
+
+    try:
+        if (folder / HEDGE_DIR).exists():
+            move(folder / HEDGE_DIR, staging / f"old-{HEDGE_DIR}")
+        move(staging / HEDGE_DIR, folder / HEDGE_DIR)
+        os.replace(staging / HEDGE_JSON, folder / HEDGE_JSON)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        for source, destination in reversed(moves):
+            with suppress(OSError):
+                os.replace(destination, source)
         raise
-    runs.write_json(report.json_path, report.to_json())
 
 
 # --------------------------------------------------------------------------- display

@@ -20,6 +20,10 @@ Design choices:
   method, "MOML (24 runs)", since held memory depends on the method, not on its hyper-parameters.
 * Accuracies are shown in percent; memory in MB (10^6 bytes), on a log axis when it spans more
   than a factor :data:`LOG_RANGE`.
+* Damage never spoils the folder: a run whose spec.yaml or metrics.jsonl cannot be read (or is empty)
+  is skipped, and a line that is not JSON, or whose round, step or plotted value is not a number (or
+  too large to draw), is left out; each is one warning naming the file and lines (see
+  :func:`read_indexed`). NaN and infinite values are drawn as gaps.
 
 No pyplot: figures are built on :class:`matplotlib.figure.Figure`, which needs no GUI backend and
 leaves no global figure state behind (the Agg canvas renders PNG, the SVG backend SVG). Neither torch
@@ -28,9 +32,8 @@ nor the engine is imported.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +49,7 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodF
 
 from metacli import runs  # noqa: E402
 from metacli.errors import RunDirError  # noqa: E402
-from metacli.hedge import HEDGE_ALGORITHM, is_hidden, run_name  # noqa: E402
+from metacli.hedge import HEDGE_ALGORITHM, is_hidden, row_problem, run_name, warn, warn_lines  # noqa: E402
 from metacli.tb import ScalarWriter  # noqa: E402
 
 MAX_LABELLED = 8
@@ -132,11 +135,83 @@ FIGURES = (
     ),
     FigureSpec("held_mb", "memory", "Memory held by the learner", "Held memory (MB)", 1.0, False),
 )
+ONLINE_KEYS = ("ctm_acc", "ctm_acc_avg", "ltm_acc", "ltm_acc_avg", "task_bytes", "state_bytes")
+"""The per-round values the online figures draw (besides Hedge's ``<metric>_weight/<expert>``)."""
+DRAW_LIMIT = 1e100
+"""Finite values beyond this magnitude cannot be drawn (matplotlib's tick arithmetic overflows)."""
 TB_TAGS = {"ctm_avg": "CTM_Avg/acc", "ltm_avg": "LTM_Avg/acc", "ctm": "CTM/acc", "ltm": "LTM/acc",
            "held_mb": "Memory/held_MB"}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def _line_problem(row: dict[str, Any], index: str, plotted: Callable[[str], bool]) -> str | None:
+    """What keeps a metrics line from being drawn (see :func:`read_indexed`), or None."""
+    keys = [k for k in row if k != index and plotted(k)]
+    problem = row_problem(row, index, keys)
+    if problem is not None or index not in row:
+        return problem
+    huge = next((k for k in keys if math.isfinite(row[k]) and abs(row[k]) > DRAW_LIMIT), None)
+    return None if huge is None else f"has {huge!r}: {float(row[huge]):.3g}, too large to draw"
+
+
+def _method(spec: dict[str, Any]) -> str:
+    """``algorithm.name`` of a spec, ``?`` when absent."""
+    algorithm = spec.get("algorithm")
+    return str(algorithm.get("name", "?")) if isinstance(algorithm, dict) else "?"
+
+
+def read_indexed(
+    run_dir: Path, index: str, plotted: Callable[[str], bool], owner: bool
+) -> tuple[str, list[dict[str, Any]]] | None:
+    """A run's method and its metric lines holding ``index`` (``round`` or ``step``), one per index value in
+    order (a resumed run's repeated one: its last line); None when the run cannot be read.
+
+    Damage is left out with one warning per file: a line whose ``index``, or a value the figures draw
+    (``plotted(key)``), is not a number or too large to draw. Damage that concerns every reader of the run,
+    an unreadable spec.yaml, an unreadable or empty metrics.jsonl, a line that is not a JSON object, is
+    reported only by the ``owner`` (the online reader, which ``metacli plot`` always runs), so that the
+    command reports it once.
+    """
+    path = run_dir / runs.METRICS_FILE
+    problems: list[tuple[int, str, bool]] = []  # line, what is wrong, whether it is a line of this reader
+
+    def note(line: int, problem: str, row: dict[str, Any] | None) -> None:
+        problems.append((line, problem, row is not None))
+
+    try:
+        spec = runs.read_spec_dict(run_dir)
+        lines = runs.read_metrics(run_dir, note, lambda row: _line_problem(row, index, plotted))
+        if not lines and not problems:
+            raise RunDirError(f"{path} is empty: the run logged nothing (killed as it started?).")
+    except RunDirError as e:
+        if owner:
+            warn(f"{e} Skipped that run; the others are plotted.")
+        return None
+    reported = [(line, problem) for line, problem, own in problems if owner or own]
+    if reported:
+        warn_lines(path, reported, "Those lines are left out of the figures.")
+    by_index = {int(r[index]): r for r in lines if index in r}
+    return _method(spec), [by_index[i] for i in sorted(by_index)]
+
+
+def _is_online_value(key: str) -> bool:
+    """Whether the online figures draw this per-round value."""
+    return key in ONLINE_KEYS or "_weight/" in key
+
+
+def _complete_rounds(run_dir: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rounds that hold every drawn value the run logs; one warning names the others (left out)."""
+    logged = {k for r in rows for k in r if _is_online_value(k)}
+    partial = [r for r in rows if not logged <= r.keys()]
+    if partial:
+        rounds, lacking = [r["round"] for r in partial], sorted(logged - partial[0].keys())
+        warn(
+            f"{run_dir / runs.METRICS_FILE}: round(s) {rounds[:5]} lack {lacking[:3]}, which the run logs "
+            "at its other rounds; those rounds are left out of the figures."
+        )
+    return [r for r in rows if logged <= r.keys()]
 
 
 def curve_of(rows: Sequence[dict[str, Any]], key: str) -> Curve | None:
@@ -152,14 +227,8 @@ def _running_average(c: Curve) -> Curve:
     return Curve(c.rounds, np.cumsum(c.values) / np.arange(1, len(c.values) + 1))
 
 
-def read_run_curves(run_dir: Path, name: str) -> RunCurves | None:
-    """The online series of one run, or ``None`` if it logged no rounds (an episodic run)."""
-    spec = runs.read_spec_dict(run_dir)
-    algorithm = spec.get("algorithm")
-    method = str(algorithm.get("name", "?")) if isinstance(algorithm, dict) else "?"
-    # Key by round so that a resumed run's repeated rounds keep their last line.
-    by_round = {int(r["round"]): r for r in runs.read_metrics(run_dir) if "round" in r}
-    rows = [by_round[t] for t in sorted(by_round)]
+def run_curves(name: str, method: str, rows: list[dict[str, Any]]) -> RunCurves | None:
+    """The online series of one run from its per-round lines, or ``None`` if it has none (an episodic run)."""
     series: dict[str, Curve] = {}
     for m in ("ctm", "ltm"):
         per_round = curve_of(rows, f"{m}_acc")
@@ -184,19 +253,28 @@ def read_run_curves(run_dir: Path, name: str) -> RunCurves | None:
 
 
 def load_runs(folder: Path) -> list[RunCurves]:
-    """Every online run under ``folder`` (Hedge's included), experts first and Hedge last."""
+    """Every online run under ``folder`` (Hedge's included), experts first and Hedge last.
+
+    Damaged runs and lines are skipped with a warning; :class:`RunDirError` when no run is left to plot.
+    """
     folder = Path(folder)
     found: list[RunCurves] = []
+    damaged = 0
     for run_dir in runs.find_runs(folder):
         name = run_name(run_dir, folder)
         if is_hidden(name):
             continue  # a staging folder of an interrupted 'metacli hedge'
-        curves = read_run_curves(run_dir, name)
+        read = read_indexed(run_dir, "round", _is_online_value, owner=True)
+        if read is None:
+            damaged += 1
+            continue
+        curves = run_curves(name, read[0], _complete_rounds(run_dir, read[1]))
         if curves is not None:
             found.append(curves)
     if not found:
+        note = f" ({damaged} damaged run(s) skipped, see the warnings)" if damaged else ""
         raise RunDirError(
-            f"No runs with metrics to plot under {folder}: neither per-round online metrics (ctm_acc, "
+            f"No runs with metrics to plot under {folder}{note}: neither per-round online metrics (ctm_acc, "
             "ltm_acc, task_bytes) nor per-step few-shot ones. Pass the folder of your runs (e.g. "
             "runs/, where 'metacli train' writes), or run 'metacli train' first."
         )
@@ -377,19 +455,13 @@ def draw_figure(spec: FigureSpec, all_runs: Sequence[RunCurves], style: Style) -
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    """Save atomically (temporary file, then rename), so a viewer never sees half a PNG."""
+    """Save atomically (:func:`metacli.runs.atomic_write`), so a viewer never sees half a PNG."""
     fmt = path.suffix.lstrip(".")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        # No date in the metadata: re-plotting the same runs gives the same files.
-        metadata = {"Software": "metacli"} if fmt == "png" else {"Creator": "metacli", "Date": None}
-        fig.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight", metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a figure is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # No date in the metadata: re-plotting the same runs gives the same files.
+    metadata = {"Software": "metacli"} if fmt == "png" else {"Creator": "metacli", "Date": None}
+    runs.atomic_write(
+        path, lambda f: fig.savefig(f, format=fmt, dpi=DPI, bbox_inches="tight", metadata=metadata)
+    )
 
 
 # --------------------------------------------------------------------------- TensorBoard
@@ -429,7 +501,7 @@ def plot_runs(folder: Path, out: Path) -> list[Path]:
     all_runs = load_runs(Path(folder))
     out = make_out_dir(Path(out))
     style = make_style(all_runs)
-    with matplotlib.rc_context(STYLE):
+    with matplotlib.rc_context(STYLE), np.errstate(over="ignore", invalid="ignore"):  # inf, NaN: gaps
         written = save_figures([(spec.filename, draw_figure(spec, all_runs, style)) for spec in FIGURES], out)
     write_tensorboard(all_runs, out / "tensorboard")
     return written

@@ -9,7 +9,9 @@ Reads only ``spec.yaml`` and ``metrics.jsonl`` of every episodic run under a fol
                              stops adaptation, against the step (von Oswald et al. 2021, Figure 1)
 
 One colour per run, the same in every figure; accuracies in percent. Built on
-:class:`matplotlib.figure.Figure` with the styling of :mod:`metacli.plot`.
+:class:`matplotlib.figure.Figure` with the styling of :mod:`metacli.plot`. A step line whose step or a
+value is not a number is left out with one warning per file (:func:`metacli.plot.read_indexed`); damage
+to a whole run is reported by the online reader, which ``metacli plot`` runs after this one.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 from matplotlib.figure import Figure
 
 from metacli import runs
-from metacli.plot import SPARE_COLOURS, STYLE, Curve, curve_of, make_out_dir, save_figures
+from metacli.hedge import is_hidden, run_name
+from metacli.plot import SPARE_COLOURS, STYLE, Curve, curve_of, make_out_dir, read_indexed, save_figures
 
 RUN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", *SPARE_COLOURS)
 SPARSITY = "mask_sparsity/"
@@ -38,14 +42,12 @@ class EpisodicCurves:
 
 
 def read_episodic(run_dir: Path, name: str) -> EpisodicCurves | None:
-    """The per-step series of one run, or None for a run that logged no steps (an online run)."""
-    spec = runs.read_spec_dict(run_dir)
-    algorithm = spec.get("algorithm")
-    method = str(algorithm.get("name", "?")) if isinstance(algorithm, dict) else "?"
-    by_step = {int(r["step"]): r for r in runs.read_metrics(run_dir) if "step" in r}  # resumed: last line
-    rows = [by_step[s] for s in sorted(by_step)]
-    if not rows:
+    """The per-step series of one run, or None for a run that logged no steps (an online run) or that
+    cannot be read (damaged: reported by :func:`metacli.plot.load_runs`)."""
+    read = read_indexed(run_dir, "step", lambda key: True, owner=False)  # every value is drawn
+    if read is None or not read[1]:
         return None
+    method, rows = read
     # the rows' "step" key plays the part of the online "round" for the shared reader
     renamed = [{**r, "round": r["step"]} for r in rows]
     keys = {k for r in rows for k in r if k != "step"}
@@ -57,7 +59,9 @@ def load_episodic(folder: Path) -> list[EpisodicCurves]:
     """Every episodic run under ``folder``, by name."""
     found = []
     for run_dir in runs.find_runs(folder):
-        name = str(run_dir.relative_to(folder)) if run_dir != folder else run_dir.name
+        name = run_name(run_dir, folder)
+        if is_hidden(name):
+            continue  # a staging folder of an interrupted 'metacli hedge'
         curves = read_episodic(run_dir, name)
         if curves is not None:
             found.append(curves)
@@ -124,7 +128,7 @@ def plot_episodic(folder: Path, out: Path) -> list[Path]:
         return []
     make_out_dir(out)
     figures: list[tuple[str, Figure | None]] = []
-    with matplotlib.rc_context(STYLE):
+    with matplotlib.rc_context(STYLE), np.errstate(over="ignore", invalid="ignore"):  # inf, NaN: gaps
         classification = any("accuracy" in r.series for r in all_runs)
         train_keys = ["accuracy"] if classification else ["query_loss"]
         train_label = (

@@ -1,8 +1,11 @@
 """Progress display: a rich bar on a terminal; elsewhere (a pipe, a file, ``--quiet``) plain lines.
 
-Plain lines come every ``METACLI_PROGRESS_EVERY`` seconds (default 10) and at the end, each with the count,
-rate, elapsed time, ETA and the latest status, as one unwrapped line without markup, so a run piped to a
-file or a job log shows steady progress.
+Plain lines come every ``METACLI_PROGRESS_EVERY`` seconds (default 10; 0: at every update) and at the end,
+each with the count, rate, elapsed time, ETA and the latest status, as one unwrapped line without markup, so
+a run piped to a file or a job log shows steady progress. Any other value of that variable (empty, text,
+negative, NaN, infinite) is a :class:`~metacli.errors.MetacliError` when the display is made, before the
+first step. No count, rate or ETA breaks the display: NaN, infinities and numbers beyond the float range
+show as ``?`` or ``inf``, never as an exception.
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
+
+from metacli.errors import MetacliError
 
 EVERY_ENV = "METACLI_PROGRESS_EVERY"
 DEFAULT_EVERY = 10.0
@@ -28,19 +35,69 @@ DEFAULT_EVERY = 10.0
 
 
 def line_interval() -> float:
-    """Seconds between plain progress lines: ``$METACLI_PROGRESS_EVERY`` when a number, else 10."""
-    try:
-        return max(0.0, float(os.environ.get(EVERY_ENV, DEFAULT_EVERY)))
-    except ValueError:
+    """Seconds between plain progress lines: ``$METACLI_PROGRESS_EVERY``, or 10 when it is unset.
+
+    Raises:
+        MetacliError: the variable is set to anything but a finite number >= 0 (empty, text, negative,
+            NaN, infinite), naming it and what it accepts.
+    """
+    raw = os.environ.get(EVERY_ENV)
+    if raw is None:
         return DEFAULT_EVERY
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0.0):
+        raise MetacliError(
+            f"{EVERY_ENV}={raw!r} is not a number of seconds. It accepts a finite number >= 0: the seconds "
+            f"between plain progress lines (0: a line at every step; unset: {DEFAULT_EVERY:g}). Set it to "
+            f"e.g. {EVERY_ENV}=30, or unset it."
+        )
+    return value
+
+
+MAX_CLOCK = 1e9
+"""Seconds (about 31 years) beyond which an elapsed time or ETA is shown as unknown."""
 
 
 def clock(seconds: float) -> str:
-    """``H:MM:SS`` (``?`` when unknown)."""
-    if not math.isfinite(seconds):
+    """``H:MM:SS``; ``?`` when unknown (NaN, infinite, negative, or beyond :data:`MAX_CLOCK`)."""
+    if not 0.0 <= seconds < MAX_CLOCK:  # NaN fails too
         return "?"
     s = int(round(seconds))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def ratio(a: float, b: float) -> float:
+    """``a / b``, or infinity where the quotient (or an integer operand) exceeds the float range."""
+    try:
+        return a / b
+    except OverflowError:
+        return math.inf if (a >= 0) == (b >= 0) else -math.inf
+
+
+def fixed(x: float, digits: int) -> str:
+    """``x`` with ``digits`` decimals, in exponent form from 1e6 on (1e308 would be 309 digits).
+
+    NaN and infinities read ``nan``, ``inf``; integers beyond the float range read ``inf``.
+    """
+    try:
+        x = float(x)
+    except OverflowError:
+        x = math.inf if x > 0 else -math.inf
+    return f"{x:.2e}" if math.isfinite(x) and abs(x) >= 1e6 else f"{x:.{digits}f}"
+
+
+class SafeTimeRemainingColumn(TimeRemainingColumn):
+    """Rich's ETA column, showing ``-:--:--`` where its estimate exceeds the float range (a huge total)."""
+
+    def render(self, task: Task) -> Text:
+        """The ETA, or ``-:--:--`` when rich cannot compute it."""
+        try:
+            return super().render(task)
+        except (OverflowError, ValueError):
+            return Text("-:--:--", style="progress.remaining")
 
 
 class Reporter:
@@ -75,7 +132,7 @@ class Reporter:
                 TextColumn("{task.fields[rate]}"),
                 TimeElapsedColumn(),
                 TextColumn("eta"),
-                TimeRemainingColumn(),
+                SafeTimeRemainingColumn(),
                 TextColumn("{task.fields[info]}"),
                 console=self.console,
                 transient=False,
@@ -96,7 +153,7 @@ class Reporter:
     def rate(self) -> float:
         """Units per second in this process so far."""
         elapsed = time.perf_counter() - self._t0
-        return (self.done - self._start_done) / elapsed if elapsed > 0 else 0.0
+        return ratio(self.done - self._start_done, elapsed) if elapsed > 0 else 0.0
 
     def advance(self, n: int = 1, info: str = "") -> None:
         """Mark ``n`` more units done; ``info`` is a short status (e.g. the latest loss)."""
@@ -104,7 +161,7 @@ class Reporter:
         if self._progress is not None:
             task = self._progress.tasks[0]
             rate = task.speed or self.rate()
-            self._progress.update(self._task, advance=n, rate=f"{rate:.1f} {self.unit}/s", info=info)
+            self._progress.update(self._task, advance=n, rate=f"{fixed(rate, 1)} {self.unit}/s", info=info)
             return
         now = time.perf_counter()
         if now - self._last_line >= self._every or self.done >= self.total:
@@ -114,11 +171,12 @@ class Reporter:
     def status_line(self, info: str = "") -> str:
         """``NAME: 120/1000 rounds (12%), 35.2 round/s, elapsed 0:00:03, eta 0:00:25, INFO``."""
         rate = self.rate()
-        eta = (self.total - self.done) / rate if rate > 0 else math.inf
-        pct = 100 * self.done / self.total if self.total else 100.0
+        eta = ratio(self.total - self.done, rate) if rate > 0 else math.inf
+        pct = ratio(100 * self.done, self.total) if self.total else 100.0
+        elapsed = clock(time.perf_counter() - self._t0)
         text = (
-            f"{self.description}: {self.done}/{self.total} {self.unit}s ({pct:.0f}%), "
-            f"{rate:.1f} {self.unit}/s, elapsed {clock(time.perf_counter() - self._t0)}, eta {clock(eta)}"
+            f"{self.description}: {self.done}/{self.total} {self.unit}s ({fixed(pct, 0)}%), "
+            f"{fixed(rate, 1)} {self.unit}/s, elapsed {elapsed}, eta {clock(eta)}"
         )
         return f"{text}, {info}" if info else text
 

@@ -31,9 +31,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import yaml
-
-from metacli.errors import RunDirError, os_problem
+from metacli.errors import RunDirError, SpecError, os_problem
+from metacli.yamlfile import load_yaml, read_spec_text
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -116,12 +115,12 @@ def read_spec_dict(run_dir: Path) -> dict[str, Any]:
             f"{run_dir} is not a metacli run directory: it has no {SPEC_FILE}. "
             "Pass a folder written by 'metacli train'."
         )
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    try:  # the spec files' strict reader: a run folder from elsewhere may hold anything
+        data = load_yaml(read_spec_text(path), str(path))
+    except SpecError as e:
         raise RunDirError(
-            f"{path} is not readable YAML ({type(e).__name__}: {e}). It was damaged or edited by hand: "
-            "restore it from the spec you trained, or re-run 'metacli train'."
+            f"{e} It was damaged or edited by hand: restore it from the spec you trained, or re-run "
+            "'metacli train'."
         ) from None
     if not isinstance(data, dict):
         raise RunDirError(f"{path} does not hold a mapping; re-run 'metacli train' to rewrite it.")
@@ -240,7 +239,9 @@ def _pid_in(fd: int) -> int:
     return int(text) if text.isdigit() else 0
 
 
-def _take_lock(run_dir: Path) -> int:
+def _take_lock(
+    run_dir: Path, doing: str = "which is training into it", instead: str = ", or choose another --out"
+) -> int:
     """Open and ``flock`` the lock file of ``run_dir`` (which exists); the descriptor.
 
     The lock file is removed when its owner finishes, so a lock taken on a file that has meanwhile been
@@ -258,8 +259,8 @@ def _take_lock(run_dir: Path) -> int:
             pid = _pid_in(fd)
             os.close(fd)
             raise RunDirError(
-                f"{run_dir} is in use by another metacli process (pid {pid}), which is training into it. "
-                "Wait for it to finish (or stop it), or choose another --out."
+                f"{run_dir} is in use by another metacli process (pid {pid}), {doing}. "
+                f"Wait for it to finish (or stop it){instead}."
             ) from None
         with suppress(FileNotFoundError):
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
@@ -277,14 +278,48 @@ def _release_lock(run_dir: Path, fd: int) -> None:
     os.close(fd)
 
 
+@contextmanager
+def locked_folder(folder: Path, doing: str) -> Iterator[Path]:
+    """Hold the lock of the existing ``folder`` for the duration (``doing`` names the work for others).
+
+    For writers other than a run (``metacli hedge`` replacing its result set): one at a time per folder.
+    """
+    key = folder.resolve()
+    if key in _HELD:
+        yield folder
+        return
+    _HELD[key] = _take_lock(folder, doing, instead="")
+    try:
+        yield folder
+    finally:
+        _release_lock(folder, _HELD.pop(key))
+
+
+def check_folder_path(path: Path, what: str) -> None:
+    """Refuse, before anything is written, a ``path`` that cannot become a folder.
+
+    Raises:
+        RunDirError: ``path`` is a file, lies inside a file, or cannot be looked up (a name too long...).
+    """
+    try:
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"{what} {path} is a file, but a folder is needed there. Choose another path.")
+        for p in path.parents:
+            if p.exists() and not p.is_dir():
+                raise RunDirError(
+                    f"cannot create {what} {path}: {p} is a file, not a folder. Choose another path."
+                )
+    except OSError as e:
+        raise RunDirError(f"{what} {path}: {os_problem(e)}") from None
+
+
 def make_folder(path: Path, what: str) -> list[Path]:
     """Create the folder ``path`` (and its parents); the folders this created, innermost first.
 
     Raises:
         RunDirError: ``path`` is a file, lies inside a file, or cannot be created (the cause named).
     """
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"{what} {path} is a file, but a folder is needed there. Choose another path.")
+    check_folder_path(path, what)
     created = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)

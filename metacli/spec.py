@@ -12,6 +12,7 @@ import difflib
 import itertools
 import math
 import re
+import reprlib
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,12 +23,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from metacli.engine.config.algorithms import ONLINE_ALGORITHM_NAMES, AlgorithmConfig
 from metacli.engine.config.data import ONLINE_DATASET_NAMES, DataConfig
+from metacli.engine.config.fields import MAX_ELEMENTS, MAX_THREADS, Count, Finite, NonNegative, Seed, Steps
 from metacli.engine.config.models import ModelConfig
 from metacli.errors import SpecError
 from metacli.runs import SCHEMA_VERSION
+from metacli.yamlfile import MAX_DEPTH, SpecLoader, YAMLRefusal, read_yaml, yaml_message
 
 UNION_SECTIONS = ("algorithm", "model", "data")
 _FROZEN = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+MAX_GRID_POINTS = 10_000
+"""Most points of one grid (every point is validated before any trains)."""
+MAX_CUDA_INDEX = 127
+"""Largest CUDA device number torch represents (it keeps device numbers in 8 bits)."""
 
 
 class TrainSettings(BaseModel):
@@ -35,23 +43,23 @@ class TrainSettings(BaseModel):
 
     model_config = _FROZEN
 
-    meta_batch: int = Field(25, ge=1)
+    meta_batch: Count = 25
     """Tasks per meta-step (B)."""
-    meta_iters: int = Field(70_000, ge=1)
+    meta_iters: Count = 70_000
     """Number of meta-steps (outer iterations)."""
     executor: Literal["auto", "loop", "vmap"] = "auto"
     """How the meta-batch is processed: a per-task loop (low memory) or torch.func.vmap over tasks; auto
     chooses from the device, the input size and the meta-batch (README, "Threads and executors")."""
-    log_every: int = Field(100, ge=1)
+    log_every: Count = 100
     """Meta-steps between metric lines (and TensorBoard points)."""
-    checkpoint_every: int = Field(1000, ge=1)
+    checkpoint_every: Count = 1000
     """Meta-steps between checkpoints (checkpoints/last.pt); the last step is always saved."""
-    val_every: int = Field(0, ge=0)
+    val_every: Steps = 0
     """Meta-steps between validations on the validation split (0: none). The parameters of the best
     validation (accuracy, or loss for regression) are kept as checkpoints/best.pt."""
-    val_tasks: int = Field(100, ge=2)
+    val_tasks: Annotated[Count, Field(ge=2)] = 100
     """Validation tasks: one fixed set, drawn from val_seed, reused at every validation."""
-    val_seed: int = 4321
+    val_seed: Seed = 4321
     """Seed of the fixed validation task set (independent of training)."""
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """A meta-step with a non-finite loss or meta-gradient: stop the run (exit 1, the last good checkpoint
@@ -64,13 +72,13 @@ class EvalSettings(BaseModel):
 
     model_config = _FROZEN
 
-    tasks: int = Field(600, ge=2)
+    tasks: Annotated[Count, Field(ge=2)] = 600
     """Number of test tasks (the 95% confidence interval is 1.96 std / sqrt(tasks))."""
-    batch: int = Field(25, ge=1)
+    batch: Count = 25
     """Tasks evaluated at a time, as one batch (vmap over tasks); also used for validation."""
-    inner_steps: tuple[Annotated[int, Field(ge=0)], ...] | None = None
+    inner_steps: Annotated[tuple[Steps, ...], Field(min_length=1)] | None = None
     """Adaptation step counts to report (e.g. [1, 10]; 0: before adaptation); default: eval_inner_steps."""
-    seed: int = 1234
+    seed: Seed = 1234
     """Seed of the test-task generator (independent of training)."""
 
 
@@ -81,9 +89,9 @@ class OnlineSettings(BaseModel):
 
     ltm: bool = True
     """Measure LTM (fine-tune and test on every task seen so far) after each round."""
-    rounds: int | None = Field(None, ge=1)
+    rounds: Count | None = None
     """Stop after this many rounds (a shortened run); default: every task of the stream."""
-    checkpoint_every: int = Field(50, ge=1)
+    checkpoint_every: Count = 50
     """Rounds between checkpoints; the last round is always saved."""
 
 
@@ -92,11 +100,11 @@ class Published(BaseModel):
 
     model_config = _FROZEN
 
-    metric: str
+    metric: Annotated[str, Field(min_length=1)]
     """The eval.json metric it compares with, e.g. query_acc@3 or query_loss@1 (accuracy as a fraction)."""
-    value: float
+    value: Finite
     """The published mean."""
-    ci95: float | None = None
+    ci95: NonNegative | None = None
     """Its published 95% confidence half-width (same units), where given."""
     source: str
     """Where it comes from (paper and table)."""
@@ -111,25 +119,56 @@ class RunSpec(BaseModel):
 
     schema_version: Literal[1] = 1
     """Version of this schema; metacli refuses specs and run directories of other versions."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of every generator of the run (tasks, initialisation, sampling)."""
     device: str = "auto"
     """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
     threads: int | Literal["auto"] | None = "auto"
     """CPU threads for torch: auto (1 for small models, else the cores not busy with other work; the
-    chosen number is written to the run's spec.yaml), a number, or null for torch's own default."""
+    chosen number is written to the run's spec.yaml), a number from 1 to 1024, or null for torch's own
+    default."""
 
-    @field_validator("threads")
+    @field_validator("threads", mode="before")
     @classmethod
-    def _positive_threads(cls, value: int | str | None) -> int | str | None:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("threads must be at least 1 (or auto, or null for torch's default)")
+    def _thread_count(cls, value: Any) -> Any:
+        """auto, null, or a whole number from 1 to MAX_THREADS (``true`` is not 1)."""
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_THREADS:
+            raise ValueError(
+                f"threads must be at least 1 and at most {MAX_THREADS} (a whole number), or auto, or null "
+                "for torch's default"
+            )
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        """auto, cpu, cuda or cuda:N, N from 0 to 127 (torch keeps device numbers in 8 bits)."""
+        index = re.fullmatch(r"auto|cpu|cuda(?::(0|[1-9][0-9]{0,2}))?", value)
+        if index is None or int(index.group(1) or 0) > MAX_CUDA_INDEX:
+            raise ValueError(
+                f"Unknown device '{value}': use auto, cpu, cuda or cuda:N with N a GPU number from 0 to "
+                f"{MAX_CUDA_INDEX} (cuda:0 is the first)"
+            )
         return value
 
     dtype: Literal["float32", "float64"] = "float32"
     """Floating-point type of parameters and data."""
     data_root: str | None = None
     """Folder holding datasets (e.g. <data_root>/mnist); default $METACLI_DATA, then a per-user cache."""
+
+    @field_validator("data_root")
+    @classmethod
+    def _usable_folder(cls, value: str | None) -> str | None:
+        """A path the file system can take: not empty, no NUL character."""
+        if value is not None and (not value.strip() or "\0" in value):
+            raise ValueError(
+                "data_root must name a folder (a path, not empty and without NUL characters), or be null "
+                "for the default"
+            )
+        return value
+
     algorithm: AlgorithmConfig
     """The algorithm and its hyper-parameters; `name` selects it."""
     model: ModelConfig
@@ -147,6 +186,23 @@ class RunSpec(BaseModel):
     a whole section (e.g. algorithm: [{name: maml}, {name: anil, alpha: 0.1}]), named by its name."""
     published: tuple[Published, ...] = ()
     """Published results to print beside this run's in `metacli evaluate FOLDER` tables."""
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_points(cls, grid: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        """Dotted keys, at least one value per key, at most MAX_GRID_POINTS points in all."""
+        points = 1
+        for key, values in (grid or {}).items():
+            key_parts(key)
+            if not values:
+                raise ValueError(f"grid.{key} must list at least one value, e.g. grid: {{{key}: [1, 2]}}")
+            points *= len(values)
+        if points > MAX_GRID_POINTS:
+            raise ValueError(
+                f"the grid has {points:,} points, more than the {MAX_GRID_POINTS:,} one spec may run; "
+                "split it into several specs"
+            )
+        return grid
 
     @model_validator(mode="after")
     def _protocol_matches(self) -> RunSpec:
@@ -184,6 +240,14 @@ class RunSpec(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> RunSpec:
+        """Refuse a network the data cannot feed, or tensors beyond MAX_ELEMENTS (:func:`oversized`)."""
+        problem = oversized(self)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
     @property
     def is_online(self) -> bool:
         """Whether this run follows the online protocol."""
@@ -199,17 +263,72 @@ class RunSpec(BaseModel):
         return ("train", "eval") if self.is_online else ("online",)
 
 
-# Per-dataset defaults; per-(algorithm, dataset) settings from the papers (maml_family.md §2.8, moml.md §7).
+def oversized(spec: RunSpec) -> str | None:
+    """Why the network cannot take the spec's data, or the first tensor beyond MAX_ELEMENTS values.
+
+    Counted from the configs (no torch): the network's parameters; the activations of the tasks processed
+    at once (one task's examples times the larger of an input and the widest layer, times ``eval.batch``,
+    which is always vmapped, or ``train.meta_batch`` under the vmap executor); the inputs of the largest
+    batch of tasks, which is sampled as one tensor. Raises ValueError (with the fix) for a network that
+    cannot take the data's inputs, e.g. conv4 on sinusoid.
+    """
+    shape, model, examples = spec.data.input_shape(), spec.model, spec.data.task_examples()
+    size = f"model.{model.size_field}"
+    params = model.parameter_count(shape, spec.data.outputs())
+    per_example = max(math.prod(shape), model.widest_activation(shape))
+    train, evaluation = spec.train.meta_batch, spec.eval.batch
+    together = 1 if spec.is_online else max(evaluation, train if spec.train.executor == "vmap" else 1)
+    batch = 0 if spec.is_online else max(train, evaluation)
+    tensors = [
+        (params, f"the {model.name} network's parameters on {shape} inputs", f"lower {size}"),
+        (
+            together * examples * per_example,
+            f"the activations of {together:,} task(s) of {examples:,} examples each, computed at once,",
+            f"lower {size}, eval.batch (train.meta_batch under the vmap executor) or the examples per "
+            "task (data.shots, data.queries, data.ways)",
+        ),
+        (
+            batch * examples * math.prod(shape),
+            f"the inputs of {batch:,} tasks",
+            "lower train.meta_batch and eval.batch",
+        ),
+    ]
+    for values, what, fix in tensors:
+        if values > MAX_ELEMENTS:
+            limit = f"more than the {MAX_ELEMENTS:,} metacli allows in one tensor"
+            return f"{what} hold {values:,} values, {limit}; {fix}"
+    return None
+
+
+def key_parts(key: str) -> list[str]:
+    """A dotted field path as its parts (``"algorithm.alpha"`` -> ``["algorithm", "alpha"]``).
+
+    Raises ValueError for an empty part (``.a``, ``a..b``, ``a.``) or more than MAX_DEPTH parts.
+    """
+    parts = [part.strip() for part in key.split(".")]
+    if "" in parts:
+        raise ValueError(
+            f"the key '{key}' has an empty part (a leading, trailing or doubled dot); write a dotted field "
+            "path such as algorithm.alpha"
+        )
+    if len(parts) > MAX_DEPTH:
+        raise ValueError(
+            f"the key '{key}' has {len(parts)} parts, more than {MAX_DEPTH}; no field is that deep"
+        )
+    return parts
+
+
+# Per-dataset defaults; per-(algorithm, dataset) settings from the papers and their official code.
 DATASET_PRESETS: dict[str, dict[str, Any]] = {
-    # query = K points, as the MAML code draws 2K points per task (maml_family.md §2.8)
+    # query = K points, as the MAML code draws 2K points per task (cbfinn/maml main.py)
     "sinusoid": {
         "model": {"name": "mlp", "hidden": [40, 40]},
         "data": {"name": "sinusoid", "shots": 5, "queries": 5},
     },
-    # Seed 17: θ₀ seeded as the official code does, torch.manual_seed(17) then mnist_2NN (moml.md §7.2).
+    # Seed 17: θ₀ seeded as the official code does, torch.manual_seed(17) then mnist_2NN (MOML main.py).
     "smnist": {"model": {"name": "mlp", "hidden": [200]}, "data": {"name": "smnist"}, "seed": 17},
     # MAML's Omniglot setup: Conv4-64 with stride-2 convolutions, 28x28, rotations as new classes,
-    # the Vinyals split; query = K per class as the MAML code (maml_family.md §2.1).
+    # the Vinyals split; query = K per class as the MAML code (cbfinn/maml main.py).
     "omniglot": {
         "model": {"name": "conv4", "filters": 64, "pool": "stride"},
         "data": {"name": "omniglot", "ways": 5, "shots": 1, "queries": 1},
@@ -223,7 +342,7 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
         "train": {"log_every": 100, "checkpoint_every": 1000, "val_every": 1000, "val_tasks": 200},
         "eval": {"tasks": 600},
     },
-    # CIFAR-FS and FC100 at 32x32: Conv4-64 with 2x2 max-pool (memory_reduced.md §5), 15 queries per class.
+    # CIFAR-FS and FC100 at 32x32: Conv4-64 with 2x2 max-pool (Yang et al. 2025), 15 queries per class.
     **{
         name: {
             "model": {"name": "conv4", "filters": 64, "pool": "max"},
@@ -257,7 +376,7 @@ PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         "eval": {"inner_steps": [1, 32]},
         "threads": 1,
     },
-    # The MAML TF code's inner loss is N x the mean cross-entropy (maml_family.md §1 pitfall 6), so its
+    # The MAML TF code's inner loss is N x the mean cross-entropy (cbfinn/maml utils.py::xent), so its
     # alpha = 0.4 (Omniglot 5-way) is alpha = 5 x 0.4 = 2.0 on metacli's mean loss.
     ("maml", "omniglot"): {
         "algorithm": {"alpha": 2.0, "inner_steps": 1, "eval_inner_steps": 3},
@@ -298,7 +417,7 @@ PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
-# The MAML-family variants (maml_family.md §2.8; "SUGGESTED" there where no paper gives a setting).
+# The MAML-family variants: each paper's published settings; "SUGGESTED" where no paper gives a setting.
 _SINUSOID_MAML = PAIR_PRESETS[("maml", "sinusoid")]
 _OMNIGLOT_MAML = PAIR_PRESETS[("maml", "omniglot")]
 _MINI_MAML = PAIR_PRESETS[("maml", "miniimagenet")]
@@ -382,8 +501,9 @@ def deep_update(base: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     return base
 
 
-# Memory-reduced meta-learning and ITD-BiO (memory_reduced.md §5): 5-way 5-shot with 5 queries per class,
-# K = 20 head steps, N = 20 CG steps, 32 tasks per batch, 2,000 outer iterations (the paper's curves).
+# Memory-reduced meta-learning and ITD-BiO (Yang et al. 2025; code yangxiaolin9527/RM-MetaL): 5-way 5-shot
+# with 5 queries per class, K = 20 head steps, N = 20 CG steps, 32 tasks per batch, 2,000 outer iterations
+# (the paper's curves).
 _BILEVEL_MINI: dict[str, Any] = {
     "model": {"name": "conv4", "filters": 32, "pool": "max"},
     "data": {"shots": 5, "queries": 5},
@@ -416,38 +536,27 @@ for (_algo, _dataset), _settings in VARIANT_PRESETS.items():
     PAIR_PRESETS[(_algo, _dataset)] = deep_update(copy.deepcopy(_FAMILY_BASES[_dataset]), _settings)
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a spec file as a dict, with clear errors for a missing file or bad YAML."""
-    if not path.is_file():
-        raise SpecError(f"Spec file {path} does not exist. Check the path, or see configs/ for examples.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise SpecError(f"{path} is not valid YAML{at}: {problem}. Fix the syntax there.") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise SpecError(
-            f"{path} must hold a mapping of fields (algorithm:, data:, ...), not a {type(data).__name__}."
-        )
-    return data
-
-
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"algorithm.alpha=0.4"`` -> (["algorithm", "alpha"], 0.4); the value is parsed as YAML."""
+    """``"algorithm.alpha=0.4"`` -> (["algorithm", "alpha"], 0.4); the value is parsed as YAML.
+
+    The value goes through the spec files' loader (a duplicate key or an alias bomb is refused); a value
+    that is not YAML at all (``a: b: c``) is taken as text.
+    """
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise SpecError(
             f"Override '{item}' is not of the form key.path=value, e.g. --set algorithm.alpha=0.4."
         )
     try:
-        value = yaml.safe_load(raw)
+        parts = key_parts(key)
+    except ValueError as e:
+        raise SpecError(f"Override '{item}': {e}.") from None
+    try:
+        return parts, yaml.load(raw, Loader=SpecLoader)
+    except (YAMLRefusal, yaml.constructor.ConstructorError) as e:
+        raise SpecError(yaml_message(e, raw, f"--set {item}")) from None
     except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
+        return parts, raw
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -475,7 +584,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in error_path(e["loc"]))
         given = e.get("input")
-        shown = "" if isinstance(given, dict) or e["type"] == "missing" else f" (given: {given!r})"
+        shown = "" if isinstance(given, dict) or e["type"] == "missing" else f" (given: {_SHORT.repr(given)})"
         hint = ""
         if e["type"] == "extra_forbidden":
             guess = closest_field(e["loc"])
@@ -483,9 +592,15 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         elif e["type"] == "union_tag_invalid":  # an unknown algorithm, dataset or model name
             tags = re.findall(r"'([^']+)'", str(e.get("ctx", {}).get("expected_tags", "")))
             hint = closest_hint(str(e.get("ctx", {}).get("tag", "")), tags)
-        lines.append(f"  - {loc or 'spec'}: {e['msg']}{shown}.{hint}")
+        msg = e["msg"].removeprefix("Value error, ").rstrip(".")  # our validators' messages stand alone
+        lines.append(f"  - {loc + ': ' if loc else ''}{msg}{shown}.{hint}")  # whole-spec checks: no path
     lines.append("Fix these fields in the spec file or with --set key.path=value.")
     return "\n".join(lines)
+
+
+_SHORT = reprlib.Repr()
+"""Shows a given value in an error message, cut short (a huge list or text stays one line)."""
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
 
 
 def closest_hint(given: str, valid: list[str]) -> str:

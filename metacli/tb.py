@@ -8,6 +8,7 @@ can write them without importing torch.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -44,15 +45,36 @@ class ScalarWriter:
         self._writer.close()
 
 
+MAX_WAIT = 2.0
+"""Seconds :func:`_after_existing_files` waits at most for the clock to pass an event file's stamp."""
+
+
 def _after_existing_files(logdir: Path) -> None:
-    """Wait until the clock's second is past every event file's in ``logdir``.
+    """Wait until the clock's second is past every event file's in ``logdir`` (at most :data:`MAX_WAIT` s).
 
     TensorBoard reads a folder's event files in name order, and a name is
     ``events.out.tfevents.<seconds>.<host>.<pid>.<counter>``: two files of one second and one process
     sort by their counter as text (``.10`` before ``.9``), which would apply a resumed run's purge
     before the events it purges. A later second keeps name order equal to creation order.
+
+    A stamp further ahead than that (the clock was set back, or the folder came from another machine) is
+    not waited for: one warning names the file, since TensorBoard may then order the events wrongly.
     """
-    stamps = [p.name.split(".")[3] for p in logdir.glob("events.out.tfevents.*")]
-    latest = max((int(s) for s in stamps if s.isdigit()), default=None)
-    while latest is not None and int(time.time()) <= latest:
+    stamps = [(p.name.split(".")[3], p) for p in logdir.glob("events.out.tfevents.*")]
+    stamped = [(int(stamp), p) for stamp, p in stamps if stamp.isascii() and stamp.isdecimal()]
+    if not stamped:
+        return
+    latest, newest = max(stamped)
+    wait = latest + 1 - time.time()  # a file name is short: its stamp fits a float
+    if wait > MAX_WAIT:
+        warnings.warn(
+            f"{newest} is stamped {wait:.0f} s in the future (the clock was set back, or the folder was "
+            "copied from another machine), so the new events are written without waiting for it: TensorBoard "
+            "may order the resumed events wrongly. If its curves look shuffled, check the machine's clock, "
+            "or move the older event files out of that folder.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    while int(time.time()) <= latest:
         time.sleep(0.02)

@@ -32,12 +32,16 @@ def resume(run: Path) -> tuple[int, str]:
 
 def test_layout_is_the_same_for_both_protocols_and_holds_every_rng_state(tmp_path: Path) -> None:
     run = trained(tmp_path, "run")
-    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    # tensors and builtins only: it loads as weights only, with no allow-list (tests/test_untrusted_files.py)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(run / "checkpoints" / "last.pt") == []
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert saved["schema_version"] == ckpt.CHECKPOINT_VERSION and saved["protocol"] == "episodic"
     assert (saved["unit"], saved["done"]) == ("step", 2) and saved["wall_time"] > 0
     assert (
         set(saved["rng"]) == {"torch", "cuda", "numpy", "generators"} and "run" in saved["rng"]["generators"]
     )
+    name, keys, *_ = saved["rng"]["numpy"]
+    assert name == "MT19937" and isinstance(keys, torch.Tensor) and keys.shape == (624,)
     spec, _ = load_spec(run / "spec.yaml")
     assert saved["spec"] == ckpt.spec_fields(spec)  # the spec it was written for, field by field
 

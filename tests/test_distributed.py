@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +151,35 @@ def test_a_grid_spreads_its_points_over_the_ranks(tmp_path: Path) -> None:
         assert_one_writer(point, 2)  # each point trained once, by one rank
         assert json.loads((point / "summary.json").read_text())["ranks"] == 1
     assert out.count("done") == 3
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_rank_at_one_checkpoint(tmp_path: Path) -> None:
+    """Catches ranks that stop at different steps (one waits forever in its all-reduce) or write twice.
+
+    torchrun forwards SIGTERM to its workers; they agree on one step boundary, rank 0 writes the
+    checkpoint, each says how to continue, and one process continues the run from there.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd += ["-m", "metacli", "train", *SINUSOID, "--set", "train.meta_iters=100000"]
+    cmd += ["--set", "train.checkpoint_every=5", "--out", "run"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    stopped = re.findall(r"stopped at step (\d+) of 100000", " ".join(out.split()))
+    assert len(stopped) == 2 and stopped[0] == stopped[1], out  # both ranks, one boundary
+    step = int(stopped[0])
+    assert checkpoint(tmp_path / "run")["done"] == step
+    assert_one_writer(tmp_path / "run", step)
+    assert not (tmp_path / "run" / ".lock").exists()
+    launch(tmp_path, 1, "--resume", "run", "--set", f"train.meta_iters={step + 3}", "-q")
+    assert_one_writer(tmp_path / "run", step + 3, launches=2)

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,9 +19,11 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
+from metacli import runs
 from metacli.cli import app
 from metacli.errors import RunDirError
 from metacli.hedge import hedge_weights, hedged_values, render_table, run_hedge
+from metacli.runs import LOCK_FILE
 
 ASSETS = Path(__file__).parent / "assets" / "online_runs"
 ETA = math.log(10.0)  # beta = 10, so exp(-ETA * l) = 10 ** -l
@@ -254,3 +262,151 @@ def test_cli_metric_ctm_hedges_runs_without_ltm(runs_folder: Path) -> None:
     code, out = _hedge_cli(runs_folder, "--metric", "ctm")
     assert code == 0, out
     assert list(json.loads((runs_folder / "hedge.json").read_text())["metrics"]) == ["ctm"]
+
+
+# --------------------------------------------------------------------------- huge eta, bad eta, atomic writes
+
+
+def _limit_weights(acc: list[list[float]]) -> list[list[float]]:
+    """Hedge as eta -> infinity, by hand: all weight on the best expert so far (ties share it equally)."""
+    n = len(acc[0])
+    rows, cumulative = [], [0.0] * n
+    for row in [*acc, acc[0]]:  # one more row: the weights after the last round
+        best = min(cumulative)
+        leaders = [abs(c - best) < 1e-9 for c in cumulative]
+        rows.append([lead / sum(leaders) for lead in leaders])
+        cumulative = [c + 1.0 - a for c, a in zip(cumulative, row, strict=True)]
+    return rows
+
+
+@pytest.mark.parametrize("eta", ["1e6", "1e300"])
+def test_huge_eta_gives_the_finite_limit(runs_folder: Path, eta: str) -> None:
+    """Catches exp() of raw cumulative losses (NaN from inf - inf) and beta = e^eta overflowing into an
+    internal error: the table is finite and equals the limit, all weight on the best expert so far."""
+    code, out = _hedge_cli(runs_folder, "--eta", eta)
+    assert code == 0, out
+    assert "internal error" not in out and "Traceback" not in out and "nan" not in out.lower()
+    summary = json.loads((runs_folder / "hedge.json").read_text())
+    assert summary["eta"] == float(eta) and summary["beta"] is None  # e^eta exceeds the float range
+    rows = [json.loads(line) for line in (runs_folder / "hedge" / "metrics.jsonl").read_text().splitlines()]
+    names = ["ftml", "moml_a", "moml_b"]
+    for m, acc in (("ctm", CTM), ("ltm", LTM)):
+        limit = _limit_weights(acc)
+        played = [sum(w * a for w, a in zip(limit[t], acc[t], strict=True)) for t in range(5)]
+        for t, row in enumerate(rows):
+            assert [row[f"{m}_weight/{n}"] for n in names] == pytest.approx(limit[t], abs=1e-9)
+            assert row[f"{m}_acc"] == pytest.approx(played[t], abs=1e-9)
+        metric = summary["metrics"][m]
+        assert metric["hedge_final_acc_avg"] == pytest.approx(sum(played) / 5, abs=1e-9)
+        assert [metric["final_weights"][n] for n in names] == pytest.approx(limit[5], abs=1e-9)
+    assert _limit_weights(CTM)[2] == [0.5, 0.5, 0.0]  # a tie (ftml, moml_a) at round 3 was checked too
+
+
+def test_weights_stay_finite_where_eta_times_the_loss_overflows() -> None:
+    """Catches log-weights -eta * L computed before the shift: at eta = 1e308 every cumulative loss >= 2
+    overflows to -inf, and -inf - (-inf) is NaN; relative to the best expert they stay finite."""
+    losses = np.tile(LOSSES, (10, 1))
+    w = hedge_weights(losses, eta=1e308)
+    assert np.all(np.isfinite(w))
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(w[-1], [1.0, 0.0, 0.0])  # expert 0 leads by a whole loss unit by then
+
+
+@pytest.mark.parametrize("eta", ["0", "-1", "nan", "inf", "-inf", "-0.0"])
+def test_eta_outside_the_positive_finite_range_is_a_clear_error(runs_folder: Path, eta: str) -> None:
+    """Catches a NaN or infinite eta reaching the arithmetic (NaN tables) and zero or negative eta (weights
+    that grow with the loss): exit 2 with a message naming --eta and the valid range, nothing written."""
+    code, out = _hedge_cli(runs_folder, "--eta", eta)
+    text = " ".join(out.split())
+    assert code == 2, text
+    assert "--eta" in text and "positive" in text and "finite" in text, text
+    assert "internal error" not in text and "Traceback" not in out
+    assert not (runs_folder / "hedge.json").exists() and not (runs_folder / "hedge").exists()
+
+
+def _result_set(folder: Path) -> dict[str, bytes]:
+    """hedge.json and every file of hedge/, by path."""
+    files = [folder / "hedge.json", *sorted((folder / "hedge").rglob("*"))]
+    return {str(p.relative_to(folder)): p.read_bytes() for p in files if p.is_file()}
+
+
+def test_a_failure_while_writing_leaves_the_previous_result_set(
+    runs_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches hedge/ being swapped in before hedge.json is written (or a swap not undone): whichever rename
+    fails, the folder keeps the whole previous set, with no staging folder left, and the failure is a clear
+    RunDirError. Every rename of a successful re-run is failed in turn, counted first."""
+    import errno
+
+    run_hedge(runs_folder)
+    before = _result_set(runs_folder)
+    real_replace = os.replace
+    calls: list[int] = []
+
+    def counting(src: Any, dst: Any) -> None:
+        calls.append(1)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", counting)
+    run_hedge(runs_folder, eta=1.0)
+    renames = len(calls)
+    assert renames >= 4  # three files built aside, then at least the swap of hedge/ and hedge.json
+    changed = _result_set(runs_folder)
+    assert changed != before  # the re-run writes other values: the checks below can see a half-replaced set
+    for k in range(1, renames + 1):
+        calls.clear()
+
+        def failing(src: Any, dst: Any, k: int = k) -> None:
+            calls.append(1)
+            if len(calls) == k:
+                raise OSError(errno.EIO, "Input/output error", str(dst))
+            real_replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", failing)
+        with pytest.raises(RunDirError, match="cannot write Hedge's results"):
+            run_hedge(runs_folder, eta=2.0)
+        assert _result_set(runs_folder) == changed, f"rename {k} of {renames} failed"
+        assert not [p.name for p in runs_folder.iterdir() if p.name.startswith(".")]
+
+
+@contextmanager
+def held_by_another_process(folder: Path) -> Iterator[int]:
+    """A live process that holds ``folder``'s lock file (as a training run or another hedge would)."""
+    holder = (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, str(os.getpid()).encode())\n"
+        "print('held', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder, str(folder / LOCK_FILE)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_an_expert_still_training_is_refused(runs_folder: Path) -> None:
+    """Catches Hedge over a live run's rounds so far: a table of runs that have not finished."""
+    expert = runs.find_runs(runs_folder)[0]
+    with held_by_another_process(expert) as pid:
+        with pytest.raises(RunDirError, match=f"still being trained by process {pid}"):
+            run_hedge(runs_folder)
+    assert not (runs_folder / "hedge.json").exists()
+    run_hedge(runs_folder)  # the owner gone (killed: the OS dropped its lock), the same folder works
+    assert (runs_folder / "hedge.json").is_file()
+
+
+def test_two_hedges_never_write_one_folder_at_once(runs_folder: Path) -> None:
+    """Catches two swaps interleaved: one run's hedge/ beside the other's hedge.json."""
+    run_hedge(runs_folder)
+    before = _result_set(runs_folder)
+    with held_by_another_process(runs_folder) as pid:
+        with pytest.raises(RunDirError, match=rf"pid {pid}\), which is writing Hedge's results"):
+            run_hedge(runs_folder, eta=1.0)
+        assert _result_set(runs_folder) == before

@@ -68,7 +68,11 @@ def test_two_trains_into_one_folder_one_trains_the_other_exits_2(tmp_path: Path)
     wait_for(lambda: (run / "metrics.jsonl").is_file(), first, "the first run never logged")
     assert lock_holder(run) == first.pid
     second = subprocess.run(
-        [sys.executable, "-m", "metacli", "train", *args], capture_output=True, text=True, env=ENV, timeout=120
+        [sys.executable, "-m", "metacli", "train", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
     )
     said = " ".join((second.stdout + second.stderr).split())
     assert second.returncode == 2, said
@@ -82,7 +86,9 @@ def test_two_trains_into_one_folder_one_trains_the_other_exits_2(tmp_path: Path)
 def test_a_killed_owner_leaves_no_stale_lock(tmp_path: Path) -> None:
     """Catches a lock that outlives its process (a pid file, say): after SIGKILL the folder is free."""
     run = tmp_path / "run"
-    proc = start(*TINY, "--set", "train.meta_iters=100000", "--set", "train.checkpoint_every=5", "--out", str(run))
+    proc = start(
+        *TINY, "--set", "train.meta_iters=100000", "--set", "train.checkpoint_every=5", "--out", str(run)
+    )
     wait_for(lambda: (run / "checkpoints" / "last.pt").is_file(), proc, "no checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
@@ -182,9 +188,13 @@ def test_out_that_cannot_be_a_folder_is_named(tmp_path: Path) -> None:
     code, text = invoke("train", *TINY, "--out", str(tmp_path / "file"))
     assert code == 2 and "is a file, but a run needs a folder" in text
     code, text = invoke("train", *TINY, "--out", str(tmp_path / "file" / "run"))
-    assert code == 2 and "cannot create the run directory" in text and "Not a directory" in text
+    assert code == 2 and "cannot create the run directory" in text and "is a file, not a folder" in text
     code, text = invoke("train", *TINY, "--out", str(tmp_path / ("n" * 300)))
     assert code == 2 and "File name too long" in text and "shorter" in text
+    code, text = invoke("plot", str(tmp_path), "--out", str(tmp_path / "file" / "figs"))
+    assert code == 2 and "cannot create plot --out" in text and "is a file, not a folder" in text
+    code, text = invoke("plot", str(tmp_path), "--out", str(tmp_path / "file"))
+    assert code == 2 and "plot --out" in text and "is a file, but a folder is needed" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
@@ -215,3 +225,59 @@ def test_a_full_disk_and_a_read_only_folder_are_named_with_what_was_kept(small_d
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     code, text = invoke("train", "--resume", str(run))
     assert code in (1, 2) and "Read-only file system" in text and "writable" in text, text
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 93457862656 bytes. Error code 12 (Cannot allocate memory)"
+        ),
+    ],
+)
+def test_running_out_of_memory_is_named_with_what_was_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    """Catches torch's CPU allocation failure (a plain RuntimeError) reported as a bug in metacli."""
+    from metacli.engine.algorithms import maml
+
+    real = maml.MAML.meta_step
+    calls = [0]
+
+    def step_then_fail(self: object, *args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        if calls[0] == 4:
+            raise error
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(maml.MAML, "meta_step", step_then_fail)
+    run = tmp_path / "run"
+    code, text = invoke(
+        "train", *TINY, "--set", "train.meta_iters=6", "--set", "train.checkpoint_every=2", "--out", str(run)
+    )
+    assert code == 1 and "out of memory" in text, text
+    assert "step 2" in text and f"metacli train --resume {run}" in text  # what was kept, and next
+    monkeypatch.undo()
+    code, text = invoke("train", "--resume", str(run))
+    assert code == 0, text
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", *TINY, "--out", "{loop}"],
+        ["train", "--algo", "maml", "--dataset", "omniglot", "--data-root", "{loop}", "-q"],
+        ["train", "--resume", "{loop}"],
+        ["evaluate", "{loop}"],
+        ["plot", "{loop}"],
+        ["hedge", "{loop}"],
+    ],
+)
+def test_a_symlink_loop_is_named_as_a_path_problem(tmp_path: Path, args: list[str]) -> None:
+    """Catches pathlib's RuntimeError("Symlink loop ...") reported as a bug in metacli."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    code, text = invoke(*[a.format(loop=loop) for a in args])
+    assert code == 2 and str(loop) in text, text

@@ -1,4 +1,4 @@
-"""SIGINT, SIGTERM and SIGHUP stop a few-shot run at a step boundary with a checkpoint, and the run resumes."""
+"""SIGINT, SIGTERM and SIGHUP stop a few-shot run at a step boundary with a checkpoint; the run resumes."""
 
 from __future__ import annotations
 

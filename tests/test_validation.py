@@ -1,4 +1,5 @@
-"""Validation during meta-training, the best checkpoint, and batched meta-testing on fixed task sets.
+"""Validation during meta-training, the best checkpoint, and batched meta-testing on fixed task sets;
+and validation of the spec itself: every field's real range (at the end of the file).
 
 Runs are MAML on sinusoid through the real CLI (seconds); the sinusoid's "val" and "test" splits draw
 from the same task family, so the selection metric is the validation MSE (lower is better).
@@ -12,6 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
@@ -220,3 +222,112 @@ def test_two_methods_are_meta_tested_on_identical_tasks() -> None:
         )
     a, b = drawn
     assert torch.equal(a.support.x, b.support.x) and torch.equal(a.query.y, b.query.y)
+
+
+# Every field's real range: one rule per kind of value (metacli.engine.config.fields), refused at validation
+
+
+BAD_VALUES = [
+    ("seed=-1", "seed:"),  # numpy refuses negative seeds
+    (f"seed={2**70}", "seed:"),  # torch overflows above 2**64, numpy above 2**32 - 1
+    (f"seed={2**32}", "seed:"),
+    ("train.val_seed=-1", "train.val_seed:"),
+    (f"eval.seed={2**32}", "eval.seed:"),
+    ("model.hidden=[-3]", "model.hidden.0:"),
+    (f"model.hidden=[{10**9}]", "model.hidden"),  # 3e9 parameters: refused by size, naming the field
+    ("model.hidden=[true]", "model.hidden.0:"),
+    ("algorithm.alpha=.nan", "algorithm.alpha:"),
+    ("algorithm.alpha=.inf", "algorithm.alpha:"),
+    ("algorithm.outer_lr=-1", "algorithm.outer_lr:"),
+    ("algorithm.outer_lr=0", "algorithm.outer_lr:"),
+    ("algorithm.alpha=true", "algorithm.alpha:"),  # a boolean is not a rate
+    ("algorithm.grad_clip=-.inf", "algorithm.grad_clip:"),
+    ("algorithm.mask_init_shift=.nan", "algorithm.mask_init_shift:"),
+    ("train.meta_batch=true", "train.meta_batch:"),  # lax pydantic would read 1
+    ("algorithm.inner_steps=true", "algorithm.inner_steps:"),
+    ("data.shots=2.5", "data.shots:"),
+    (f"train.meta_iters={2**40}", "train.meta_iters:"),
+    (f"train.meta_batch={10**8}", "eval.batch"),  # vmapped: 4e10 activation values, the fix names the fields
+    ("eval.inner_steps=[]", "eval.inner_steps:"),
+    ("data.amplitude=[0.1, 1e300]", "data.amplitude.1:"),
+    ("threads=1000000000", "threads:"),  # torch.set_num_threads fails
+    ("threads=true", "threads:"),
+    ("device=cuda:-1", "device:"),
+    ("device=cuda:128", "device:"),  # torch keeps device numbers in 8 bits: cuda:128 is cuda:-128
+    ("device=tpu", "device:"),
+    ('data_root=""', "data_root:"),  # "" would silently mean the default folder
+]
+
+
+@pytest.mark.parametrize(("override", "path"), BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
+def test_a_value_outside_its_real_range_is_a_clear_error(override: str, path: str, tmp_path: Path) -> None:
+    """Each of these was accepted and ended as an internal error, a silent degenerate run or a misleading
+    "diverged" message; now validation names the field (its dotted path) and nothing is created."""
+    run = tmp_path / "run"
+    code, out = invoke("train", "--set", override, "--out", str(run), "--quiet")
+    assert code == 2 and path in out, out
+    assert "internal error" not in out and "Traceback" not in out and "Value error" not in out
+    assert not run.exists()
+
+
+ONLINE_BAD = [
+    ("data.tasks=true", "data.tasks:"),  # lax pydantic would read 1, a divisor of 10000
+    ("data.seed=-1", "data.seed:"),
+    ("algorithm.K=0", "algorithm.K:"),
+    ("algorithm.weight_decay=-.inf", "algorithm.weight_decay:"),
+    ("online.rounds=false", "online.rounds:"),
+]
+
+
+@pytest.mark.parametrize(("override", "path"), ONLINE_BAD, ids=[o for o, _ in ONLINE_BAD])
+def test_online_fields_have_their_ranges_too(override: str, path: str) -> None:
+    code, out = invoke("train", "--algo", "moml", "--dataset", "smnist", "--set", override, "--quiet")
+    assert code == 2 and path in out and "internal error" not in out, out
+
+
+def test_the_bounds_themselves_are_accepted_and_usable_by_every_consumer() -> None:
+    """The largest seed is taken by torch, numpy and the fixed-task seeding; the limits are not too tight."""
+    import numpy as np
+
+    from metacli.engine.config.fields import MAX_SEED
+
+    spec, _ = load_spec(overrides=[f"seed={MAX_SEED}", f"eval.seed={MAX_SEED}", "seed=0", "threads=1024"])
+    assert spec.eval.seed == MAX_SEED and spec.threads == 1024
+    torch.Generator().manual_seed(MAX_SEED)
+    episodic.task_generator(MAX_SEED, 10**6)  # seed * 1_000_003 + index stays below 2**64
+    np.random.RandomState(MAX_SEED)
+    load_spec(
+        overrides=["device=cuda:127", "algorithm.alpha=1", "model.hidden=[]", "data.amplitude=[-1e6, 1e6]"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("algo", "dataset", "model"),
+    [
+        ("maml", "sinusoid", "{name: mlp, hidden: [7, 3]}"),
+        ("maml", "omniglot", "{name: conv4, filters: 5, pool: stride}"),
+        ("maml", "miniimagenet", "{name: conv4, filters: 3, pool: max}"),
+        ("maml", "cifar_fs", "{name: resnet12, widths: [2, 3, 4, 5], pooling: first_three}"),
+        ("moml", "smnist", "{name: mlp, hidden: [11]}"),
+    ],
+)
+def test_the_parameter_count_checked_at_validation_is_the_built_networks(
+    algo: str, dataset: str, model: str
+) -> None:
+    """The size bound counts what the engine builds (a wrong formula would refuse or pass the wrong nets)."""
+    from metacli.engine.models import MODELS
+
+    spec, _ = load_spec(algo=algo, dataset=dataset, overrides=[f"model={model}"])
+    shape, outputs = spec.data.input_shape(), spec.data.outputs()
+    network = MODELS[spec.model.name](spec.model, shape, outputs)
+    assert spec.model.parameter_count(shape, outputs) == sum(p.numel() for p in network.parameters())
+
+
+def test_a_network_the_data_cannot_feed_is_refused_at_validation() -> None:
+    code, out = invoke("train", "--set", "model={name: conv4}", "--quiet")  # images only; sinusoid is 1-D
+    assert code == 2 and "conv4 needs image inputs" in out and "model: {name: mlp}" in out, out
+    code, out = invoke(
+        "train", "--algo", "maml", "--dataset", "omniglot", "--set", "model.pool=max", "--set",
+        "data.image_size=12", "--quiet",
+    )  # fmt: skip
+    assert code == 2 and "leaves no pixel of 12x12 images" in out, out

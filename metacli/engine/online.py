@@ -1,4 +1,5 @@
-"""The online meta-learning protocol (moml.md §1, §5) and its batched CTM/LTM evaluation.
+"""The online meta-learning protocol (Finn et al. 2019; Acar et al. 2021, MOML) and its batched CTM/LTM
+evaluation, as in the official MOML code (github.com/ruizhaoz/MOML).
 
 Per round t (0-based here, 1-based in the records)::
 
@@ -6,7 +7,7 @@ Per round t (0-based here, 1-based in the records)::
     state <- algo.round(state, t, stream, generator)
     LTM_t = (1/(t+1)) Σ_{k<=t} test_k(U_eval_k(θ_t))
 
-U_eval (§5.1, ``get_maml_acc_loss`` of the reference): ``steps`` full-batch GD steps on all of the task's
+U_eval (that code's ``get_maml_acc_loss``): ``steps`` full-batch GD steps on all of the task's
 train images, mean cross-entropy, each step's gradient clipped to global norm ``clip_norm``, no weight
 decay; then mean CE and accuracy on the task's test images. Records also carry the running averages
 (1/t)Σ_{s<=t} of the four per-round values (the reference's ``*_Avg``).

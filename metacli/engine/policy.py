@@ -32,6 +32,8 @@ from typing import Literal
 
 import torch
 
+from metacli.engine.config.fields import MAX_THREADS
+
 SMALL_MODEL_PARAMS = 50_000
 """Below this many parameters one CPU thread is fastest (sinusoid MLP: 1,761)."""
 
@@ -90,7 +92,7 @@ def choose_threads(n_params: int) -> int:
     """The thread count of ``threads: auto`` (see the module docstring)."""
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) >= 1:
-        return int(env)
+        return min(int(env), MAX_THREADS)  # the most a spec may record (beyond it torch only thrashes)
     if n_params < SMALL_MODEL_PARAMS:
         return 1
     return free_cores()

@@ -8,21 +8,31 @@ A checkpoint (``checkpoints/last.pt``, and ``best.pt`` for few-shot runs with va
     wall_time       seconds trained up to this checkpoint, over every resumed part
     spec            the resolved run spec it was written for, as dotted fields
     rng             every RNG state the run draws from: torch's global CPU generator, every CUDA device's,
-                    numpy's global one, and each explicit generator by name ("run": the run's generator)
+                    numpy's global one (its legacy state tuple, the 624 key words as an int64 tensor), and
+                    each explicit generator by name ("run": the run's generator)
     state           the protocol's own state: for episodic runs ``TrainState.state_dict()`` (meta-parameters,
                     outer optimiser and scheduler, best validation, the algorithm's warm starts); for online
                     runs the algorithm's ``state_dict``
 
 Resuming restores all of it, so a resumed run continues exactly where the checkpoint was taken.
+
+**A run folder is data, never code.** A checkpoint holds only tensors, numbers, strings, None, lists,
+tuples and dicts, so it is read with ``torch.load(weights_only=True)``, which rebuilds nothing else.
+Checkpoints written before the numpy state was stored as a tensor hold one numpy array; the three numpy
+globals that rebuild an array (:data:`LEGACY_GLOBALS`, which run no code) are allowed for them, within
+the load only. Anything else (``os.system``, a class, ...) refuses the file before any of it is built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -56,23 +66,60 @@ def spec_fields(spec: RunSpec) -> dict[str, Any]:
     return out
 
 
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]
+"""numpy's array-rebuilding function (``numpy._core.multiarray._reconstruct``; ``numpy.core`` before 2)."""
+LEGACY_GLOBALS: list[Any] = [
+    (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),
+    (_RECONSTRUCT, "numpy._core.multiarray._reconstruct"),
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),  # numpy.dtypes.UInt32DType since numpy 1.25: the key words' dtype
+]
+"""The globals a checkpoint of an earlier metacli needs (its numpy RNG state was a uint32 array), named
+as numpy 1 and numpy 2 write them. They allocate an array and set its bytes; none can run code."""
+_LEGACY_NAMES = frozenset(
+    {
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "numpy.ndarray",
+        "numpy.dtype",
+    }
+)
+NUMPY_KEYS = 624
+"""Key words of numpy's MT19937 state."""
+
+
 def capture_rng(generators: Mapping[str, torch.Generator]) -> dict[str, Any]:
-    """Every RNG state a run can draw from, for :func:`restore_rng`."""
+    """Every RNG state a run can draw from, for :func:`restore_rng`; tensors and builtins only."""
+    name, keys, pos, has_gauss, cached = cast(
+        tuple[str, Any, int, int, float], np.random.get_state(legacy=True)
+    )
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": np.random.get_state(),
+        "numpy": (
+            str(name),
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ),
         "generators": {name: g.get_state() for name, g in generators.items()},
     }
 
 
 def restore_rng(rng: Mapping[str, Any], generators: Mapping[str, torch.Generator]) -> None:
-    """Put back the states :func:`capture_rng` saved. CUDA states are restored only onto as many GPUs."""
+    """Put back the states :func:`capture_rng` saved. CUDA states are restored only onto as many GPUs.
+
+    numpy's key words may be a tensor (this version) or an array (checkpoints of earlier versions).
+    """
     torch.set_rng_state(rng["torch"])
     cuda = rng["cuda"]
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
-    np.random.set_state(rng["numpy"])
+    name, keys, *rest = rng["numpy"]
+    words = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((name, words.astype(np.uint32), *rest))
     for name, g in generators.items():
         g.set_state(rng["generators"][name])
 
@@ -109,19 +156,13 @@ def save(path: Path, checkpoint: dict[str, Any]) -> None:
 def load(path: Path, device: torch.device) -> dict[str, Any]:
     """Read a checkpoint: its ``state`` on ``device``, RNG states on the CPU (where ``set_state`` wants them).
 
-    ``weights_only=False`` because checkpoints hold optimiser and RNG states; only load run directories you
-    wrote yourself.
+    Read as data only (see the module docstring): nothing in the file runs.
 
     Raises:
-        RunDirError: the file is unreadable, not a metacli checkpoint, or of another schema version.
+        RunDirError: the file is unreadable, holds a type that a checkpoint never holds (refused
+            unloaded), is not a metacli checkpoint, or is of another schema version.
     """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
-        raise RunDirError(
-            f"{path} cannot be read ({type(e).__name__}: {e}). The checkpoint is damaged or not a metacli "
-            "checkpoint: restore it, or start a new run."
-        ) from None
+    ckpt = _read(path)
     known = ("schema_version", "state", "step", "round")  # "step"/"round": the unversioned schema 1
     if not isinstance(ckpt, dict) or not any(k in ckpt for k in known):
         raise RunDirError(f"{path} is not a metacli checkpoint; restore it, or start a new run.")
@@ -132,7 +173,98 @@ def load(path: Path, device: torch.device) -> dict[str, Any]:
             f"{CHECKPOINT_VERSION}. Resume or evaluate it with the metacli version that wrote it, or "
             "train the run again."
         )
+    problem = _layout_problem(ckpt)
+    if problem:
+        raise RunDirError(
+            f"{path} is not a metacli checkpoint: {problem}. It is damaged or was not written by metacli: "
+            "restore it, or start a new run."
+        )
     return {**ckpt, "state": _to_device(ckpt["state"], device)}
+
+
+def _read(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True`` and :data:`LEGACY_GLOBALS`; RunDirError on any failure."""
+    try:
+        with torch.serialization.safe_globals(LEGACY_GLOBALS), warnings.catch_warnings():
+            # torch's note on a foreign pickle protocol says nothing the error below does not
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        foreign = _foreign_types(path, e) if "weights only" in str(e).lower() else ""
+        if not foreign:
+            raise RunDirError(_unreadable(path, e)) from None
+        raise RunDirError(
+            f"{path} is refused: it holds {foreign}, which a metacli checkpoint never holds (only tensors, "
+            "numbers, strings, lists and dicts). Loading it could run code, so it was not loaded. Delete it "
+            "or restore a checkpoint you trust, or start a new run."
+        ) from None
+    except Exception as e:  # random bytes, a truncated zip, an empty file, a folder: many types
+        raise RunDirError(_unreadable(path, e)) from None
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """The message for a checkpoint that cannot be read at all."""
+    return (
+        f"{path} cannot be read ({type(error).__name__}: {error}). The checkpoint is damaged or not a "
+        "metacli checkpoint, and was not loaded: restore it, or start a new run."
+    )
+
+
+def _foreign_types(path: Path, error: Exception) -> str:
+    """The globals (types, functions) ``path`` would use beyond the allowed ones; empty when none is named."""
+    names: list[str] = []
+    with contextlib.suppress(Exception):  # only the zip format can be scanned
+        names = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - _LEGACY_NAMES)
+    if not names:  # torch's message names the first one it met, if any
+        match = re.search(r"GLOBAL ([\w.]+)|got <class '([\w.]+)'>", str(error))
+        names = [g for g in match.groups() if g] if match else []
+    return ", ".join(names)
+
+
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "protocol": str,
+    "unit": str,
+    "done": int,
+    "wall_time": (int, float),
+    "spec": dict,
+    "rng": dict,
+    "state": dict,
+}
+"""The type of each field of a version-2 checkpoint (the module docstring's layout)."""
+
+
+def _layout_problem(ckpt: dict[str, Any]) -> str:
+    """What is wrong with the fields of a version-2 checkpoint; empty when nothing is."""
+    for field, kind in _FIELDS.items():
+        if not isinstance(ckpt.get(field), kind):
+            return f"its field {field!r} is missing or not a {getattr(kind, '__name__', 'number')}"
+    rng = ckpt["rng"]
+    size = torch.get_rng_state().numel()  # every CPU generator's state has this many bytes
+    states = [rng.get("torch"), *dict(rng.get("generators") or {}).values()]
+    if not isinstance(rng.get("generators"), dict) or not all(_is_byte_state(s, size) for s in states):
+        return "a torch RNG state is missing or malformed"
+    cuda = rng.get("cuda")
+    if cuda is not None and not (isinstance(cuda, list) and all(_is_byte_state(s) for s in cuda)):
+        return "a CUDA RNG state is malformed"
+    numpy_state = rng.get("numpy")
+    if not (
+        isinstance(numpy_state, (tuple, list))
+        and len(numpy_state) == 5
+        and numpy_state[0] == "MT19937"
+        and tuple(getattr(numpy_state[1], "shape", ())) == (NUMPY_KEYS,)
+    ):
+        return "the numpy RNG state is missing or malformed"
+    return ""
+
+
+def _is_byte_state(state: Any, size: int | None = None) -> bool:
+    """Whether ``state`` is a generator state: a uint8 tensor (of ``size`` bytes, when given)."""
+    return (
+        isinstance(state, torch.Tensor)
+        and state.dtype == torch.uint8
+        and state.dim() == 1
+        and (size is None or state.numel() == size)
+    )
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:

@@ -18,7 +18,7 @@ import torch
 
 from metacli.engine.build import Parts, build
 from metacli.engine.parallel import DataParallel
-from metacli.errors import RunDirError
+from metacli.errors import RunDirError, is_out_of_memory
 from metacli.progress import Reporter
 from metacli.runlayer import checkpoint as ckpt
 from metacli.runlayer.guard import guarded_training
@@ -111,7 +111,7 @@ def resume_run(
     with claimed_run_dir(run_dir) if writer else contextlib.nullcontext(run_dir):
         spec = validate(apply_overrides(read_spec_dict(run_dir), overrides), str(run_dir / SPEC_FILE))
         path = checkpoint_path(run_dir)
-        if not path.is_file():
+        if not path.exists():  # one that exists but is no file is damage: refused by the load below
             announce(
                 f"{run_dir} never reached its first checkpoint (a failed start): training it from step 0"
             )
@@ -140,6 +140,8 @@ def _run(
     try:
         job = make_job(spec, parts, None if checkpoint is None else checkpoint["state"])
     except (KeyError, RuntimeError, ValueError) as e:  # a changed setting that reshapes the state
+        if checkpoint is None or is_out_of_memory(e):
+            raise
         raise RunDirError(
             f"{checkpoint_path(run_dir)} does not fit the settings of {run_dir / SPEC_FILE} "
             f"({type(e).__name__}: {e}). Undo the changes to {SPEC_FILE}, or start a new run."

@@ -51,6 +51,7 @@ def evaluate_run(
     steps_list = list(spec.eval.inner_steps or (default_steps,))
     saved = ckpt.load(path, torch.device("cpu"))
     ckpt.check_matches(saved, spec, path)
+    saved_meta = _meta_parameters(saved, path)
     if reuse:
         from metacli.compare import reusable_eval
 
@@ -58,7 +59,7 @@ def evaluate_run(
         if old is not None:
             return old
     parts = build(spec, device=device)
-    meta = {k: v.to(parts.device, parts.dtype) for k, v in saved["state"]["meta"].items()}
+    meta = {k: v.to(parts.device, parts.dtype) for k, v in saved_meta.items()}
     t0 = time.perf_counter()
     with Reporter("meta-test", spec.eval.tasks, quiet=quiet, unit="task") as rep:
         e = spec.eval
@@ -77,12 +78,27 @@ def evaluate_run(
     return out
 
 
+def _meta_parameters(saved: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    """The meta-parameters of an episodic checkpoint; RunDirError when it holds none."""
+    meta = saved["state"].get("meta")
+    if not isinstance(meta, dict) or not meta or not all(isinstance(v, torch.Tensor) for v in meta.values()):
+        raise RunDirError(
+            f"{path} holds no meta-parameters (state.meta): it is damaged or not a checkpoint of a few-shot "
+            "run. Restore it, or train the run again."
+        )
+    return meta
+
+
 def _choose_checkpoint(run_dir: Path, which: str | None) -> tuple[str, Path]:
-    """(name, path) of the checkpoint to meta-test; a clear error when it does not exist."""
+    """(name, path) of the checkpoint to meta-test; a clear error when it does not exist.
+
+    Whatever exists at the path is chosen (and then read by :func:`ckpt.load`, which names what is wrong
+    with it), so a damaged ``best.pt`` is reported rather than silently replaced by ``last.pt``.
+    """
     if which is None:
-        which = "best" if checkpoint_path(run_dir, "best").is_file() else "last"
+        which = "best" if checkpoint_path(run_dir, "best").exists() else "last"
     path = checkpoint_path(run_dir, which)
-    if path.is_file():
+    if path.exists():
         return which, path
     if which == "best":
         raise RunDirError(

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from metacli.engine.guards import Diverged, Stopped
-from metacli.errors import Interrupted, RunFailure, os_problem
+from metacli.errors import OUT_OF_MEMORY, Interrupted, RunFailure, is_out_of_memory, os_problem
 from metacli.runs import SPEC_FILE, checkpoint_path
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -62,10 +62,11 @@ def guarded_training(
         raise RunFailure(
             f"the run stopped: {os_problem(e)} {kept_message(run_dir, last_saved(), unit)}"
         ) from None
-    except MemoryError:
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
         raise RunFailure(
-            f"the run stopped: out of memory. {kept_message(run_dir, last_saved(), unit)} Use a smaller "
-            "train.meta_batch or model, or free memory."
+            f"the run stopped: {OUT_OF_MEMORY}. {kept_message(run_dir, last_saved(), unit)}"
         ) from None
     except Stopped as e:
         raise Interrupted(

@@ -1,6 +1,6 @@
 """miniImageNet: both source layouts, the restricted unpickler, md5 handling, the cache and sampled tasks.
 
-No miniImageNet images exist offline (``datasets.md`` §4), so every test writes a small fixture (3 classes
+No miniImageNet images exist offline (only the split CSVs), so every test writes a small fixture (3 classes
 per split × 20 images, 84×84) in both layouts: JPEGs in ``images/`` with split CSVs, and pickles whose pixels
 are the JPEGs decoded back with PIL, so the two layouts must give bit-identical tensors. The class wnids
 come from the real split CSVs when they are available (``$METACLI_DATA`` or ``<repo>/../shared/data``).
@@ -386,14 +386,18 @@ def test_corrupt_cache_is_rebuilt(source: Fixture, tmp_path: Path) -> None:
     assert mini.read_cache(pt) is not None  # rewritten whole
 
 
-def test_changed_source_file_changes_the_cache_key(fresh: Fixture, tmp_path: Path) -> None:
+def test_a_touched_source_file_keeps_its_cache(
+    fresh: Fixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is the files' content (test_data_caches.py changes it): a new mtime decodes nothing."""
     cache = tmp_path / "cache"
     _load(fresh, cache, "pickle")
     path = fresh.folder / "mini-imagenet-cache-val.pkl"
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    monkeypatch.setattr(mini, "decode_pickle", _fail)
     _load(fresh, cache, "pickle")
-    assert len(list((cache / "miniimagenet").iterdir())) == 2
+    assert len(list((cache / "miniimagenet").iterdir())) == 1
 
 
 # --- missing data -------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """MNIST loading and verified downloads, against a real HTTP server on 127.0.0.1 only.
 
-The shared MNIST files (``datasets.md`` §2) stand in for the mirrors: their ``.gz`` wrappers differ
+The shared MNIST files (``mnist/`` of the data folder) stand in for the mirrors: their ``.gz`` wrappers differ
 from the canonical downloads, but their decompressed bytes are canonical, which is exactly what the
 downloader verifies.
 """
@@ -25,9 +25,11 @@ from metacli.engine.data.mnist import (
     TRAIN_IMAGES,
     TRAIN_LABELS,
     load_mnist,
+    locate,
     parse_idx,
+    verified_digests,
 )
-from metacli.engine.data.paths import resolve_data_root
+from metacli.engine.data.paths import TRUST_VAR, resolve_data_root
 from metacli.errors import DataError
 from tests.httpserver import LOCAL, QuietHandler, refused_url, serving
 
@@ -43,6 +45,13 @@ def shared_data_root() -> Path | None:
     if all((root / "mnist" / f"{name}.gz").is_file() for name in FILES):
         return root
     return None
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest memo goes to a cache of the test's own, never the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv(TRUST_VAR, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -309,17 +318,55 @@ def test_present_corrupt_gz_names_the_file(shared_root: Path, tmp_path: Path) ->
     assert str(bad) in str(info.value)
 
 
-def test_uncompressed_file_preferred_and_read(shared_root: Path, tmp_path: Path) -> None:
+def _with_relabelled_copy(shared_root: Path, tmp_path: Path) -> Path:
+    """The shared .gz files, plus an uncompressed train-labels whose first label is 3 (same size)."""
     folder = tmp_path / "mnist"
     folder.mkdir()
     for name in FILES:
         shutil.copy(shared_root / "mnist" / f"{name}.gz", folder / f"{name}.gz")
-    # An uncompressed copy with different labels wins over the .gz.
     raw = bytearray(gzip.decompress((folder / f"{TRAIN_LABELS}.gz").read_bytes()))
     raw[8] = 3
     (folder / TRAIN_LABELS).write_bytes(bytes(raw))
+    return folder / TRAIN_LABELS
+
+
+def test_uncompressed_file_preferred_and_read(
+    shared_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _with_relabelled_copy(shared_root, tmp_path)
+    monkeypatch.setenv(TRUST_VAR, "1")  # the copy is not the published content: the user vouches for it
     data = load_mnist(tmp_path, download=False)
-    assert data.train_y[:3].tolist() == [3, 0, 4]
+    assert data.train_y[:3].tolist() == [3, 0, 4]  # the uncompressed copy wins over the .gz
+
+
+def test_a_present_file_with_other_content_is_refused_naming_both_checksums(
+    shared_root: Path, tmp_path: Path
+) -> None:
+    bad = _with_relabelled_copy(shared_root, tmp_path)
+    got = hashlib.sha256(bad.read_bytes()).hexdigest()
+    with pytest.raises(DataError) as info:
+        load_mnist(tmp_path, download=False)
+    msg = str(info.value)
+    assert str(bad) in msg and got in msg and SHA256[TRAIN_LABELS] in msg
+    assert "delete" in msg and TRUST_VAR in msg
+    assert TEST_LABELS not in msg  # only the file that differs is named
+
+
+def test_a_present_gz_with_other_content_is_refused(shared_root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name in FILES:
+        shutil.copy(shared_root / "mnist" / f"{name}.gz", folder / f"{name}.gz")
+    raw = bytearray(gzip.decompress((folder / f"{TEST_LABELS}.gz").read_bytes()))
+    raw[-1] = (raw[-1] + 1) % 10  # a valid label, a valid IDX file: only the checksum can tell
+    (folder / f"{TEST_LABELS}.gz").write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DataError, match=f"{TEST_LABELS}.gz has content sha256"):
+        load_mnist(tmp_path, download=False)
+
+
+def test_the_shared_files_have_the_published_content(shared_root: Path) -> None:
+    # Their .gz wrappers differ from the canonical downloads, their decompressed content does not.
+    assert verified_digests(locate(shared_root, download=False)) == SHA256
 
 
 # --- data root ----------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Model contracts: shapes, parameter counts, body/head groups, batch-norm kernels, exact meta-gradients.
 
 The meta-gradient checks run second-order MAML in float64 through tiny Conv4 and ResNet-12 networks: the
-``vmap`` executor (primitive-op batch norm; fused would be off by 0.5-7 %, ``docs/reference/maml_family.md``
-§5) must equal the per-task loop (fused batch norm), and the loop must equal central finite differences.
+``vmap`` executor (primitive-op batch norm; fused would be off by 0.5-7 %, pytorch/functorch#534) must
+equal the per-task loop (fused batch norm), and the loop must equal central finite differences.
 Which kernel runs where: ``tests/engine/test_fused.py``.
 """
 

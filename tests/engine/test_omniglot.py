@@ -1,6 +1,6 @@
 """Omniglot: splits, decoding against an independent PNG decoder, the cache, and downloads.
 
-Real-data tests read the shared archives (``datasets.md`` §3) and decode all 32,460 PNGs once per
+Real-data tests read the shared archives (the data folder's ``omniglot/``) and decode all 32,460 PNGs once per
 module into a temporary cache (several seconds on 2 cores); every other real-data build then reads
 that cache. Everything else runs on a tiny archive pair written by the test in the official layout.
 """
@@ -45,7 +45,12 @@ from metacli.errors import DataError
 from tests.conftest import shared_data_root
 from tests.httpserver import refused_url
 
-pytestmark = pytest.mark.usefixtures("no_proxy")
+pytestmark = [
+    pytest.mark.usefixtures("no_proxy"),
+    # the fixture archives (and the shared ones) are not the official files; tests that check the
+    # warning record it with pytest.warns, which sees it regardless
+    pytest.mark.filterwarnings("ignore:the Omniglot archives are not the official files"),
+]
 
 U8 = npt.NDArray[np.uint8]
 
@@ -190,7 +195,7 @@ def test_second_build_reads_cache_fast_and_identical(
     assert time.perf_counter() - start < 2.0
     for s in ("train", "val", "test"):
         assert torch.equal(first.splits[s].images, second.splits[s].images)
-    recipe = cache_recipe(omniglot.archive_paths(real_root), 28)
+    recipe = cache_recipe(omniglot.archive_paths(real_root), 28, real_cache)
     assert [p.name for p in (real_cache / "omniglot").iterdir()] == [cache_path(real_cache, recipe).name]
 
 
@@ -338,7 +343,7 @@ def test_corrupt_cache_is_rebuilt(tiny_root: Path, tmp_path: Path, monkeypatch: 
     cache = tmp_path / "cache"
     ctx = _ctx(tiny_root, cache)
     first = build(LAKE, ctx)
-    path = cache_path(cache, cache_recipe(omniglot.archive_paths(tiny_root), 28))
+    path = cache_path(cache, cache_recipe(omniglot.archive_paths(tiny_root), 28, cache))
     assert path.is_file()
     calls: list[int] = []
     real_decode = omniglot.decode_archives
@@ -361,14 +366,18 @@ def test_corrupt_cache_is_rebuilt(tiny_root: Path, tmp_path: Path, monkeypatch: 
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
 
 
-def test_changed_archive_gets_a_new_cache(tiny_root: Path, tmp_path: Path) -> None:
+def test_a_touched_archive_keeps_its_cache(
+    tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache is keyed by the archives' content: a new mtime alone decodes nothing."""
     cache = tmp_path / "cache"
     build(LAKE, _ctx(tiny_root, cache))
     zip_path = tiny_root / "omniglot" / ARCHIVES["evaluation"]
     st = zip_path.stat()
     os.utime(zip_path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    _no_decoding(monkeypatch)
     build(LAKE, _ctx(tiny_root, cache))
-    assert len(list((cache / "omniglot").iterdir())) == 2
+    assert len(list((cache / "omniglot").iterdir())) == 1
 
 
 def test_vinyals_split_on_incomplete_archives_names_the_problem(tiny_root: Path, tmp_path: Path) -> None:
@@ -444,10 +453,34 @@ def test_download_with_wrong_md5_refused(file_server: tuple[str, Path], tmp_path
     assert list((root / "omniglot").iterdir()) == []  # nothing kept, not even a partial file
 
 
-def test_present_archives_used_as_they_are(tiny_root: Path, tmp_path: Path) -> None:
-    """Download allowed, but the archives are there: no request, and no MD5 check (the shared zips differ)."""
-    ds = build(LAKE, _ctx(tiny_root, tmp_path / "cache", download=True), mirrors=[refused_url()])
+def test_present_archives_are_used_with_one_warning_naming_both_md5s(tiny_root: Path, tmp_path: Path) -> None:
+    """Download allowed, but the archives are there: no request; their md5 differs, which only warns."""
+    with pytest.warns(UserWarning) as seen:
+        ds = build(LAKE, _ctx(tiny_root, tmp_path / "cache", download=True), mirrors=[refused_url()])
     assert ds.splits["train"].images.shape[0] == 5
+    assert len(seen) == 1, [str(w.message) for w in seen]
+    msg = str(seen[0].message)
+    assert "not the official files" in msg and "METACLI_TRUST_DATA=1" in msg
+    for name in ARCHIVES.values():
+        path = tiny_root / "omniglot" / name
+        assert str(path) in msg and MD5[name] in msg and hashlib.md5(path.read_bytes()).hexdigest() in msg
+
+
+def test_present_archives_with_the_official_md5_or_trusted_give_no_warning(
+    tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monkeypatch.setenv("METACLI_TRUST_DATA", "1")
+        build(LAKE, _ctx(tiny_root, tmp_path / "a"))
+        monkeypatch.delenv("METACLI_TRUST_DATA")
+        for name in ARCHIVES.values():  # the fixture stands in for the official files
+            monkeypatch.setitem(
+                MD5, name, hashlib.md5((tiny_root / "omniglot" / name).read_bytes()).hexdigest()
+            )
+        build(LAKE, _ctx(tiny_root, tmp_path / "b"))
 
 
 # --- config -------------------------------------------------------------------------------------------

@@ -193,6 +193,17 @@ def test_reptile_adapt_uses_support_only() -> None:
     close(flat(fast), reptile_phi(w, task.support.x, task.support.y, schedule, 0.05, "sgd"))
 
 
+def test_reptile_adapt_with_no_steps_is_the_initialisation_and_draws_nothing() -> None:
+    """Catches an empty schedule that fails (evaluation at 0 steps) or that draws from the generator."""
+    learner, tasks = linear_problem()
+    generator = torch.Generator().manual_seed(3)
+    algo = Reptile(ReptileConfig(inner_optimizer="adam", inner_batch=2), learner, generator=generator)
+    meta = algo.init_meta(learner.init_params())
+    before = generator.get_state()
+    close(flat(algo.adapt(meta, task_at(tasks, 0).support, steps=0)), flat(meta).detach())
+    assert torch.equal(generator.get_state(), before)
+
+
 def test_minibatch_schedule_is_epoch_wise_without_replacement() -> None:
     schedule = minibatch_schedule(6, 5, 4, torch.Generator().manual_seed(0)).reshape(-1)
     assert schedule.shape == (20,)

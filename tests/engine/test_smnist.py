@@ -1,4 +1,4 @@
-"""S-MNIST (moml.md §4.1): per-image transforms on hand-made images, and the stream on real MNIST."""
+"""S-MNIST (MOML ``utils_dataset.py``): per-image transforms on hand-made images, the stream on real MNIST."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from metacli.engine.data import smnist
-from metacli.engine.data.mnist import load_mnist
+from metacli.engine.data.mnist import load_mnist, locate, verified_digests
 from metacli.engine.data.smnist import (
     SMNISTConfig,
     StreamArrays,
@@ -20,6 +20,7 @@ from metacli.engine.data.smnist import (
     cache_name,
     draw_transforms,
     normalise,
+    stream_folder,
     transform_image,
 )
 from metacli.engine.types import OnlineStream
@@ -147,7 +148,7 @@ def test_shift_left(ramp: np.ndarray) -> None:
 
 
 def test_shift_bar_is_zero_not_background() -> None:
-    # moml.md §10 item 6: the bar is 0 in normalised space (grey), not the black background -0.4242.
+    # As the MOML code's shift: the bar is 0 in normalised space (grey), not the black background -0.4242.
     out = transform_image(np.full((28, 28), BG, dtype=np.float32), rot=0, flip=0, scale=0, shift=-1)
     assert np.all(out[:4] == 0.0) and np.all(out[4:] == BG)
 
@@ -162,9 +163,15 @@ def test_invalid_parameters_rejected(ramp: np.ndarray) -> None:
 # --- config and draws -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tasks", [0, 7, 3000, 60000])
+@pytest.mark.parametrize("tasks", [7, 3000, 60000])
 def test_config_rejects_tasks_not_dividing_both(tasks: int) -> None:
     with pytest.raises(pydantic.ValidationError, match="divisor of both 60000 and 10000"):
+        SMNISTConfig(tasks=tasks)
+
+
+@pytest.mark.parametrize("tasks", [0, -10])
+def test_config_rejects_no_tasks(tasks: int) -> None:
+    with pytest.raises(pydantic.ValidationError, match="greater than or equal to 1"):
         SMNISTConfig(tasks=tasks)
 
 
@@ -211,6 +218,12 @@ def test_draws_match_the_global_numpy_seed_sequence() -> None:
 # --- the stream on real MNIST ---------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MNIST's digest memo goes to a cache of the test's own, never the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
 @pytest.fixture(scope="module")
 def root() -> Path:
     r = shared_data_root()
@@ -219,17 +232,22 @@ def root() -> Path:
     return r
 
 
+def folder_of(cfg: SMNISTConfig, root: Path, cache: Path) -> Path:
+    """Where the stream of ``cfg`` built from the MNIST files under ``root`` is cached in ``cache``."""
+    return stream_folder(cfg, cache, verified_digests(locate(root, download=False), cache))
+
+
 @pytest.fixture(scope="module")
 def stream_cache(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Cache folder of the default S-MNIST-1000 stream (built once for the module)."""
-    folder = tmp_path_factory.mktemp("smnist") / "cache"
-    build_stream(SMNISTConfig(), root, cache_dir=folder, download=False)
-    return folder
+    cache = tmp_path_factory.mktemp("smnist") / "cache"
+    build_stream(SMNISTConfig(), root, cache=cache, download=False)
+    return cache
 
 
 @pytest.fixture(scope="module")
 def stream(root: Path, stream_cache: Path) -> OnlineStream:
-    return build_stream(SMNISTConfig(), root, cache_dir=stream_cache, download=False)
+    return build_stream(SMNISTConfig(), root, cache=stream_cache, download=False)
 
 
 @pytest.fixture
@@ -257,7 +275,7 @@ def test_stream_shapes_and_dtypes(stream: OnlineStream) -> None:
 
 
 def _reference(root: Path, cfg: SMNISTConfig, tasks: list[int]) -> dict[str, np.ndarray]:
-    """The official per-image loop (moml.md §4.1), for the given tasks only."""
+    """The official per-image loop (MOML ``utils_dataset.py``), for the given tasks only."""
     mnist = load_mnist(root, download=False)
     d = draw_transforms(cfg.tasks, cfg.seed)
     on = cfg.transforms
@@ -314,7 +332,7 @@ def test_stream_labels_and_partition(root: Path, stream: OnlineStream) -> None:
 def dihedral(root: Path, tmp_path_factory: pytest.TempPathFactory) -> OnlineStream:
     """The stream with rotate and flip only."""
     cfg = SMNISTConfig(transforms=("rotate", "flip"))
-    return build_stream(cfg, root, cache_dir=tmp_path_factory.mktemp("dihedral"), download=False)
+    return build_stream(cfg, root, cache=tmp_path_factory.mktemp("dihedral"), download=False)
 
 
 def _signatures(images: np.ndarray) -> list[bytes]:
@@ -344,10 +362,10 @@ def test_turning_transforms_off_keeps_the_other_draws(stream: OnlineStream, dihe
 
 
 def test_deterministic_and_seed_dependent(root: Path, stream: OnlineStream, tmp_path: Path) -> None:
-    again = build_stream(SMNISTConfig(), root, cache_dir=tmp_path / "a", download=False)
+    again = build_stream(SMNISTConfig(), root, cache=tmp_path / "a", download=False)
     assert np.array_equal(again.train.x.numpy(), stream.train.x.numpy())
     assert np.array_equal(again.test.x.numpy(), stream.test.x.numpy())
-    other = build_stream(SMNISTConfig(seed=18), root, cache_dir=tmp_path / "b", download=False)
+    other = build_stream(SMNISTConfig(seed=18), root, cache=tmp_path / "b", download=False)
     assert not np.array_equal(other.train.y.numpy(), stream.train.y.numpy())
     assert not np.array_equal(other.test.x.numpy(), stream.test.x.numpy())
 
@@ -355,32 +373,43 @@ def test_deterministic_and_seed_dependent(root: Path, stream: OnlineStream, tmp_
 def test_cache_written_and_reused(
     root: Path, stream: OnlineStream, stream_cache: Path, no_build: None
 ) -> None:
-    assert sorted(p.name for p in stream_cache.iterdir()) == [
+    folder = folder_of(SMNISTConfig(), root, stream_cache)
+    assert folder.parent == stream_cache / "streams" and folder.name.startswith(cache_name(SMNISTConfig()))
+    assert sorted(p.name for p in folder.iterdir()) == [
         "test_x.npy",
         "test_y.npy",
         "train_x.npy",
         "train_y.npy",
     ]
-    mtimes = {p.name: p.stat().st_mtime_ns for p in stream_cache.iterdir()}
-    cached = build_stream(SMNISTConfig(), root, cache_dir=stream_cache, download=False)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    cached = build_stream(SMNISTConfig(), root, cache=stream_cache, download=False)
     assert np.array_equal(cached.train.x.numpy(), stream.train.x.numpy())
     assert np.array_equal(cached.test.y.numpy(), stream.test.y.numpy())
-    assert {p.name: p.stat().st_mtime_ns for p in stream_cache.iterdir()} == mtimes
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == mtimes
 
 
-def test_default_cache_folder_under_root(stream_cache: Path, tmp_path: Path, no_build: None) -> None:
-    cfg = SMNISTConfig()
-    folder = tmp_path / "cache" / "smnist_17_1000_rotate-flip-scale-shift"
-    folder.mkdir(parents=True)
-    for p in stream_cache.iterdir():
-        (folder / p.name).symlink_to(p)
-    # No mnist/ under tmp_path: this works only because the cache is found and used.
-    s = build_stream(cfg, tmp_path, download=False)
+def test_default_cache_is_the_user_cache_never_the_data_root(
+    root: Path, stream_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_build: None
+) -> None:
+    data = tmp_path / "data"
+    (data / "mnist").mkdir(parents=True)
+    for p in (root / "mnist").iterdir():
+        (data / "mnist" / p.name).symlink_to(p)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    user_cache = tmp_path / "xdg" / "metacli"
+    folder = folder_of(SMNISTConfig(), data, user_cache)
+    folder.parent.mkdir(parents=True)
+    folder.symlink_to(folder_of(SMNISTConfig(), root, stream_cache))
+    # no_build: this works only because the stream is found in the user cache
+    s = build_stream(SMNISTConfig(), data, download=False)
     assert tuple(s.train.x.shape) == (1000, 60, 1, 28, 28)
+    assert sorted(p.name for p in data.rglob("*")) == sorted(
+        ["mnist", *(p.name for p in (root / "mnist").iterdir())]
+    )
 
 
-def test_broken_cache_is_rebuilt(
-    stream: OnlineStream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_damaged_cache_is_rebuilt_with_one_warning(
+    root: Path, stream: OnlineStream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     arrays = StreamArrays(
         stream.train.x.numpy(), stream.train.y.numpy(), stream.test.x.numpy(), stream.test.y.numpy()
@@ -392,10 +421,15 @@ def test_broken_cache_is_rebuilt(
         return arrays
 
     monkeypatch.setattr(smnist, "build_arrays", fake_build)
-    folder = tmp_path / "c"
-    folder.mkdir()
+    cache = tmp_path / "c"
+    folder = folder_of(SMNISTConfig(), root, cache)
+    folder.mkdir(parents=True)
     (folder / "train_x.npy").write_bytes(b"\x93NUMPY truncated")  # e.g. a foreign or damaged file
-    s = build_stream(SMNISTConfig(), tmp_path, cache_dir=folder, download=False)
+    with pytest.warns(UserWarning) as seen:
+        s = build_stream(SMNISTConfig(), root, cache=cache, download=False)
+    assert len(seen) == 1 and "damaged S-MNIST stream cache" in str(seen[0].message), [
+        str(w.message) for w in seen
+    ]
     assert calls == [1]
     assert np.load(folder / "train_x.npy").shape == (1000, 60, 1, 28, 28)
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -404,6 +438,6 @@ def test_broken_cache_is_rebuilt(
         "train_x.npy",
         "train_y.npy",
     ]
-    build_stream(SMNISTConfig(), tmp_path, cache_dir=folder, download=False)
+    build_stream(SMNISTConfig(), root, cache=cache, download=False)
     assert calls == [1]  # the rewritten cache is used
     assert np.array_equal(s.train.y.numpy(), stream.train.y.numpy())

@@ -11,7 +11,7 @@ differentiating through the inner loop (Hessian-vector products). FOMAML (``firs
 detaches the inner gradients, so the meta-gradient is ``grad L_{Q_i}(phi_i^K)`` applied to theta.
 
 Every parameter is adapted and meta-learned (cbfinn/maml adapts its ``weights`` dict; its batch-norm
-offsets are meta-learned only, a difference noted in ``docs/reference/maml_family.md`` §2.1).
+offsets, created by its ``utils.py::normalize`` outside that dict, are meta-learned but not adapted).
 
 The variants (FOMAML, LSLR, Meta-Curvature, MAML Enhanced, ANIL, BOIL, Sparse-MAML, sparse-ReLU-MAML)
 are presets of :class:`MAMLConfig` that change one part of the inner step
@@ -24,7 +24,7 @@ outer Adam, at ``extras_lr`` where a paper gives them their own rate.
 References:
     Finn, Abbeel, Levine. "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", ICML 2017.
     Code: cbfinn/maml (meta-gradient clipping to [-10, 10] on MiniImageNet).
-    The variants' papers: see each config class; settings and pitfalls in maml_family.md §1-§2.
+    The variants' papers, settings and pitfalls: see each config class.
 
 Example:
     >>> algo = MAML(MAMLConfig(alpha=0.01), learner)

@@ -1,23 +1,23 @@
 """MOML and B-MOML: memory-efficient online meta-learning (Acar, Zhu, Saligrama, ICML 2021).
 
-Specification: ``docs/reference/moml.md`` §2 (the official code, ``utils_methods.py::train_MOML`` and
+Specification: the official code (github.com/ruizhaoz/MOML, ``utils_methods.py::train_MOML`` and
 ``utils_general.py::train_MOML_model``). The state is three flat-size vectors (θ, λ, ω); θ₀ = ω₀, λ₀ = 0.
-Round t runs K warm-started outer SGD steps on the regularised meta-objective (§2.3-2.4)::
+Round t runs K warm-started outer SGD steps on the regularised meta-objective::
 
     (S, Q)  <- two disjoint random batches of B from the task's train set   (fresh every step)
     φ <- θ ;  n_inner times: φ <- φ - η_in (∇CE(φ; S) + wd φ)              (differentiable)
     g <- ∇_θ CE(φ; Q) - λ + α (θ - ω)                                       (full second order)
     θ <- θ - η_out (clip(g, 3) + wd θ)                                      (SGD, decay after clipping)
 
-then the λ-recursion of the official code (§2.5, using the new λ in ω)::
+then the λ-recursion of the official code (``train_MOML``, using the new λ in ω)::
 
     λ <- λ - α (θ - ω) ;   ω <- ½ (θ + ω) - λ / (2α)
 
-B-MOML (§2.7) draws the task of every outer step uniformly from a buffer of task indices that always
+B-MOML (``train_BMOML``) draws each outer step's task uniformly from a buffer of task indices that always
 holds the current task ('random': append until full, then overwrite a uniformly random slot; 'last':
-sliding window). α = 0 switches the regulariser off and freezes λ and ω: that is MOGD (§3).
+sliding window). α = 0 switches the regulariser off and freezes λ and ω: that is MOGD (``train_MOGD``).
 
-Training and evaluation adaptation differ on purpose (§10 item 5): training adapts on 10-image support
+Training and evaluation adaptation differ on purpose (as in the code): training adapts on 10-image support
 batches with weight decay and no clipping; the CTM/LTM evaluation (:mod:`metacli.engine.online`)
 adapts full-batch on all train images with clipping and no weight decay.
 """
@@ -37,7 +37,7 @@ from metacli.engine.types import Batch, OnlineStream, Params
 
 
 class MOMLState(NamedTuple):
-    """MOML's state (moml.md §2.1): meta-parameters θ, dual λ ("lambda_model"), anchor ω ("omega_model")."""
+    """MOML's state: meta-parameters θ, dual λ ("lambda_model"), anchor ω ("omega_model")."""
 
     theta: Params
     lam: Params
@@ -54,7 +54,7 @@ class BMOMLState(NamedTuple):
 
 
 class Regulariser(NamedTuple):
-    """The linear-plus-proximal term −⟨λ, θ⟩ + (α/2)‖θ − ω‖² of the round objective (§2.3)."""
+    """The linear-plus-proximal term −⟨λ, θ⟩ + (α/2)‖θ − ω‖² of the round objective."""
 
     lam: Params
     omega: Params
@@ -64,7 +64,7 @@ class Regulariser(NamedTuple):
 def sample_support_query(
     stream: OnlineStream, task: int, batch_size: int, generator: torch.Generator
 ) -> tuple[Batch, Batch]:
-    """Two disjoint random batches of ``batch_size`` from ``task``'s train set (a fresh shuffle, §2.2)."""
+    """Two disjoint random batches of ``batch_size`` from ``task``'s train set (a fresh shuffle)."""
     x, y = stream.train.x[task], stream.train.y[task]
     perm = torch.randperm(x.shape[0], generator=generator)[: 2 * batch_size].to(x.device)
     s, q = perm[:batch_size], perm[batch_size:]
@@ -74,7 +74,7 @@ def sample_support_query(
 def meta_gradient(
     learner: Learner, theta: Params, support: Batch, query: Batch, cfg: MetaSGDConfig
 ) -> tuple[Params, Tensor]:
-    """∇_θ CE(U(θ; S); Q), second order through ``cfg.inner_steps`` differentiable SGD steps (§2.2)."""
+    """∇_θ CE(U(θ; S); Q), second order through ``cfg.inner_steps`` differentiable SGD steps."""
     leaves = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
     rule = sgd_rule(cfg.inner_lr, cfg.weight_decay)
     phi, _ = descend(lambda k, p: learner.loss(p, support), leaves, cfg.inner_steps, rule, create_graph=True)
@@ -84,7 +84,7 @@ def meta_gradient(
 
 
 def outer_step(theta: Params, g: Params, cfg: MetaSGDConfig) -> Params:
-    """θ ← θ − η_out (clip(g) + wd θ): PyTorch SGD adds the decay after clipping (§2.4 step 4)."""
+    """θ ← θ − η_out (clip(g) + wd θ): PyTorch SGD adds the decay after clipping."""
     g = clip_by_global_norm(g, cfg.clip_norm)
     return {k: (p - cfg.outer_lr * (g[k] + cfg.weight_decay * p)).detach() for k, p in theta.items()}
 
@@ -109,7 +109,7 @@ def meta_sgd_round(
 
 
 def update_state(theta: Params, lam: Params, omega: Params, alpha: float) -> tuple[Params, Params]:
-    """λ ← λ − α(θ − ω); ω ← ½(θ + ω) − λ/(2α) with the new λ (§2.5). α = 0 leaves λ, ω unchanged."""
+    """λ ← λ − α(θ − ω); ω ← ½(θ + ω) − λ/(2α) with the new λ. α = 0 leaves λ, ω unchanged."""
     if alpha == 0:
         return lam, omega
     new_lam = {k: lam[k] - alpha * (theta[k] - omega[k]) for k in theta}
@@ -144,7 +144,7 @@ class OnlineLearner(Generic[C]):
     settings :func:`~metacli.engine.online.run_online` reads (fine-tune variants and clip norm)."""
 
     ctm_after_update = False
-    """CTM is measured before the round's update (the meta-learners); TOE and FS set True (moml.md §5.2)."""
+    """CTM is measured before the round's update (meta-learners); TOE and FS set True (as the MOML code)."""
 
     def __init__(self, cfg: C, learner: Learner, generator: torch.Generator | None = None) -> None:
         del generator  # the online loop hands each round the run's generator instead
@@ -155,10 +155,10 @@ class OnlineLearner(Generic[C]):
 
 
 class MOML(OnlineLearner[MOMLConfig]):
-    """MOML (moml.md §2.6). Memory: the current task's data plus 3d."""
+    """MOML (Acar et al. 2021; official ``train_MOML``). Memory: the current task's data plus 3d."""
 
     def init_state(self, theta0: Params) -> MOMLState:
-        """θ = ω = θ₀, λ = 0 (§2.1)."""
+        """θ = ω = θ₀, λ = 0."""
         theta = {k: v.detach().clone() for k, v in theta0.items()}
         return MOMLState(theta, {k: torch.zeros_like(v) for k, v in theta.items()}, dict(theta))
 
@@ -189,7 +189,7 @@ class MOML(OnlineLearner[MOMLConfig]):
 def update_buffer(
     buffer: tuple[int, ...], t: int, size: int, policy: str, generator: torch.Generator
 ) -> tuple[int, ...]:
-    """Insert task t (§2.7): append while not full; then 'last' slides, 'random' overwrites a random slot."""
+    """Insert task t: append while not full; then 'last' slides, 'random' overwrites a random slot."""
     if len(buffer) < size:
         return (*buffer, t)
     if policy == "last":
@@ -199,7 +199,7 @@ def update_buffer(
 
 
 class BMOML(OnlineLearner[BMOMLConfig]):
-    """B-MOML (moml.md §2.7). Memory: the buffer's tasks' data plus 3d."""
+    """B-MOML (Acar et al. 2021; official ``train_BMOML``). Memory: the buffer's tasks' data plus 3d."""
 
     def init_state(self, theta0: Params) -> BMOMLState:
         """θ = ω = θ₀, λ = 0, empty buffer."""

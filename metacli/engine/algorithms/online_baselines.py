@@ -1,17 +1,17 @@
-"""Baselines of the online protocol: FTML, MOGD, TOE and FS (moml.md §3, official MOML code).
+"""Baselines of the online protocol: FTML, MOGD, TOE and FS (official MOML code, github.com/ruizhaoz/MOML).
 
 - **FTML** (follow the meta leader, Finn, Rajeswaran, Kakade, Levine, ICML 2019), as approximated by the
   MOML code: K warm-started second-order meta-SGD steps per round, each on a task drawn uniformly from
   all seen tasks 0..t (current included). Memory: all t+1 tasks' data plus d.
 - **MOGD** (meta online gradient descent): the same K steps on the current task only; MOML with the
   regulariser removed (α = 0, λ ≡ 0). Memory: one task plus d.
-- **TOE** (train on everything): every round re-initialises to θ₀ (kept as in the reference, moml.md
-  §10 item 4) and runs K plain SGD steps (batch 10, lr 0.1, wd 1e-4, clip 3, cross-entropy) on the pooled
+- **TOE** (train on everything): every round re-initialises to θ₀ (kept as in the reference,
+  ``train_TOE``) and runs K plain SGD steps (batch 10, lr 0.1, wd 1e-4, clip 3, cross-entropy) on the pooled
   train data of tasks 0..t. Memory: all data plus θ₀ and θ.
 - **FS** (from scratch): no training; θ₀ is evaluated every round. Memory: θ₀.
 
 TOE and FS measure CTM **after** the round's training (``ctm_after_update``; the reference's
-"Evaluation of TOE is a bit different", moml.md §5.2) and are evaluated three ways (§5.1): fine-tuned
+"Evaluation of TOE is a bit different") and are evaluated three ways (as the reference): fine-tuned
 (lr 0.1, 1 step), fine-tuned (lr 0.1, 5 steps) and not fine-tuned. ``eval_variant`` picks the primary
 one; the others are logged under suffixed keys (``_ft1``, ``_ft5``, ``_noft``).
 """
@@ -113,7 +113,7 @@ class TOEState(NamedTuple):
 
 
 class TOE(OnlineLearner[TOEConfig]):
-    """TOE (moml.md §3): from θ₀ every round, K SGD steps on the pooled data of tasks 0..t.
+    """TOE (MOML code, ``train_TOE``): from θ₀ every round, K SGD steps on the pooled data of tasks 0..t.
 
     The pool is shuffled (generator) and walked in consecutive batches of ``batch_size``, reshuffled when
     fewer than a batch remain (a shuffled DataLoader over the pool, incomplete last batch dropped).
@@ -135,7 +135,7 @@ class TOE(OnlineLearner[TOEConfig]):
         return out[: self.cfg.K]
 
     def round(self, state: TOEState, t: int, stream: OnlineStream, generator: torch.Generator) -> TOEState:
-        """Re-initialise to θ₀ (reference behaviour, §10 item 4), then K clipped SGD steps on tasks 0..t."""
+        """Re-initialise to θ₀ (reference behaviour), then K clipped SGD steps on tasks 0..t."""
         x = stream.train.x[: t + 1].flatten(0, 1)
         y = stream.train.y[: t + 1].flatten(0, 1)
         batches = [idx.to(x.device) for idx in self._batches(x.shape[0], generator)]
@@ -166,7 +166,8 @@ class TOE(OnlineLearner[TOEConfig]):
 
 
 class FS(_ThetaOnly, OnlineLearner[FSConfig]):
-    """FS (moml.md §3): no training; every round evaluates θ₀ (CTM after the no-op update, as TOE)."""
+    """FS (MOML code, ``train_FS``): no training; every round evaluates θ₀ (CTM after the no-op update,
+    as TOE)."""
 
     ctm_after_update = True
 

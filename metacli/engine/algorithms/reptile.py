@@ -62,6 +62,8 @@ def minibatch_schedule(n: int, steps: int, batch: int, generator: torch.Generato
     boundaries: the order of ``_mini_batches(..., replacement=False)`` in openai/supervised-reptile.
     """
     epochs = math.ceil(steps * batch / n)
+    if epochs == 0:  # no inner step (evaluation at 0 steps): no batch, and nothing drawn
+        return torch.empty(0, batch, dtype=torch.long)
     order = torch.cat([torch.randperm(n, generator=generator) for _ in range(epochs)])
     return order[: steps * batch].view(steps, batch)
 

@@ -6,7 +6,8 @@ algorithms and task streams, and the constants the configs' validators check aga
 
 - :mod:`.algorithms`: ``AlgorithmConfig`` and ``ONLINE_ALGORITHM_NAMES``;
 - :mod:`.data`: ``DataConfig`` and ``ONLINE_DATASET_NAMES``;
-- :mod:`.models`: ``ModelConfig``.
+- :mod:`.models`: ``ModelConfig``;
+- :mod:`.fields`: the annotated types of their values (counts, seeds, rates, widths) and their bounds.
 
 These modules import only pydantic, so :mod:`metacli.spec` validates a spec (and reports a typo in it)
 in a fraction of a second. The implementations (:mod:`metacli.engine.algorithms`,

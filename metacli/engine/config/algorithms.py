@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from metacli.engine.config.fields import Count, Finite, NonNegative, Positive, Steps
+
 Adapt = Literal["all", "head", "body"]
 """Which parameters the MAML family's inner loop adapts (:mod:`metacli.engine.inner`)."""
 Rate = Literal["scalar", "lslr", "mask", "relu"]
@@ -33,18 +35,18 @@ class MAMLConfig(BaseModel):
 
     name: Literal["maml"] = "maml"
     """Algorithm name (discriminator)."""
-    alpha: float = Field(default=0.01, gt=0)
+    alpha: Positive = 0.01
     """Inner-loop (adaptation) SGD learning rate; the initial value of learned rates (LSLR, sparse-ReLU).
     On the mean loss: the MAML TensorFlow code's alpha on N-way tasks is N x alpha here (its summed loss)."""
-    inner_steps: int = Field(default=1, ge=1)
+    inner_steps: Count = 1
     """Inner SGD steps per task during meta-training."""
-    eval_inner_steps: int = Field(default=10, ge=0)
+    eval_inner_steps: Steps = 10
     """Inner SGD steps per task at evaluation."""
     first_order: bool = False
     """Detach the inner gradients (FOMAML): no Hessian-vector products."""
-    outer_lr: float = Field(default=1e-3, gt=0)
+    outer_lr: Positive = 1e-3
     """beta: Adam learning rate of the meta-update."""
-    grad_clip: float | None = Field(default=None, gt=0)
+    grad_clip: Positive | None = None
     """Clamp every meta-gradient element to [-grad_clip, grad_clip] (cbfinn MiniImageNet: 10); None: off."""
     adapt: Adapt = "all"
     """Parameters the inner loop adapts: all (MAML), head (ANIL: the last linear layer), body (BOIL)."""
@@ -53,11 +55,11 @@ class MAMLConfig(BaseModel):
     Sparse-MAML), relu (STE-ReLU(m) per element, sparse-ReLU-MAML)."""
     curvature: bool = False
     """Precondition the inner gradient with Meta-Curvature's learned Kronecker factors."""
-    extras_lr: float | None = Field(default=None, gt=0)
+    extras_lr: Positive | None = None
     """Adam learning rate of the extras (rates, curvature factors, masks); None: outer_lr."""
     mask_init: Literal["kaiming", "uniform"] = "kaiming"
     """Sparse-MAML mask logits: Kaiming-uniform for weights (--kaiming_init) or U(-0.5, 0.5) everywhere."""
-    mask_init_shift: float = 0.0
+    mask_init_shift: Finite = 0.0
     """Added to the mean-centred mask logits (its --init_shift); > 0 starts less sparse."""
 
 
@@ -151,7 +153,7 @@ class SparseMAMLConfig(MAMLConfig):
     """alpha times a learned binary mask per element."""
     first_order: bool = True
     """Detach the inner gradients (the released code's default); the mask is still meta-learned."""
-    extras_lr: float | None = Field(default=0.0075, gt=0)
+    extras_lr: Positive | None = 0.0075
     """Adam learning rate of the mask logits (code: 0.0075 ConvNet, 0.01 ResNet-12)."""
 
 
@@ -168,7 +170,7 @@ class SparseReLUMAMLConfig(MAMLConfig):
     """A learned non-negative rate per element."""
     first_order: bool = True
     """Detach the inner gradients (the released code's default); the rates are still meta-learned."""
-    extras_lr: float | None = Field(default=0.0075, gt=0)
+    extras_lr: Positive | None = 0.0075
     """Adam learning rate of the rates m (code: 0.01 for its ResNet-12 runs)."""
 
 
@@ -198,17 +200,17 @@ class ReptileConfig(BaseModel):
     """Algorithm name (discriminator)."""
     inner_optimizer: Literal["adam", "sgd"] = "adam"
     """Inner optimiser: Adam with beta1 = 0 (paper) or plain SGD."""
-    inner_lr: float = Field(default=1e-3, gt=0)
+    inner_lr: Positive = 1e-3
     """Inner-loop learning rate."""
-    inner_steps: int = Field(default=32, ge=1)
+    inner_steps: Count = 32
     """Inner mini-batch steps per task in meta-training."""
-    inner_batch: int = Field(default=10, ge=1)
+    inner_batch: Count = 10
     """Examples per inner mini-batch (capped at the task's size)."""
-    epsilon: float = Field(default=1.0, gt=0)
+    epsilon: Positive = 1.0
     """Outer step size at the start of training."""
-    epsilon_final: float = Field(default=0.0, ge=0)
+    epsilon_final: NonNegative = 0.0
     """Outer step size at the end of training (linear anneal)."""
-    eval_inner_steps: int = Field(default=32, ge=0)
+    eval_inner_steps: Steps = 32
     """Inner steps per task at evaluation (on the support only)."""
 
 
@@ -220,23 +222,23 @@ class BilevelHeadConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    inner_lr: float = Field(default=0.1, gt=0)
+    inner_lr: Positive = 0.1
     """lambda_phi: step size of the K head gradient steps (code: 0.1 CIFAR-FS/FC100, 0.05 ImageNet)."""
-    inner_steps: int = Field(default=20, ge=1)
+    inner_steps: Count = 20
     """K: head gradient steps per task in meta-training."""
-    reg: float = Field(default=1e-3, ge=0)
+    reg: NonNegative = 1e-3
     """rho: the lower level's L2 term rho/2 |phi|^2 (the paper's R; the official code has none: 0)."""
-    eval_inner_steps: int = Field(default=20, ge=0)
+    eval_inner_steps: Steps = 20
     """Head steps at evaluation (backbone frozen; the code's protocol: 20)."""
-    eval_inner_lr: float | None = Field(default=None, gt=0)
+    eval_inner_lr: Positive | None = None
     """Head step size at evaluation; None: inner_lr (the code's protocol: 0.05)."""
     outer_optimizer: Literal["sgd", "adam"] = "sgd"
     """theta's optimiser: plain SGD (the paper's Algorithm 1) or Adam (the official code)."""
-    outer_lr: float = Field(default=0.1, gt=0)
+    outer_lr: Positive = 0.1
     """lambda_theta (SGD; SUGGESTED, the paper's value was not read) or Adam's rate (code: 1e-4 / 1e-3)."""
     warm_start: bool = True
     """Start slot i's head (and CG) from its values of the previous outer step (paper); false: the code."""
-    grad_clip: float | None = Field(default=None, gt=0)
+    grad_clip: Positive | None = None
     """Clamp every meta-gradient element to [-grad_clip, grad_clip]; None: off."""
 
 
@@ -245,9 +247,9 @@ class MemoryReducedConfig(BilevelHeadConfig):
 
     name: Literal["memory_reduced"] = "memory_reduced"
     """Algorithm name (discriminator)."""
-    cg_steps: int = Field(default=20, ge=1)
+    cg_steps: Count = 20
     """N: conjugate-gradient steps on grad^2_phi g v = grad_phi f (Subroutine 1)."""
-    cg_tol: float = Field(default=0.0, ge=0)
+    cg_tol: NonNegative = 0.0
     """Stop CG updates once the residual norm is below this (0: always N steps, as the code)."""
 
 
@@ -268,23 +270,23 @@ class MetaSGDConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    K: int = Field(10, ge=1)
+    K: Count = 10
     """Outer SGD steps per round (grid {10, 20}; the released script's first value, 10)."""
-    outer_lr: float = Field(0.1, gt=0)
+    outer_lr: Positive = 0.1
     """Outer (meta) SGD learning rate (0.1, constant)."""
-    weight_decay: float = Field(1e-4, ge=0)
-    """Weight decay of the outer SGD step and of the differentiable inner step (1e-4)."""
-    clip_norm: float = Field(3.0, gt=0)
+    weight_decay: NonNegative = 1e-4
+    """NonNegative decay of the outer SGD step and of the differentiable inner step (1e-4)."""
+    clip_norm: Positive = 3.0
     """Global L2 norm the total outer gradient, and each evaluation fine-tune gradient, is clipped to."""
-    inner_lr: float = Field(0.01, gt=0)
+    inner_lr: Positive = 0.01
     """learning_rate_ft: inner and evaluation fine-tune lr (grid {0.1, 0.01}; default 0.01, the only
     value the released main.py actually runs for MOML: it never uses the rest of its grid)."""
-    inner_steps: int = Field(1, ge=1)
+    inner_steps: Count = 1
     """num_grad_step: inner and evaluation fine-tune steps (grid {1, 5}; default 1). As in the official
     code, training adapts on a support batch of batch_size images with weight decay and no clipping,
     while the CTM/LTM evaluation adapts full-batch on all of a task's train images with clipping and no
     weight decay."""
-    batch_size: int = Field(10, ge=1)
+    batch_size: Count = 10
     """Size of the support batch and of the disjoint query batch (10)."""
 
     @property
@@ -293,27 +295,28 @@ class MetaSGDConfig(BaseModel):
         return 2 * self.batch_size
 
     def eval_variants(self) -> dict[str, tuple[float, int]]:
-        """Evaluation fine-tune (lr, steps) per metric-key suffix: the training inner loop's (§5.1)."""
+        """Evaluation fine-tune (lr, steps) per metric-key suffix: the training inner loop's."""
         return {"": (self.inner_lr, self.inner_steps)}
 
 
 class MOMLConfig(MetaSGDConfig):
-    """MOML (moml.md §2): regularised warm-started meta-SGD with a constant-size state."""
+    """MOML (Acar, Zhu, Saligrama, ICML 2021): regularised warm-started meta-SGD, constant-size state."""
 
     name: Literal["moml"] = "moml"
     """Selects MOML."""
-    alpha: float = Field(1.0, ge=0)
+    alpha: NonNegative = 1.0
     """α of the proximal term (grid {1, 5, 10}; default 1). 0 switches the regulariser off (= MOGD)."""
 
 
 class BMOMLConfig(MetaSGDConfig):
-    """B-MOML (moml.md §2.7): MOML whose outer steps sample their task from a small task buffer."""
+    """B-MOML (Acar et al. 2021; ``train_BMOML`` in github.com/ruizhaoz/MOML): MOML whose outer steps
+    sample their task from a small task buffer."""
 
     name: Literal["bmoml"] = "bmoml"
     """Selects B-MOML."""
-    alpha: float = Field(1.0, ge=0)
+    alpha: NonNegative = 1.0
     """α of the proximal term (grid {1, 5, 10}; default 1). 0 switches the regulariser off."""
-    buffer_size: int = Field(10, ge=1)
+    buffer_size: Count = 10
     """B, the number of task indices kept for training (10)."""
     buffer_policy: Literal["random", "last"] = "random"
     """'random' (the released default): append until full, then overwrite a uniformly random slot with
@@ -340,19 +343,19 @@ class MOGDConfig(MetaSGDConfig):
 
 
 class _ScratchConfig(BaseModel):
-    """Evaluation settings shared by TOE and FS (moml.md §5.1)."""
+    """Evaluation settings shared by TOE and FS (``get_maml_acc_loss`` in the official MOML code)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    eval_lr: float = Field(0.1, gt=0)
+    eval_lr: Positive = 0.1
     """Learning rate of the evaluation fine-tune (0.1)."""
-    eval_steps: tuple[int, int] = (1, 5)
+    eval_steps: tuple[Steps, Steps] = (1, 5)
     """Step counts of the two fine-tuned variants ft1 and ft5 ((1, 5))."""
     eval_variant: EvalVariant = "ft1"
     """Primary evaluation (unsuffixed metric keys): ft1, ft5 or noft; the others get key suffixes. As in
     the official code, TOE's and FS's CTM is measured after the round's training (the meta-learners'
     before it), so TOE has already trained on the task it is tested on."""
-    clip_norm: float = Field(3.0, gt=0)
+    clip_norm: Positive = 3.0
     """Global L2 clip norm of the training steps (TOE) and of the evaluation fine-tune steps (3)."""
 
     def eval_variants(self) -> dict[str, tuple[float, int]]:
@@ -367,14 +370,14 @@ class TOEConfig(_ScratchConfig):
 
     name: Literal["toe"] = "toe"
     """Selects TOE."""
-    K: int = Field(10, ge=1)
+    K: Count = 10
     """Plain SGD steps per round, each round re-initialised to θ₀ as in the official code, so TOE is a
     weak baseline as released (grid {10, 20}; default 10)."""
-    lr: float = Field(0.1, gt=0)
+    lr: Positive = 0.1
     """SGD learning rate (0.1)."""
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: NonNegative = 1e-4
     """SGD weight decay (1e-4), added after clipping."""
-    batch_size: int = Field(10, ge=1)
+    batch_size: Count = 10
     """Mini-batch size (10)."""
 
 

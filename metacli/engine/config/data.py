@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from metacli.engine.config.fields import Bounded, Count, Seed
+
 Split = Literal["train", "val", "test"]
 """A class split of an episodic dataset: meta-training, validation, meta-test."""
 
@@ -31,15 +33,15 @@ class SinusoidConfig(BaseModel):
 
     name: Literal["sinusoid"] = "sinusoid"
     """Dataset name (discriminator)."""
-    shots: int = Field(default=5, ge=1)
+    shots: Count = 5
     """K: support points per task."""
-    queries: int = Field(default=10, ge=1)
+    queries: Count = 10
     """Query points per task."""
-    amplitude: tuple[float, float] = (0.1, 5.0)
+    amplitude: tuple[Bounded, Bounded] = (0.1, 5.0)
     """Range of the uniform amplitude A."""
-    phase: tuple[float, float] = (0.0, math.pi)
+    phase: tuple[Bounded, Bounded] = (0.0, math.pi)
     """Range of the uniform phase, in radians."""
-    x_range: tuple[float, float] = (-5.0, 5.0)
+    x_range: tuple[Bounded, Bounded] = (-5.0, 5.0)
     """Range of the uniform inputs x."""
 
     @model_validator(mode="after")
@@ -50,6 +52,18 @@ class SinusoidConfig(BaseModel):
                 raise ValueError(f"{field}: low {low} > high {high}; write it as [low, high]")
         return self
 
+    def input_shape(self) -> tuple[int, ...]:
+        """One input x: a scalar."""
+        return (1,)
+
+    def outputs(self) -> int:
+        """One output y."""
+        return 1
+
+    def task_examples(self) -> int:
+        """Points of one task: support and query."""
+        return self.shots + self.queries
+
 
 # N-way K-shot image tasks (metacli.engine.data.images)
 
@@ -59,13 +73,13 @@ class FewShotConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    ways: int = Field(default=5, ge=2)
+    ways: Annotated[Count, Field(ge=2)] = 5
     """N: classes per task."""
-    shots: int = Field(default=1, ge=1)
+    shots: Count = 1
     """K: support images per class."""
-    queries: int = Field(default=15, ge=1)
+    queries: Count = 15
     """Q: query images per class."""
-    train_shots: int | None = Field(default=None, ge=1)
+    train_shots: Count | None = None
     """Support images per class in meta-training tasks only (Reptile's train-shots); default: shots."""
 
     @model_validator(mode="after")
@@ -98,6 +112,18 @@ class FewShotConfig(BaseModel):
         """K of a task of ``split``: ``train_shots`` in meta-training when set, else ``shots``."""
         return self.train_shots if split == "train" and self.train_shots is not None else self.shots
 
+    def input_shape(self) -> tuple[int, ...]:
+        """(channels, height, width) of one image, as the dataset's builder delivers it."""
+        raise NotImplementedError(f"{type(self).__name__} does not give its image shape")
+
+    def outputs(self) -> int:
+        """One logit per way."""
+        return self.ways
+
+    def task_examples(self) -> int:
+        """Images of the largest task: ways x (the larger of shots and train_shots, plus queries)."""
+        return self.ways * (max(self.shots, self.train_shots or 0) + self.queries)
+
 
 # Omniglot (metacli.engine.data.omniglot)
 
@@ -110,7 +136,7 @@ class OmniglotConfig(FewShotConfig):
 
     name: Literal["omniglot"] = "omniglot"
     """Dataset name (discriminator)."""
-    queries: int = Field(default=5, ge=1)
+    queries: Count = 5
     """Q: query images per class. 5 keeps 1- and 5-shot tasks within the 20 drawers (cbfinn/maml uses
     Q = K, e.g. 1 for 1-shot); run configs set it explicitly."""
     split: Literal["vinyals", "lake"] = "vinyals"
@@ -118,16 +144,20 @@ class OmniglotConfig(FewShotConfig):
     subset / that subset / evaluation)."""
     rotations: bool = True
     """Also offer every character rotated by 90, 180, 270 degrees as three new classes (MAML, torchmeta)."""
-    image_size: int = Field(default=28, ge=1, le=105)
+    image_size: Annotated[Count, Field(le=105)] = 28
     """Side of the square images after resizing from 105 (28 in MAML and most few-shot work)."""
-    lake_val_characters: int = Field(default=100, ge=1, le=963)
+    lake_val_characters: Annotated[Count, Field(le=963)] = 100
     """Lake split only: background characters held out for validation (cbfinn/maml: 100)."""
-    split_seed: int = 0
+    split_seed: Seed = 0
     """Lake split only: seed of the draw of the validation characters."""
 
     def images_per_class(self) -> int:
         """Every character has 20 drawers."""
         return DRAWERS
+
+    def input_shape(self) -> tuple[int, ...]:
+        """Grey images of image_size x image_size."""
+        return (1, self.image_size, self.image_size)
 
     def split_classes(self) -> dict[Split, int]:
         """Characters per split (x 4 with rotations): Vinyals 1028 / 172 / 423; Lake 964 - v / v / 659."""
@@ -143,6 +173,8 @@ class OmniglotConfig(FewShotConfig):
 
 MINIIMAGENET_PER_CLASS = 600
 """Images per class in the real miniImageNet."""
+MINIIMAGENET_SIDE = 84
+"""Side of the square miniImageNet images."""
 MINIIMAGENET_SPLIT_CLASSES: dict[Split, int] = {"train": 64, "val": 16, "test": 20}
 """Classes per split in the Ravi & Larochelle split (documentation; fixtures may have fewer)."""
 
@@ -156,12 +188,16 @@ class MiniImageNetConfig(FewShotConfig):
     """Source layout: ``auto`` reads the pickles when all three exist, else the image folder."""
     normalize: Literal["none", "imagenet"] = "none"
     """``none``: x / 255 (as cbfinn/maml); ``imagenet``: then (x - mean) / std with ImageNet statistics."""
-    queries: int = Field(default=15, ge=1)
+    queries: Count = 15
     """Q: query images per class (15, as in the MAML miniImageNet experiments)."""
 
     def images_per_class(self) -> int | None:
         """600: every miniImageNet class has 600 images."""
         return MINIIMAGENET_PER_CLASS
+
+    def input_shape(self) -> tuple[int, ...]:
+        """RGB images of 84 x 84."""
+        return (3, MINIIMAGENET_SIDE, MINIIMAGENET_SIDE)
 
     def split_classes(self) -> dict[Split, int]:
         """64 / 16 / 20 (Ravi & Larochelle)."""
@@ -172,6 +208,8 @@ class MiniImageNetConfig(FewShotConfig):
 
 CIFAR_PER_CLASS = 600
 """Images per CIFAR-100 class once train and test are pooled (500 + 100)."""
+CIFAR_SIDE = 32
+"""Side of the square CIFAR-100 images."""
 CIFARSplitName = Literal["cifar-fs", "fc100"]
 """The two class splits of CIFAR-100: CIFAR-FS and FC100."""
 CIFAR_SPLIT_CLASSES: dict[CIFARSplitName, dict[Split, int]] = {
@@ -186,12 +224,16 @@ class CIFARFewShotConfig(FewShotConfig):
 
     normalize: Literal["none", "cifar100"] = "none"
     """``none``: x / 255; ``cifar100``: then (x - mean) / std with CIFAR-100's channel statistics."""
-    queries: int = Field(default=15, ge=1)
+    queries: Count = 15
     """Q: query images per class."""
 
     def images_per_class(self) -> int | None:
         """600: train and test images pooled."""
         return CIFAR_PER_CLASS
+
+    def input_shape(self) -> tuple[int, ...]:
+        """RGB images of 32 x 32."""
+        return (3, CIFAR_SIDE, CIFAR_SIDE)
 
 
 class CIFARFSConfig(CIFARFewShotConfig):
@@ -226,6 +268,10 @@ MNIST_TRAIN_IMAGES = 60000
 """Images of the MNIST training set, which S-MNIST chunks into its tasks' train sets."""
 MNIST_TEST_IMAGES = 10000
 """Images of the MNIST test set, chunked into the tasks' test sets."""
+MNIST_SIDE = 28
+"""Side of the square grey MNIST images."""
+MNIST_CLASSES = 10
+"""Digits: the classes of every S-MNIST task."""
 
 
 class SMNISTConfig(BaseModel):
@@ -235,9 +281,9 @@ class SMNISTConfig(BaseModel):
 
     name: Literal["smnist"] = "smnist"
     """Dataset name (discriminator)."""
-    tasks: int = 1000
+    tasks: Count = 1000
     """Number of rounds T; must divide 60000 and 10000 (60000/T train and 10000/T test images per task)."""
-    seed: int = 17
+    seed: Seed = 17
     """Seed of the permutations and of the per-(task, class) transform draws (the MOML script uses 17)."""
     transforms: tuple[TransformName, ...] = ALL_TRANSFORMS
     """Transforms to apply. All draws are always made, so turning one off leaves the others identical.
@@ -248,6 +294,18 @@ class SMNISTConfig(BaseModel):
     def train_per_task(self) -> int:
         """Training images per task (60 for T = 1000)."""
         return MNIST_TRAIN_IMAGES // self.tasks
+
+    def input_shape(self) -> tuple[int, ...]:
+        """Grey 28 x 28 digits."""
+        return (1, MNIST_SIDE, MNIST_SIDE)
+
+    def outputs(self) -> int:
+        """The ten digits."""
+        return MNIST_CLASSES
+
+    def task_examples(self) -> int:
+        """A task's training images, all fine-tuned on at once when it is evaluated."""
+        return self.train_per_task
 
     @field_validator("tasks")
     @classmethod

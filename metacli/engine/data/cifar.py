@@ -2,7 +2,7 @@
 
 Both datasets come from one source, the CIFAR-100 python archive ``cifar-100-python.tar.gz`` under
 ``<root>/cifar100/`` (or its extracted folder ``<root>/cifar100/cifar-100-python/``), and differ only in
-their class split (``datasets.md`` §8):
+their class split:
 
 - **CIFAR-FS** (Bertinetto, Henriques, Torr, Vedaldi, ICLR 2019): 64 / 16 / 20 fine classes drawn at random;
 - **FC100** (Oreshkin, Rodríguez, Lacoste, NeurIPS 2018): 12 / 4 / 4 superclasses with their 5 fine classes
@@ -15,8 +15,10 @@ The splits are the JSON files of torchmeta 1.8.0, packaged with metacli (``asset
 The archive's ``train``, ``test`` and ``meta`` members are Python pickles. They are read from memory with
 miniImageNet's :class:`~metacli.engine.data.miniimagenet.RestrictedUnpickler`, which only rebuilds numpy
 arrays, never code. A download must match the archive's md5 (the value torchvision checks); an archive
-already present is read as it is, with one warning when its md5 or a member's md5 differs. The decoded
-uint8 tensor of all 100 classes is cached once under ``<cache>/cifar100/``.
+already present is read as it is, with one warning when its md5 or a member's md5 differs
+(``METACLI_TRUST_DATA=1`` silences it). The decoded uint8 tensor of all 100 classes is cached once under
+``<cache>/cifar100/``, keyed by the SHA-256 of the source files' content (memoised in
+``<cache>/digests/cifar100.json``, with their md5s), never by their size or time.
 """
 
 from __future__ import annotations
@@ -40,13 +42,17 @@ from metacli.engine.config.data import CIFARFewShotConfig, CIFARFSConfig, FC100C
 from metacli.engine.config.data import CIFARSplitName as SplitName
 from metacli.engine.data.download import download as _download
 from metacli.engine.data.images import SPLITS, ClassImages, FewShotImages
-from metacli.engine.data.miniimagenet import md5_of, read_pickle, warn_checksums
+from metacli.engine.data.miniimagenet import read_pickle, warn_checksums
 from metacli.engine.data.paths import (
     ENV_VAR,
     OFFLINE_VAR,
     cache_key,
-    file_identity,
+    content_identities,
+    digest_index,
+    file_digests,
+    mismatch,
     read_cache_file,
+    user_cache_dir,
     write_cache_file,
 )
 from metacli.engine.types import DataContext
@@ -56,7 +62,7 @@ FOLDER = "cifar100"
 """Where the archive lives under the data root."""
 ARCHIVE = "cifar-100-python.tar.gz"
 ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
-"""md5 of the archive, as torchvision checks it (``datasets.md`` §8)."""
+"""md5 of the archive, as torchvision checks it."""
 URLS: tuple[str, ...] = (
     "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
     "https://cave.cs.toronto.edu/kriz/cifar-100-python.tar.gz",
@@ -136,11 +142,12 @@ def ensure_source(
     return dest
 
 
-def read_members(source: Path, md5: Mapping[str, str] = MD5) -> dict[str, bytes]:
+def read_members(source: Path, md5: Mapping[str, str] = MD5, cache: Path | None = None) -> dict[str, bytes]:
     """The bytes of ``train``, ``test`` and ``meta``, from the archive or the extracted folder.
 
     Checksums are compared before anything is unpickled; a difference is a warning, not an error (a
-    re-packed archive differs byte-wise), since the restricted unpickler keeps reading it safe.
+    re-packed archive differs byte-wise), since the restricted unpickler keeps reading it safe. The
+    archive's md5 is memoised under ``cache`` (default: the user cache folder).
 
     Raises:
         DataError: the archive is not a readable tar.gz, or lacks a member.
@@ -149,14 +156,12 @@ def read_members(source: Path, md5: Mapping[str, str] = MD5) -> dict[str, bytes]
     if source.is_dir():
         members = {m: (source / m).read_bytes() for m in MEMBER_MD5}
     else:
-        got = md5_of(source)
-        if got != md5["archive"]:
-            mismatches.append(f"{source} has md5 {got}, not {md5['archive']}")
+        index = digest_index(cache if cache is not None else user_cache_dir(), FOLDER)
+        (found,) = file_digests([source], index, ("md5", "sha256"))
+        mismatches += mismatch(source, "md5", found["md5"], md5["archive"])
         members = _untar(source)
     for name, data in members.items():
-        got = _md5_bytes(data)
-        if got != md5[name]:
-            mismatches.append(f"member {name} has md5 {got}, not {md5[name]}")
+        mismatches += mismatch(source / name, "md5", _md5_bytes(data), md5[name])
     warn_checksums("the CIFAR-100 files differ from the published checksums", mismatches)
     return members
 
@@ -286,15 +291,17 @@ def load_cifar100(
     folder = root / FOLDER
     source = ensure_source(folder, download, progress, urls, md5["archive"])
     files = [source / m for m in MEMBER_MD5] if source.is_dir() else [source]
+    index = digest_index(cache, FOLDER)
+    file_digests(files, index, ("md5", "sha256"))  # the md5 checked on decoding, in the same pass
     recipe = {
         "dataset": "cifar100",
         "format_version": FORMAT_VERSION,
-        "files": [file_identity(f) for f in files],
+        "files": content_identities(files, index),
     }
     path = cache / FOLDER / f"{cache_key(recipe)}.pt"
     pooled = read_cache(path)
     if pooled is None:
-        pooled = decode(read_members(source, md5), source)
+        pooled = decode(read_members(source, md5, cache), source)
         blob = {"format_version": FORMAT_VERSION, "images": pooled.images}
         write_cache_file(
             path, {**blob, "fine": list(pooled.fine), "coarse": list(pooled.coarse)}, "decoded CIFAR-100"

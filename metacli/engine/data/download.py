@@ -24,8 +24,8 @@ mirror's failure, with the file, the expected and the computed digest, and a hin
 
 **gzip mode.** With ``decompress_gz=True`` the gzip stream is decompressed on the fly and the checksum
 is computed on the *decompressed* bytes, which is what lands at ``dest``. This matters for MNIST: only
-the decompressed IDX content is canonical, while the ``.gz`` wrappers differ between copies
-(``datasets.md`` §2 and §5.1). Such a download does **not** resume: the part holds decompressed bytes,
+the decompressed IDX content is canonical, while the ``.gz`` wrappers differ between copies (their gzip
+headers differ). Such a download does **not** resume: the part holds decompressed bytes,
 so its length says nothing about the offset in the compressed stream, and restarting a zlib decoder
 mid-stream would need its internal state. Any part is therefore deleted on failure and every attempt
 starts from byte 0 (MNIST files are small).

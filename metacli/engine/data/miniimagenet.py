@@ -1,6 +1,6 @@
 """miniImageNet (Ravi & Larochelle split): 64 / 16 / 20 classes of 600 RGB images, 84×84.
 
-Two source layouts under ``<root>/miniimagenet/`` are read (``datasets.md`` §4, §5.3):
+Two source layouts under ``<root>/miniimagenet/`` are read:
 
 1. **pickles** ``mini-imagenet-cache-{train,val,test}.pkl`` (the validation split may also be named
    ``mini-imagenet-cache-validation.pkl``, as learn2learn names it), each a dict
@@ -12,23 +12,26 @@ Two source layouts under ``<root>/miniimagenet/`` are read (``datasets.md`` §4,
 Both give, per split, one uint8 tensor (classes, images per class, 3, 84, 84): classes sorted by wnid,
 images within a class in the order of the CSV rows or of the ``class_dict`` index lists (which agree
 for the real files). The decoded tensors are cached once under ``<cache>/miniimagenet/`` and read back
-by later builds, so the pickles are unpickled (or the JPEGs decoded) only once.
+by later builds, so the pickles are unpickled (or the JPEGs decoded) only once. The cache key holds the
+SHA-256 of every source file's content (pickles, or CSVs and images), memoised in
+``<cache>/digests/miniimagenet.json`` (:func:`~metacli.engine.data.paths.file_digests`), so a source file
+fixed in place gets a new cache and a cache built from other files is never reused.
 
 Safety of the pickles: unpickling runs whatever the file names, so pickles are read with
 :class:`RestrictedUnpickler`, which only rebuilds numpy arrays. Their md5 is computed before
 unpickling and compared with the values PaddleFSL publishes for the original pickles (third-party
 values, not verified by metacli). A download must match them; a pickle that is already present is read
-as it is, with one warning if it differs, because pickles made by users (or other tools) legitimately
-differ byte-wise and the restricted unpickler is what makes reading them safe.
+as it is, with one warning if it differs (``METACLI_TRUST_DATA=1`` silences it), because pickles made by
+users (or other tools) legitimately differ byte-wise and the restricted unpickler is what makes reading
+them safe.
 
-Downloads, when allowed, come from learn2learn's Zenodo record (``datasets.md`` §5.3).
+Downloads, when allowed, come from learn2learn's Zenodo record.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 import importlib
 import io
 import pickle
@@ -54,8 +57,13 @@ from metacli.engine.data.paths import (
     ENV_VAR,
     OFFLINE_VAR,
     cache_key,
-    file_identity,
+    content_identities,
+    digest_index,
+    file_digests,
+    mismatch,
     read_cache_file,
+    report_mismatches,
+    user_cache_dir,
     write_cache_file,
 )
 from metacli.engine.types import DataContext
@@ -63,6 +71,8 @@ from metacli.errors import DataError
 
 SourceFormat = Literal["pickle", "folder"]
 
+FOLDER = "miniimagenet"
+"""Sub-folder of the data root (and of the cache) that holds miniImageNet."""
 SIDE = 84
 """Height and width of every image."""
 FORMAT_VERSION = 1
@@ -91,7 +101,7 @@ DOWNLOAD_NAMES: dict[Split, str] = {
 
 ZENODO = "https://zenodo.org/record/7978538/files/"
 URLS: dict[Split, tuple[str, ...]] = {split: (ZENODO + name,) for split, name in DOWNLOAD_NAMES.items()}
-"""Download mirrors per split: learn2learn 0.2.0's Zenodo record (``datasets.md`` §5.3)."""
+"""Download mirrors per split: learn2learn 0.2.0's Zenodo record."""
 
 MD5: dict[Split, str] = {
     "train": "069993a77e65a83bbf8f8de4c9dcca68",
@@ -212,15 +222,6 @@ def read_pickle(path: Path, what: str = "miniImageNet", data: bytes | None = Non
             f"cannot read the {what} pickle {path}: it is truncated or corrupt "
             f"({type(e).__name__}: {e}). Delete it to download it again, or replace it with a genuine copy."
         ) from e
-
-
-def md5_of(path: Path) -> str:
-    """Hex md5 of a file, streamed (the real pickles are up to 0.8 GB)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- locating the sources ---------------------------------------------------------------------------------
@@ -351,21 +352,26 @@ def _download_failed(folder: Path, name: str, md5: str, error: DataError) -> str
     )
 
 
-def check_md5(pickles: Mapping[Split, Path], md5: Mapping[Split, str] | None = None) -> list[str]:
+def check_md5(
+    pickles: Mapping[Split, Path], md5: Mapping[Split, str] | None = None, cache: Path | None = None
+) -> list[str]:
     """Compare each pickle's md5 with the published value; warn once about all that differ.
 
     A mismatch is allowed (user-made pickles differ byte-wise from the original ones; the restricted
     unpickler keeps reading them safe) but recorded, so a surprising result can be traced to the file.
+    The md5s are memoised under ``cache`` (default: the user cache folder).
 
     Returns:
         One line per mismatching pickle (empty when all match).
     """
     sums = MD5 if md5 is None else md5
-    lines = []
-    for split, path in pickles.items():
-        got = md5_of(path)
-        if got != sums[split]:
-            lines.append(f"{path} has md5 {got}, not {sums[split]}")
+    index = digest_index(cache if cache is not None else user_cache_dir(), FOLDER)
+    found = file_digests(list(pickles.values()), index, ("md5", "sha256"))  # sha256: the cache key's
+    lines = [
+        x
+        for (s, p), d in zip(pickles.items(), found, strict=True)
+        for x in mismatch(p, "md5", d["md5"], sums[s])
+    ]
     warn_checksums(
         "miniImageNet pickles differ from the md5s PaddleFSL publishes for the originals (third-party "
         "values, not verified by metacli)",
@@ -375,18 +381,15 @@ def check_md5(pickles: Mapping[Split, Path], md5: Mapping[Split, str] | None = N
 
 
 def warn_checksums(lead: str, mismatches: list[str]) -> None:
-    """One warning listing every checksum mismatch of files that are read anyway (none: no warning).
+    """One warning listing every checksum mismatch of pickles that are read anyway (none: no warning).
 
     Files already present are read despite a mismatch (re-packed or user-made copies differ byte-wise);
     the restricted unpickler is what keeps reading them safe, and the warning makes the difference
-    traceable. Points at the dataset loader's caller.
+    traceable. ``METACLI_TRUST_DATA=1`` silences it.
     """
-    if mismatches:
-        warnings.warn(
-            f"{lead}: {'; '.join(mismatches)}. Reading them anyway with an unpickler that only rebuilds "
-            "numpy arrays.",
-            stacklevel=4,
-        )
+    report_mismatches(
+        lead, mismatches, "Reading them anyway with an unpickler that only rebuilds numpy arrays."
+    )
 
 
 # --- decoding ---------------------------------------------------------------------------------------------
@@ -536,10 +539,13 @@ def _sources(folder: Path, fmt: SourceFormat, pickles: Mapping[Split, Path]) -> 
     return paths
 
 
-def recipe(fmt: SourceFormat, sources: Sequence[Path]) -> dict[str, Any]:
-    """What the cached tensors depend on: the layout, each source file's identity, the format version."""
+def recipe(fmt: SourceFormat, sources: Sequence[Path], cache: Path) -> dict[str, Any]:
+    """What the cached tensors depend on: the layout, each source file's content, the format version.
+
+    ``cache`` holds the digest memo (:func:`~metacli.engine.data.paths.digest_index`).
+    """
     out: dict[str, Any] = {"dataset": "miniimagenet", "format_version": FORMAT_VERSION, "source": fmt}
-    out["files"] = [file_identity(p) for p in sources]
+    out["files"] = content_identities(sources, digest_index(cache, FOLDER))
     if fmt == "folder":
         out["resize"] = {"side": SIDE, "filter": RESAMPLE.name}
     return out
@@ -610,10 +616,11 @@ def _decode(
     pickles: Mapping[Split, Path],
     progress: bool,
     md5: Mapping[Split, str] | None,
+    cache: Path,
 ) -> dict[Split, SplitImages]:
     """Decode every split from its source (pickles are md5-compared before they are unpickled)."""
     if fmt == "pickle":
-        check_md5(pickles, md5)
+        check_md5(pickles, md5, cache)
         out = {s: decode_pickle(pickles[s]) for s in SPLITS}
     else:
         out = {s: decode_folder(folder, s, progress) for s in SPLITS}
@@ -644,13 +651,16 @@ def load_miniimagenet(
     Raises:
         DataError: the data is missing and cannot be downloaded, or a source file is corrupt or refused.
     """
-    folder = root / "miniimagenet"
+    folder = root / FOLDER
     source = resolve_format(folder, fmt, download)
     pickles = ensure_pickles(folder, download, progress, urls, md5) if source == "pickle" else {}
-    cache_path = cache / "miniimagenet" / f"{cache_key(recipe(source, _sources(folder, source, pickles)))}.pt"
+    if pickles:  # md5 (checked on decoding) and sha256 (the cache key) in one pass over each pickle
+        file_digests(list(pickles.values()), digest_index(cache, FOLDER), ("md5", "sha256"))
+    key = cache_key(recipe(source, _sources(folder, source, pickles), cache))
+    cache_path = cache / FOLDER / f"{key}.pt"
     splits = read_cache(cache_path)
     if splits is None:
-        splits = _decode(folder, source, pickles, progress, md5)
+        splits = _decode(folder, source, pickles, progress, md5, cache)
         write_cache(cache_path, splits)
     return splits
 

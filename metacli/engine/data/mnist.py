@@ -1,17 +1,21 @@
 """MNIST: locate, download (optionally) and parse the four IDX files into numpy arrays.
 
 Layout: ``<root>/mnist/<name>`` (uncompressed IDX) or ``<root>/mnist/<name>.gz``, for the four canonical
-names below. Files already present are read as they are: the shared ``.gz`` wrappers differ byte-wise
-from the canonical downloads (``datasets.md`` §2), so they are never rejected by a ``.gz`` checksum;
-the IDX header is checked instead. A missing file is fetched, when allowed, from the mirrors that
-torchvision uses (``datasets.md`` §5.1) and verified against the SHA-256 of the decompressed IDX bytes,
-the only canonical checksum; it is stored decompressed.
+names below. The canonical checksum of a file is the SHA-256 of its *decompressed* IDX bytes
+(:data:`SHA256`): ``.gz`` wrappers differ byte-wise between copies (different gzip headers), so the md5
+of a ``.gz`` file says nothing, while the content is the same in every genuine copy. Every file, present
+or downloaded, is checked against it: a file whose content differs is a :class:`DataError` naming the
+file, both checksums and the fix (delete it so that it is downloaded again, or restore it), unless
+``METACLI_TRUST_DATA=1``. The digests are memoised under ``<cache>/digests/mnist.json``
+(:func:`~metacli.engine.data.paths.file_digests`), so only the first run hashes the files. A missing
+file is fetched, when allowed, from the mirrors that torchvision uses and stored decompressed.
 """
 
 from __future__ import annotations
 
 import gzip
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,14 +23,23 @@ import numpy as np
 import numpy.typing as npt
 
 from metacli.engine.data.download import download as _download
-from metacli.engine.data.paths import ENV_VAR
+from metacli.engine.data.paths import (
+    ENV_VAR,
+    digest_index,
+    file_digests,
+    mismatch,
+    report_mismatches,
+    user_cache_dir,
+)
 from metacli.errors import DataError
 
 MIRRORS: tuple[str, ...] = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
 )
-"""Canonical mirrors, tried in order (torchvision 0.28; ``datasets.md`` §5.1)."""
+"""Canonical mirrors, tried in order (torchvision 0.28)."""
+FOLDER = "mnist"
+"""Sub-folder of the data root that holds the files (and name of their digest index in the cache)."""
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
@@ -41,7 +54,7 @@ SHA256: dict[str, str] = {
     TEST_IMAGES: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     TEST_LABELS: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-"""SHA-256 of the *decompressed* IDX bytes (``datasets.md`` §5.1); valid for every copy."""
+"""SHA-256 of the *decompressed* IDX bytes: the same for every genuine copy, gzipped or not."""
 
 _EXPECTED: dict[str, tuple[int, tuple[int, ...]]] = {
     TRAIN_IMAGES: (2051, (60000, 28, 28)),
@@ -145,28 +158,51 @@ def _ensure(folder: Path, name: str, download: bool, progress: bool, mirrors: li
         raise DataError(_missing_message(folder, f"{name} is missing and the download failed ({e})")) from e
 
 
-def load_mnist(
-    root: Path,
-    download: bool = True,
-    progress: bool = True,
-    mirrors: list[str] | None = None,
-) -> MNISTArrays:
-    """Load MNIST from ``<root>/mnist``, downloading missing files when ``download`` is true.
-
-    Args:
-        root: data root (see :func:`resolve_data_root`); the files live in ``<root>/mnist``.
-        download: fetch missing files from ``mirrors``; otherwise a missing file is an error.
-        progress: show a progress bar while downloading.
-        mirrors: base URLs tried in order (default :data:`MIRRORS`); ``<base><name>.gz`` is fetched.
+def locate(
+    root: Path, download: bool = True, progress: bool = True, mirrors: list[str] | None = None
+) -> dict[str, Path]:
+    """``{name: path}`` of the four files under ``<root>/mnist``, downloading the missing ones if allowed.
 
     Raises:
-        DataError: a file is missing and cannot be downloaded, or a file is corrupt.
+        DataError: a file is missing and cannot be downloaded.
     """
-    folder = root / "mnist"
     bases = list(MIRRORS) if mirrors is None else mirrors
+    return {name: _ensure(root / FOLDER, name, download, progress, bases) for name in FILES}
+
+
+def verified_digests(paths: Mapping[str, Path], cache: Path | None = None) -> dict[str, str]:
+    """``{name: SHA-256 of the IDX content}`` of the files, each checked against :data:`SHA256`.
+
+    Args:
+        paths: the files (:func:`locate`).
+        cache: cache folder holding the digest memo (default: the user cache folder).
+
+    Raises:
+        DataError: a file cannot be read, or its content is not the published one (unless
+            ``METACLI_TRUST_DATA=1``): the message names the file, both checksums and the fix.
+    """
+    index = digest_index(cache if cache is not None else user_cache_dir(), FOLDER)
+    found = file_digests(list(paths.values()), index, gunzip=True)
+    digests = {name: d["sha256"] for name, d in zip(paths, found, strict=True)}
+    lines = [line for n, p in paths.items() for line in mismatch(p, "content sha256", digests[n], SHA256[n])]
+    report_mismatches(
+        "the MNIST files differ from the published MNIST content",
+        lines,
+        "They are damaged, truncated or altered copies. Fix: delete them so that metacli downloads them "
+        "again, or restore the original files.",
+        strict=True,
+    )
+    return digests
+
+
+def read_arrays(paths: Mapping[str, Path]) -> MNISTArrays:
+    """Parse the four files (:func:`locate`) into arrays, checking each IDX header and the labels.
+
+    Raises:
+        DataError: a file is unreadable or not the MNIST file of its name.
+    """
     arrays: dict[str, npt.NDArray[np.uint8]] = {}
-    for name in FILES:
-        path = _ensure(folder, name, download, progress, bases)
+    for name, path in paths.items():
         magic, shape = _EXPECTED[name]
         arrays[name] = parse_idx(_read_bytes(path), path, magic, shape)
         if name in (TRAIN_LABELS, TEST_LABELS) and int(arrays[name].max()) > 9:
@@ -177,3 +213,28 @@ def load_mnist(
         test_x=arrays[TEST_IMAGES],
         test_y=arrays[TEST_LABELS].astype(np.int64),
     )
+
+
+def load_mnist(
+    root: Path,
+    download: bool = True,
+    progress: bool = True,
+    mirrors: list[str] | None = None,
+    cache: Path | None = None,
+) -> MNISTArrays:
+    """Load MNIST from ``<root>/mnist``, downloading missing files when ``download`` is true.
+
+    Args:
+        root: data root (see :func:`resolve_data_root`); the files live in ``<root>/mnist``.
+        download: fetch missing files from ``mirrors``; otherwise a missing file is an error.
+        progress: show a progress bar while downloading.
+        mirrors: base URLs tried in order (default :data:`MIRRORS`); ``<base><name>.gz`` is fetched.
+        cache: cache folder holding the digest memo (default: the user cache folder).
+
+    Raises:
+        DataError: a file is missing and cannot be downloaded, is corrupt, or is not the published
+            content (see :func:`verified_digests`).
+    """
+    paths = locate(root, download, progress, mirrors)
+    verified_digests(paths, cache)
+    return read_arrays(paths)

@@ -4,10 +4,12 @@
 alphabets) and ``images_evaluation.zip`` (659 of 20), read directly with :mod:`zipfile` (no
 extraction, so a read-only data root works and nothing is left beside the archives). Layout:
 ``images_<set>/<Alphabet>/characterNN/XXXX_YY.png``, PNG mode "1", 105x105, white background, black
-ink. An archive already present is used as it is, with no MD5 check: the shared copies were rebuilt
-pixel-exactly and their MD5 differs from the official files (``datasets.md`` §3). A missing archive
-is downloaded, when allowed, from :data:`URLS` and verified against :data:`MD5` (``datasets.md``
-§5.2); only a file metacli downloaded itself is checked.
+ink. A missing archive is downloaded, when allowed, from :data:`URLS` and must match :data:`MD5`. An
+archive already present is compared with :data:`MD5` when it is decoded: a difference is one warning
+naming the file and both checksums, not an error, because pixel-exact rebuilds of the official archives
+(another PNG encoder, other zip headers) are common and read correctly; ``METACLI_TRUST_DATA=1`` silences
+it. The md5s are memoised (:func:`~metacli.engine.data.paths.file_digests`), so checking costs nothing
+after the first run.
 
 **Decoding** (one image): convert to 8-bit grey, invert so ink = 255 and background = 0, then resize
 105 -> ``image_size`` with Pillow's LANCZOS filter, as cbfinn/maml's ``proc_images.py``
@@ -35,11 +37,12 @@ the tensor of a split never depends on the order of the zip members.
 
 **Cache.** Decoding 32,460 PNGs takes several seconds, so the decoded characters of *both* archives
 (not one split) are cached in one file ``<cache>/omniglot/<cache_key(recipe)>.pt``; the recipe holds
-the archives' identities (name, size, mtime), ``image_size``, the Pillow version (its resampling
-code has changed between releases) and :data:`FORMAT_VERSION`. Splits are then selected in memory,
-so switching between ``vinyals`` and ``lake`` or changing ``split_seed`` never decodes again. The
-file is written atomically (a temporary file in the same folder, then :func:`os.replace`); a file
-that fails to load or holds something unexpected is decoded again and overwritten.
+the SHA-256 of each archive's content (never its size or time, so an archive fixed in place gets a new
+cache), ``image_size``, the Pillow version (its resampling code has changed between releases) and
+:data:`FORMAT_VERSION`. Splits are then selected in memory, so switching between ``vinyals`` and
+``lake`` or changing ``split_seed`` never decodes again. The file is written atomically (a temporary
+file in the same folder, then :func:`os.replace`); a file that fails to load or holds something
+unexpected is decoded again and overwritten, with one warning.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import contextlib
 import hashlib
 import io
 import json
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -66,7 +70,17 @@ from torch import Tensor
 from metacli.engine.config.data import DRAWERS, OmniglotConfig, Split
 from metacli.engine.data.download import download as _download
 from metacli.engine.data.images import SPLITS, ClassImages, FewShotImages
-from metacli.engine.data.paths import ENV_VAR, cache_key, file_identity, read_cache_file, write_cache_file
+from metacli.engine.data.paths import (
+    ENV_VAR,
+    cache_key,
+    content_identities,
+    digest_index,
+    file_digests,
+    mismatch,
+    read_cache_file,
+    report_mismatches,
+    write_cache_file,
+)
 from metacli.engine.types import DataContext
 from metacli.errors import DataError
 
@@ -83,7 +97,7 @@ MIRRORS: tuple[str, ...] = (
     "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/",
     "https://github.com/brendenlake/omniglot/raw/master/python/",
 )
-"""Base URLs of the official archives, tried in order (torchvision's, then torchmeta's; §5.2)."""
+"""Base URLs of the official archives, tried in order (torchvision's, then torchmeta's)."""
 
 URLS: dict[str, tuple[str, ...]] = {name: tuple(m + name for m in MIRRORS) for name in ARCHIVES.values()}
 """Download URLs of each archive, best first."""
@@ -92,7 +106,7 @@ MD5: dict[str, str] = {
     "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
     "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",
 }
-"""MD5 of the official archives (torchvision, torchmeta; ``datasets.md`` §5.2); checked on download only."""
+"""MD5 of the official archives (torchvision, torchmeta): a download must match, a present archive warns."""
 
 FORMAT_VERSION = 1
 """Bump when the decoding or the cache layout changes, so old caches are ignored."""
@@ -267,16 +281,34 @@ def decode_archives(paths: dict[str, Path], image_size: int, progress: bool = Fa
 # --- cache --------------------------------------------------------------------------------------------
 
 
-def cache_recipe(paths: dict[str, Path], image_size: int) -> dict[str, Any]:
-    """Everything that determines the decoded tensor (the split is applied later, in memory)."""
+def cache_recipe(paths: dict[str, Path], image_size: int, cache: Path) -> dict[str, Any]:
+    """Everything that determines the decoded tensor (the split is applied later, in memory).
+
+    ``cache`` holds the digest memo of the archives' content (:func:`digest_index`).
+    """
+    names = sorted(paths)
+    identities = content_identities([paths[s] for s in names], digest_index(cache, FOLDER))
     return {
         "dataset": "omniglot",
         "format": FORMAT_VERSION,
-        "archives": {s: file_identity(p) for s, p in sorted(paths.items())},
+        "archives": dict(zip(names, identities, strict=True)),
         "image_size": image_size,
         "resample": "lanczos",
         "pillow": PIL.__version__,
     }
+
+
+def warn_unofficial(paths: dict[str, Path], cache: Path) -> None:
+    """One warning when a present archive's md5 differs from :data:`MD5` (see the module docstring)."""
+    files = list(paths.values())
+    found = file_digests(files, digest_index(cache, FOLDER), ("md5", "sha256"))
+    lines = [x for p, d in zip(files, found, strict=True) for x in mismatch(p, "md5", d["md5"], MD5[p.name])]
+    report_mismatches(
+        "the Omniglot archives are not the official files",
+        lines,
+        "They are re-packed or damaged copies; reading them anyway. If results look wrong, delete them so "
+        "that metacli downloads the official archives, or restore those.",
+    )
 
 
 def cache_path(cache: Path, recipe: dict[str, Any]) -> Path:
@@ -300,8 +332,11 @@ def _load_cache(path: Path, recipe: dict[str, Any]) -> OmniglotCharacters | None
         )
         characters = [Character(*(str(x) for x in n)) for n in names]
     except Exception:  # a cache of another shape only means: decode again
+        ok = False
+    if not ok:
+        warnings.warn(f"ignoring the malformed Omniglot cache {path}; rebuilding it", stacklevel=4)
         return None
-    return OmniglotCharacters(characters, images) if ok else None
+    return OmniglotCharacters(characters, images)
 
 
 def _save_cache(path: Path, recipe: dict[str, Any], decoded: OmniglotCharacters) -> None:
@@ -333,11 +368,13 @@ def load_characters(
         mirrors: base URLs overriding :data:`MIRRORS`.
     """
     paths = ensure_archives(root, download, progress, mirrors)
-    recipe = cache_recipe(paths, image_size)
+    file_digests(list(paths.values()), digest_index(cache, FOLDER), ("md5", "sha256"))  # one pass for both
+    recipe = cache_recipe(paths, image_size, cache)
     path = cache_path(cache, recipe)
     cached = _load_cache(path, recipe)
     if cached is not None:
         return cached
+    warn_unofficial(paths, cache)
     decoded = decode_archives(paths, image_size, progress)
     _save_cache(path, recipe, decoded)
     return decoded

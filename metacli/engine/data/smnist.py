@@ -1,4 +1,4 @@
-"""S-MNIST: the online task stream of MOML (Acar et al., 2021), built exactly as ``moml.md`` §4.1.
+"""S-MNIST: the online task stream of MOML (Acar et al., 2021), built exactly as its official code does.
 
 The official code (``utils_dataset.py::DatasetObject``, rule ``'mnist_rotations_flips_crop_scale'``):
 
@@ -11,25 +11,34 @@ The official code (``utils_dataset.py::DatasetObject``, rule ``'mnist_rotations_
    gets the transform drawn for (t, c): rotate, flip, scale, shift, in that order.
 
 Here ``np.random.RandomState(seed)`` replaces the global seed; it is the same generator, so the draws
-are identical. The built arrays are cached as ``.npy`` files and reused by later builds.
+are identical.
+
+**Cache.** The built arrays are cached as four ``.npy`` files (read with ``allow_pickle=False``: data,
+never code) in ``<cache>/streams/<cache_name(cfg)>-<key>/`` (:func:`stream_folder`), never in the data
+root. The key hashes the SHA-256 of the MNIST files' content (memoised, see
+:func:`~metacli.engine.data.mnist.verified_digests`) with the stream's recipe (tasks, seed, transforms,
+:data:`FORMAT_VERSION`, the Pillow version), so a stream is rebuilt whenever MNIST's content changes, and
+a stream built from other MNIST files is never reused. A damaged cache is rebuilt, with one warning.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+import PIL
 import torch
 from PIL import Image
 
 from metacli.engine.config.data import ALL_TRANSFORMS, SMNISTConfig, TransformName
 from metacli.engine.config.data import MNIST_TEST_IMAGES as N_TEST
 from metacli.engine.config.data import MNIST_TRAIN_IMAGES as N_TRAIN
-from metacli.engine.data.mnist import load_mnist
-from metacli.engine.data.paths import atomic_write
+from metacli.engine.data.mnist import load_mnist, locate, verified_digests
+from metacli.engine.data.paths import atomic_write, cache_key, user_cache_dir
 from metacli.engine.types import Batch, DataContext, OnlineStream
 
 N_CLASSES = 10
@@ -43,6 +52,10 @@ SCALE_WIDTH = 26
 SCALE_RATIO = 2
 SHIFT_PX = 4
 """Shift distance in pixels (official ``pad=4``)."""
+FORMAT_VERSION = 1
+"""Bumped whenever the cached arrays would change for the same MNIST files and config (part of the key)."""
+STREAMS_DIR = "streams"
+"""Sub-folder of the cache that holds the built streams."""
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -60,7 +73,7 @@ class TransformDraws(NamedTuple):
 
 
 def draw_transforms(tasks: int, seed: int) -> TransformDraws:
-    """Make the random draws in the official order (``moml.md`` §4.1, ``utils_dataset.py``).
+    """Make the random draws in the official order (``utils_dataset.py``).
 
     ``np.random.seed(seed)``; ``permutation(60000)``; ``permutation(10000)``; then ``randint(4)``,
     ``randint(3) - 1``, ``randint(2)``, ``randint(5) - 2``, each of size (n_task, 10). ``RandomState``
@@ -119,7 +132,7 @@ def _shift(images: FloatArray, shift: int) -> FloatArray:
 
     -1: down (bar on top); -2: up (bar at the bottom); +1: right (bar on the left); +2: left (bar on
     the right); 0: none. 0 in normalised space is raw intensity 0.1307, a grey bar, not the black
-    background (``moml.md`` §10 item 6); kept for faithfulness.
+    background; kept for faithfulness to the official code.
     """
     out = np.zeros_like(images)
     p = SHIFT_PX
@@ -204,9 +217,14 @@ class StreamArrays(NamedTuple):
     test_y: IntArray
 
 
-def build_arrays(cfg: SMNISTConfig, root: Path, download: bool = True, progress: bool = True) -> StreamArrays:
-    """Build the stream from MNIST at ``root`` (no cache); see the module docstring for the steps."""
-    mnist = load_mnist(root, download=download, progress=progress)
+def build_arrays(
+    cfg: SMNISTConfig, root: Path, download: bool = True, progress: bool = True, cache: Path | None = None
+) -> StreamArrays:
+    """Build the stream from MNIST at ``root`` (no stream cache); see the module docstring for the steps.
+
+    ``cache`` holds MNIST's digest memo (default: the user cache folder).
+    """
+    mnist = load_mnist(root, download=download, progress=progress, cache=cache)
     draws = draw_transforms(cfg.tasks, cfg.seed)
     splits = []
     for images, labels, perm in (
@@ -241,25 +259,51 @@ def _expected_shapes(cfg: SMNISTConfig) -> dict[str, tuple[tuple[int, ...], np.d
     }
 
 
+def stream_folder(cfg: SMNISTConfig, cache: Path, mnist: Mapping[str, str]) -> Path:
+    """``<cache>/streams/<cache_name(cfg)>-<key>``: where the stream of ``cfg`` built from ``mnist`` lives.
+
+    Args:
+        cfg: the stream's config.
+        cache: the cache folder.
+        mnist: SHA-256 of each MNIST file's content (:func:`~metacli.engine.data.mnist.verified_digests`).
+    """
+    recipe = {
+        "dataset": "smnist",
+        "format_version": FORMAT_VERSION,
+        "stream": cache_name(cfg),  # seed, tasks and transforms
+        "mnist": dict(sorted(mnist.items())),
+        "pillow": PIL.__version__,  # the scale transform resizes with Pillow's bicubic filter
+    }
+    return cache / STREAMS_DIR / f"{cache_name(cfg)}-{cache_key(recipe)}"
+
+
 def _load_cache(folder: Path, cfg: SMNISTConfig) -> StreamArrays | None:
-    """The cached arrays if all four files are present and well-formed; ``None`` otherwise."""
+    """The cached arrays; None when there is no cache, and (with one warning) when it is damaged."""
+    expected = _expected_shapes(cfg)
+    if not any((folder / f"{key}.npy").exists() for key in expected):
+        return None
     arrays: dict[str, npt.NDArray[np.generic]] = {}
-    for key, (shape, dtype) in _expected_shapes(cfg).items():
-        path = folder / f"{key}.npy"
-        if not path.is_file():
-            return None
+    problem = ""
+    for key, (shape, dtype) in expected.items():
         try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
-            return None  # unreadable: rebuild and overwrite
+            arr = np.load(folder / f"{key}.npy", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:  # missing, truncated, foreign or pickled
+            problem = f"{key}.npy cannot be read: {e}"
+            break
         if arr.shape != shape or arr.dtype != dtype:
-            return None
+            problem = f"{key}.npy holds {arr.dtype} {arr.shape}, not {dtype} {shape}"
+            break
         arrays[key] = arr
+    if problem:
+        warnings.warn(
+            f"ignoring the damaged S-MNIST stream cache {folder} ({problem}); rebuilding it", stacklevel=3
+        )
+        return None
     return StreamArrays(**arrays)  # type: ignore[arg-type]
 
 
 def _save_cache(folder: Path, arrays: StreamArrays) -> None:
-    """Cache the arrays; a failure (e.g. read-only data root) only warns, the stream is still usable."""
+    """Cache the arrays; a failure (e.g. a read-only cache) only warns, the stream is still usable."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for key, arr in arrays._asdict().items():
@@ -273,7 +317,7 @@ def _save_cache(folder: Path, arrays: StreamArrays) -> None:
 def build_stream(
     cfg: SMNISTConfig,
     root: Path,
-    cache_dir: Path | None = None,
+    cache: Path | None = None,
     download: bool = True,
     progress: bool = True,
 ) -> OnlineStream:
@@ -281,8 +325,8 @@ def build_stream(
 
     Args:
         cfg: number of tasks, seed and enabled transforms.
-        root: data root holding ``mnist/`` (see :func:`metacli.engine.data.mnist.resolve_data_root`).
-        cache_dir: folder for the ``.npy`` cache; default ``<root>/cache/<cache_name(cfg)>``.
+        root: data root holding ``mnist/`` (see :func:`metacli.engine.data.paths.resolve_data_root`).
+        cache: cache folder (default: the user cache folder); the stream goes to :func:`stream_folder`.
         download: allow downloading missing MNIST files.
         progress: show download progress.
 
@@ -291,12 +335,13 @@ def build_stream(
         with 10000/T; 10 classes.
 
     Raises:
-        DataError: MNIST is missing and cannot be downloaded, or is corrupt.
+        DataError: MNIST is missing and cannot be downloaded, is corrupt, or is not the published content.
     """
-    folder = cache_dir if cache_dir is not None else root / "cache" / cache_name(cfg)
+    cache = cache if cache is not None else user_cache_dir()
+    folder = stream_folder(cfg, cache, verified_digests(locate(root, download, progress), cache))
     arrays = _load_cache(folder, cfg)
     if arrays is None:
-        arrays = build_arrays(cfg, root, download=download, progress=progress)
+        arrays = build_arrays(cfg, root, download=download, progress=progress, cache=cache)
         _save_cache(folder, arrays)
     return OnlineStream(
         train=Batch(torch.from_numpy(arrays.train_x), torch.from_numpy(arrays.train_y)),
@@ -310,13 +355,7 @@ def build(cfg: SMNISTConfig, ctx: DataContext) -> OnlineStream:
 
     Returns the stream on ``ctx.device``, images in ``ctx.dtype``.
     """
-    stream = build_stream(
-        cfg,
-        ctx.root,
-        cache_dir=ctx.cache / "streams" / cache_name(cfg),
-        download=ctx.download,
-        progress=ctx.progress,
-    )
+    stream = build_stream(cfg, ctx.root, cache=ctx.cache, download=ctx.download, progress=ctx.progress)
     return OnlineStream(
         train=Batch(stream.train.x.to(ctx.device, ctx.dtype), stream.train.y.to(ctx.device)),
         test=Batch(stream.test.x.to(ctx.device, ctx.dtype), stream.test.y.to(ctx.device)),

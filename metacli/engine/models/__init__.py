@@ -5,7 +5,7 @@ run spec validates without importing torch) and re-exported here.
 
 Every model names its parameters ``body.*`` (feature extractor) or ``head.*`` (the final linear layer
 only), so that variants can select what adapts by name: ANIL adapts the head, BOIL the body
-(``docs/reference/maml_family.md`` §2.4, §2.5). :func:`param_group` maps a name to its group.
+(Raghu et al. 2020; Oh et al. 2021). :func:`param_group` maps a name to its group.
 
 - ``mlp``: ReLU multilayer perceptron (:mod:`.mlp`).
 - ``conv4``: four conv blocks, MAML's Omniglot / miniImageNet backbone (:mod:`.conv4`).

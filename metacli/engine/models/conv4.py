@@ -1,6 +1,7 @@
 """Conv4: the four-block convolutional backbone of MAML (Finn et al., 2017) and its successors.
 
-Architecture (``docs/reference/maml_family.md`` §2.1, §2.5, §2.6), four identical blocks then a linear head:
+Architecture (Finn et al. 2017, §5.2; the ConvNets of BOIL, Oh et al. 2021, and Sparse-MAML, von Oswald
+et al. 2021), four identical blocks then a linear head:
 
 - ``pool: "max"`` (miniImageNet): ``conv3x3 (padding 1, stride 1) -> BatchNorm -> ReLU -> 2x2 max-pool``;
   every block halves the side (floor), 84x84 -> 42 -> 21 -> 10 -> 5, so the head sees ``filters * 5 * 5``

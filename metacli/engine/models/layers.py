@@ -11,8 +11,7 @@ value and the same exact derivatives where each is used:
   a second-order Conv4-64 MAML meta-step on the CPU (issue 8).
 - :func:`batch_norm_primitive`: ``(x - mean) / sqrt(var + eps) * gamma + beta`` from primitive ops.
   ``torch.func.vmap`` with second-order gradients through the fused kernel gives wrong meta-gradients
-  (measured 0.3-1.4 % in float64 for issue 8, 0.5-7 % in ``docs/reference/maml_family.md`` §5,
-  pytorch/functorch#534); through primitive ops it is exact.
+  (measured 0.3-1.4 % in float64 for issue 8; pytorch/functorch#534); through primitive ops it is exact.
 
 :meth:`BatchNorm.forward` takes the fused kernel unless a ``vmap`` (or any functorch transform other than
 ``grad``) is active, :func:`fused_is_exact`. So the per-task loop executor gets the fused kernel, and the

@@ -1,6 +1,7 @@
 """ResNet-12: the residual backbone of MetaOptNet, BOIL and Sparse-MAML on miniImageNet.
 
-Architecture (``docs/reference/maml_family.md`` §2.5, §2.6), four residual blocks of widths
+Architecture (BOIL's, Oh et al. 2021, code HJ-Yoo/BOIL, as reused in Sparse-MAML's code,
+Johswald/learning_where_to_learn ``models.py``), four residual blocks of widths
 ``widths = (64, 160, 320, 640)`` (MetaOptNet; Sparse-MAML ``--big_resnet``) or ``(64, 128, 256, 512)``
 (BOIL, Sparse-MAML default), then a global average pool and a linear head::
 
