@@ -38,7 +38,7 @@ app = typer.Typer(
     # click's plain help: option names are never cut and no type markers (<bool>) at any width
     rich_markup_mode=None,
 )
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # a path in a message stays whole, to copy
 console = Console()
 
 P = ParamSpec("P")

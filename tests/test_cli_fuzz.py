@@ -364,7 +364,10 @@ def test_a_signal_at_any_moment_leaves_a_run_that_finishes(
     shutil.rmtree(run, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "metacli", "train", *short_run]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(  # SIGHUP as from a terminal, even when the suite runs under nohup
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
+    )  # fmt: skip
     time.sleep(delay)
     proc.send_signal(signum)
     output, _ = proc.communicate(timeout=120)

@@ -14,6 +14,10 @@ import pytest
 import torch
 
 
+def default_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_checkpoints_at_a_step_boundary_and_the_run_resumes(signum: int, tmp_path: Path) -> None:
     out = tmp_path / "run"
@@ -21,7 +25,10 @@ def test_signal_checkpoints_at_a_step_boundary_and_the_run_resumes(signum: int, 
            "--set", "train.meta_iters=1000000", "--set", "train.log_every=5", "--set", "threads=1",
            "--out", str(out), "--quiet"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # as from a terminal: a test run under nohup inherits an ignored SIGHUP, which metacli keeps ignoring
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=default_sighup
+    )
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 60
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
@@ -44,3 +51,27 @@ def test_signal_checkpoints_at_a_step_boundary_and_the_run_resumes(signum: int, 
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == stopped + 7  # none twice, the last one logged
+
+
+def test_a_run_started_under_nohup_keeps_ignoring_sighup(tmp_path: Path) -> None:
+    """Catches a handler installed over an inherited SIG_IGN: 'nohup metacli train' would stop at logout."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "metacli", "train", "--algo", "maml", "--dataset", "sinusoid",
+           "--set", "train.meta_iters=1000000", "--set", "train.log_every=5", "--set", "threads=1",
+           "--out", str(out), "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )  # fmt: skip
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never logged"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert proc.poll() is None  # still training
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
