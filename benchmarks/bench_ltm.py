@@ -85,8 +85,8 @@ def run(
     cache.grams(torch.arange(1))  # fills the cache for all T tasks, as run_online's first evaluation does
     calls: dict[str, Callable[[torch.Tensor, int], object]] = {
         "vmap": lambda ids, s: finetune_and_test_vmap(learner, params, stream, ids, LR, s, CLIP),
-        "fast": lambda ids, s: finetune_and_test(learner, params, stream, ids, LR, s, CLIP, cache=cache),
-        "fast-nocache": lambda ids, s: finetune_and_test(learner, params, stream, ids, LR, s, CLIP),
+        "fast": lambda ids, s: finetune_and_test(learner, params, stream, ids, [(LR, s)], CLIP, cache=cache),
+        "fast-nocache": lambda ids, s: finetune_and_test(learner, params, stream, ids, [(LR, s)], CLIP),
     }
     header = f"{'t':>5} {'steps':>5}" + "".join(f" {p + ' s':>15}" for p in paths)
     print(header + (f" {'vmap/fast':>10}" if {"vmap", "fast"} <= set(paths) else ""))

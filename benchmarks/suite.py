@@ -99,7 +99,7 @@ from metacli.engine.functional import Learner
 from metacli.engine.memory import peak_bytes
 from metacli.engine.models import build_model
 from metacli.engine.models.mlp import MLP
-from metacli.engine.online import finetune_and_test_many, run_online
+from metacli.engine.online import finetune_and_test, run_online
 from metacli.engine.online_fast import StreamGram
 from metacli.engine.types import Batch, OnlineStream, Params, Task
 from metacli.spec import RunSpec, deep_update, load_spec, preset, validate
@@ -457,9 +457,7 @@ def ltm_call(n_tasks: int, device: torch.device) -> tuple[str, Callable[[], obje
     ids = torch.arange(n_tasks)
 
     def call() -> object:
-        return finetune_and_test_many(
-            learner, params, stream, ids, variants, algo.eval_clip_norm, cache=cache
-        )
+        return finetune_and_test(learner, params, stream, ids, variants, algo.eval_clip_norm, cache=cache)
 
     lr, steps = variants[0]
     label = (

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from metacli.engine.algorithms.maml import MAML, MAMLConfig
-from metacli.engine.online import finetune_and_test_many, finetune_and_test_vmap
+from metacli.engine.online import finetune_and_test, finetune_and_test_vmap
 from metacli.engine.types import Batch, OnlineStream, Task
 from tests.engine.test_online import make_learner, make_stream
 from tests.engine.test_oracles import conv_problem
@@ -55,7 +55,7 @@ def test_ltm_evaluation_on_device_matches_the_cpu(device: str) -> None:
     stream_d = OnlineStream(_to(stream.train, device), _to(stream.test, device), stream.n_classes)
     params_d = {k: v.to(device) for k, v in params.items()}
     for fast in (True, False):
-        [(loss, acc)] = finetune_and_test_many(
+        [(loss, acc)] = finetune_and_test(
             learner, params_d, stream_d, ids.to(device), [(0.5, 3)], 0.3, fast=fast
         )
         assert loss.device.type == acc.device.type == device  # computed there, not on the CPU

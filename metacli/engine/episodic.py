@@ -17,6 +17,7 @@ from torch import Tensor
 
 from metacli.engine import memory
 from metacli.engine.build import Parts
+from metacli.engine.functional import accuracy
 from metacli.engine.guards import Diverged, Stopped, all_finite
 from metacli.engine.types import Batch, Params, StepResult, Task
 from metacli.spec import TrainSettings
@@ -261,7 +262,7 @@ def batch_metrics(
             logits = learner.forward(phi, task.query.x)
             out[f"query_loss@{steps}"] = learner.loss_of_output(logits, task.query.y)
             if learner.criterion == "cross_entropy":
-                out[f"query_acc@{steps}"] = (logits.argmax(-1) == task.query.y).to(logits.dtype).mean()
+                out[f"query_acc@{steps}"] = accuracy(logits, task.query.y)
         return out
 
     # randomness="same": an algorithm that draws inside adaptation (Reptile's mini-batch order) draws

@@ -16,7 +16,7 @@ from torch.func import functional_call
 
 from metacli.engine.types import Batch, Criterion, Params
 
-__all__ = ["Criterion", "Learner", "grad_and_loss"]
+__all__ = ["Criterion", "Learner", "accuracy", "grad_and_loss"]
 
 
 class Learner:
@@ -58,9 +58,14 @@ class Learner:
             return ((out - y) ** 2).mean()
         return F.cross_entropy(out, y)
 
-    def accuracy(self, params: Params, batch: Batch) -> Tensor:
-        """Fraction of correct argmax predictions (classification only)."""
-        return (self.forward(params, batch.x).argmax(-1) == batch.y).float().mean()
+
+def accuracy(logits: Tensor, y: Tensor) -> Tensor:
+    """Fraction of argmax predictions equal to the labels, over the last axis of ``y``, in the logits' dtype.
+
+    ``logits`` (..., n, classes) and ``y`` (..., n) give (...): one number per task for a stacked batch of
+    tasks, a scalar for one task. Under ``vmap`` too.
+    """
+    return (logits.argmax(-1) == y).to(logits.dtype).mean(-1)
 
 
 def grad_and_loss(
@@ -122,11 +127,6 @@ def clip_by_global_norm(grads: Params, max_norm: float) -> Params:
 def clamp_elements(grads: Params, clip: float | None) -> Params:
     """Clamp every element of ``grads`` to [-clip, clip] (the MAML TF code's clip by value); None: as is."""
     return grads if clip is None else {k: g.clamp(-clip, clip) for k, g in grads.items()}
-
-
-def global_norm(tensors: Params) -> Tensor:
-    """L2 norm of all tensors together."""
-    return torch.sqrt(sum((t * t).sum() for t in tensors.values()))  # type: ignore[arg-type]
 
 
 def tensor_bytes(tensors: Params | list[Tensor]) -> int:

@@ -14,7 +14,8 @@ decay; then mean CE and accuracy on the task's test images. Records also carry t
 
 The LTM needs Σ_t t = T(T+1)/2 fine-tune-and-test evaluations, so :func:`finetune_and_test` evaluates many
 tasks at once: ``torch.func.vmap`` over tasks (shared parameters, per-task data, per-task clipping), in
-chunks; for :class:`~metacli.engine.models.mlp.MLP` an exact Gram-matrix path (:mod:`.online_fast`), whose
+chunks. A model type may register an exact faster path in :data:`EXACT_U_EVAL`; the
+:class:`~metacli.engine.models.mlp.MLP` registers the Gram-matrix path of :mod:`.online_fast`, whose
 data-only Gram matrices :func:`run_online` computes once per stream (:class:`~.online_fast.StreamGram`) and
 which evaluates all of a round's (lr, steps) variants from one first-layer product.
 """
@@ -27,12 +28,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from metacli.engine.functional import Learner, clip_by_global_norm
+from metacli.engine.functional import Learner, accuracy, clip_by_global_norm
 from metacli.engine.guards import Diverged, Stopped, all_finite
 from metacli.engine.inner import descend, sgd_rule
-from metacli.engine.online_fast import StreamGram, fast_path_applies, mlp_finetune_and_test_many
+from metacli.engine.models.mlp import MLP
+from metacli.engine.online_fast import ExactUEval, StreamGram, gram_u_eval
 from metacli.engine.parallel import DataParallel
 from metacli.engine.types import Batch, OnlineAlgorithm, OnlineStream, Params
 
@@ -40,6 +42,10 @@ S = TypeVar("S")
 
 CHUNK_SIZE = 128
 """Tasks per vmap call of the generic path (bounds memory: about CHUNK_SIZE × steps × |θ| floats)."""
+
+EXACT_U_EVAL: dict[type[nn.Module], Callable[[Learner], ExactUEval | None]] = {MLP: gram_u_eval}
+"""Exact faster U_eval paths, keyed by model type: each returns the path for a learner, or None where
+it does not apply (then the generic vmap path runs). Each is tested equal to the vmap path."""
 
 
 def _adapt_and_test(
@@ -49,7 +55,7 @@ def _adapt_and_test(
     rule = sgd_rule(lr, clip=functools.partial(clip_by_global_norm, max_norm=clip_norm))
     phi, _ = descend(lambda k, p: learner.loss(p, train), params, steps, rule, create_graph=False)
     out = learner.forward(phi, test.x)
-    return learner.loss_of_output(out, test.y), (out.argmax(-1) == test.y).to(out.dtype).mean()
+    return learner.loss_of_output(out, test.y), accuracy(out, test.y)
 
 
 def finetune_and_test_vmap(
@@ -77,7 +83,7 @@ def finetune_and_test_vmap(
     return torch.cat(losses), torch.cat(accs)
 
 
-def finetune_and_test_many(
+def finetune_and_test(
     learner: Learner,
     params: Params,
     stream: OnlineStream,
@@ -89,36 +95,20 @@ def finetune_and_test_many(
 ) -> list[tuple[Tensor, Tensor]]:
     """Per-task (test loss, test accuracy) of U_eval(params) for each (lr, steps) in ``variants``.
 
-    With ``fast`` and an MLP learner the exact Gram-matrix path is used (tested equal to the vmap path);
-    ``cache`` (a :class:`StreamGram` of ``stream``, used only by that path) spares recomputing the Gram
-    matrices on every call.
+    With ``fast`` the exact path registered for the model's type in :data:`EXACT_U_EVAL` runs where it
+    applies, else the generic vmap path; ``cache`` (a :class:`StreamGram` of ``stream``, read only by an
+    exact path) spares recomputing data-only quantities on every call.
     """
     params = {k: v.detach() for k, v in params.items()}
+    exact = EXACT_U_EVAL.get(type(learner.model))
+    path = exact(learner) if fast and exact is not None else None
     with torch.no_grad():
-        if fast and fast_path_applies(learner):
-            return mlp_finetune_and_test_many(learner, params, stream, task_ids, variants, clip_norm, cache)
+        if path is not None:
+            return path(learner, params, stream, task_ids, variants, clip_norm, cache)
         return [
             finetune_and_test_vmap(learner, params, stream, task_ids, lr, steps, clip_norm)
             for lr, steps in variants
         ]
-
-
-def finetune_and_test(
-    learner: Learner,
-    params: Params,
-    stream: OnlineStream,
-    task_ids: Tensor,
-    lr: float,
-    steps: int,
-    clip_norm: float,
-    fast: bool = True,
-    cache: StreamGram | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Per-task (test loss, test accuracy) of U_eval(params) for every task in ``task_ids`` at once.
-
-    One variant of :func:`finetune_and_test_many`.
-    """
-    return finetune_and_test_many(learner, params, stream, task_ids, [(lr, steps)], clip_norm, fast, cache)[0]
 
 
 def _evaluate(
@@ -139,7 +129,7 @@ def _evaluate(
     n = task_ids.numel()
     local = task_ids if parallel is None else task_ids[parallel.share(n)]
     if local.numel() > 0:
-        got = finetune_and_test_many(
+        got = finetune_and_test(
             learner, params, stream, local, list(variants.values()), algo.eval_clip_norm, cache=cache
         )
     else:  # fewer tasks than ranks: this rank has none, but still takes part in the gathers

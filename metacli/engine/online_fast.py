@@ -34,13 +34,13 @@ metrics off at every requested step count (the same operations, so the same numb
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metacli.engine.functional import Learner
+from metacli.engine.functional import Learner, accuracy
 from metacli.engine.models.mlp import MLP
 from metacli.engine.types import OnlineStream, Params
 
@@ -59,6 +59,14 @@ def fast_path_applies(learner: Learner) -> bool:
         return False
     kinds = [type(layer) for layer in m.body]
     return kinds == [nn.Linear, nn.ReLU] * (len(kinds) // 2)
+
+
+def gram_u_eval(learner: Learner) -> ExactUEval | None:
+    """The Gram path (:func:`mlp_finetune_and_test_many`) where it applies to ``learner``, else None.
+
+    Registered for :class:`MLP` in :data:`metacli.engine.online.EXACT_U_EVAL`.
+    """
+    return mlp_finetune_and_test_many if fast_path_applies(learner) else None
 
 
 def _contiguous_range(ids: Tensor) -> slice | None:
@@ -103,6 +111,15 @@ class StreamGram:
         return _take(k, ids), _take(kz, ids)
 
 
+ExactUEval = Callable[
+    [Learner, Params, OnlineStream, Tensor, Sequence[tuple[float, int]], float, StreamGram | None],
+    list[tuple[Tensor, Tensor]],
+]
+"""An exact U_eval path: (learner, params, stream, task ids, (lr, steps) variants, clip norm, cache) ->
+per-task (test loss, accuracy) per variant; the signature of
+:func:`metacli.engine.online.finetune_and_test` without ``fast``."""
+
+
 def _linear_keys(model: MLP) -> list[str]:
     """Parameter-name prefixes of the Linear layers after the first, in order (the head last)."""
     keys = [f"body.{i}" for i, layer in enumerate(model.body) if isinstance(layer, nn.Linear)]
@@ -141,7 +158,7 @@ def _per_task_ce(out: Tensor, y: Tensor) -> Tensor:
 def _test_metrics(hz: Tensor, rest: list[tuple[Tensor, Tensor]], yz: Tensor) -> tuple[Tensor, Tensor]:
     """Per-task (mean CE, accuracy) on the test inputs, from their first-layer pre-activations H_z."""
     out, _ = _forward(hz, rest)
-    return _per_task_ce(out, yz), (out.argmax(-1) == yz).to(out.dtype).mean(1)
+    return _per_task_ce(out, yz), accuracy(out, yz)
 
 
 def _shared_trajectory(
@@ -224,13 +241,3 @@ def mlp_finetune_and_test_many(
                 results[(lr, steps)][0].append(loss)
                 results[(lr, steps)][1].append(acc)
     return [(torch.cat(results[v][0]), torch.cat(results[v][1])) for v in variants]
-
-
-def mlp_finetune_and_test(
-    learner: Learner, params: Params, stream: OnlineStream, task_ids: Tensor, lr: float, steps: int,
-    clip_norm: float, cache: StreamGram | None = None, chunk_size: int = FAST_CHUNK,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Per-task (test loss, accuracy) of U_eval(params): one variant of :func:`mlp_finetune_and_test_many`."""
-    return mlp_finetune_and_test_many(
-        learner, params, stream, task_ids, [(lr, steps)], clip_norm, cache, chunk_size
-    )[0]

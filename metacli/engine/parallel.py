@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from metacli.engine.executors import task_at
+from metacli.engine.executors import Carry, task_at
 from metacli.engine.types import StepResult, Task
 
 
@@ -91,8 +91,25 @@ def over_shares(step: Callable[[Task], StepResult], tasks: Task, parallel: DataP
 
     Without ``parallel``: ``step(tasks)``.
     """
+    return over_shares_with_carry(lambda share, _: (step(share), {}), tasks, {}, parallel)[0]
+
+
+def over_shares_with_carry(
+    step: Callable[[Task, Carry], tuple[StepResult, Carry]],
+    tasks: Task,
+    carry: Carry,
+    parallel: DataParallel | None,
+) -> tuple[StepResult, Carry]:
+    """:func:`over_shares` for a step that also maps per-task carry rows (one row per task) to new ones.
+
+    Each rank passes its share of the tasks and of the carry rows; the new rows of every rank are
+    gathered back in task order, so every rank holds the whole carry afterwards.
+    Without ``parallel``: ``step(tasks, carry)``.
+    """
     if parallel is None:
-        return step(tasks)
+        return step(tasks, carry)
     n = tasks.query.x.shape[0]
     share = parallel.share(n)
-    return parallel.mean(step(task_at(tasks, share)), share.stop - share.start, n)
+    result, local = step(task_at(tasks, share), {k: v[share] for k, v in carry.items()})
+    mean = parallel.mean(result, share.stop - share.start, n)
+    return mean, {k: parallel.gather(v, n) for k, v in local.items()}

@@ -26,7 +26,6 @@ from metacli.engine.functional import Learner, tensor_bytes
 from metacli.engine.models.mlp import MLP
 from metacli.engine.online import (
     finetune_and_test,
-    finetune_and_test_many,
     finetune_and_test_vmap,
     run_online,
 )
@@ -88,7 +87,7 @@ def test_finetune_and_test_batched_equals_loop(
     task_ids = torch.tensor(ids)
     for got_loss, got_acc in (
         finetune_and_test_vmap(learner, params, stream, task_ids, lr, steps, clip, chunk_size=3),
-        finetune_and_test(learner, params, stream, task_ids, lr, steps, clip, fast=True),
+        finetune_and_test(learner, params, stream, task_ids, [(lr, steps)], clip, fast=True)[0],
     ):
         torch.testing.assert_close(got_loss, want_loss, rtol=0, atol=1e-10)
         torch.testing.assert_close(got_acc, want_acc, rtol=0, atol=1e-10)
@@ -99,7 +98,7 @@ def test_fast_path_equals_vmap_path_float32() -> None:
     params, ids = learner.init_params(), torch.arange(N_TASKS)
     for steps in (1, 5):
         slow = finetune_and_test_vmap(learner, params, stream, ids, 0.5, steps, 0.5)
-        fast = finetune_and_test(learner, params, stream, ids, 0.5, steps, 0.5, fast=True)
+        fast = finetune_and_test(learner, params, stream, ids, [(0.5, steps)], 0.5, fast=True)[0]
         torch.testing.assert_close(fast[0], slow[0], rtol=1e-5, atol=1e-5)
 
 
@@ -112,15 +111,15 @@ def test_fast_path_cache_and_shared_variants() -> None:
     theta1 = {k: v + 0.1 * torch.randn_like(v) for k, v in theta0.items()}
     cases = ((theta0, torch.arange(4)), (theta1, torch.arange(9)), (theta1, torch.tensor([7, 1, 3])))
     for params, ids in cases:  # two models; contiguous and gathered task ids
-        with_cache = finetune_and_test_many(learner, params, stream, ids, variants, 0.5, cache=cache)
+        with_cache = finetune_and_test(learner, params, stream, ids, variants, 0.5, cache=cache)
         for (lr, steps), (loss, acc) in zip(variants, with_cache, strict=True):
-            alone = finetune_and_test(learner, params, stream, ids, lr, steps, 0.5)
+            alone = finetune_and_test(learner, params, stream, ids, [(lr, steps)], 0.5)[0]
             want = finetune_and_test_vmap(learner, params, stream, ids, lr, steps, 0.5)
             torch.testing.assert_close(loss, alone[0], rtol=0, atol=1e-12)
             torch.testing.assert_close(acc, alone[1], rtol=0, atol=0)
             torch.testing.assert_close(loss, want[0], rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="another stream"):
-        finetune_and_test(learner, theta0, make_stream(seed=1), torch.arange(2), 0.1, 1, 3.0, cache=cache)
+        finetune_and_test(learner, theta0, make_stream(seed=1), torch.arange(2), [(0.1, 1)], 3.0, cache=cache)
 
 
 def run_rounds(algo: Any, stream: OnlineStream, learner: Learner, n: int, seed: int = 0) -> list[Any]:
@@ -207,7 +206,9 @@ def test_run_online_records_and_ctm_before_update() -> None:
         for i, r in enumerate(records):
             avg = sum(s[key] for s in records[: i + 1]) / (i + 1)
             assert r[f"{key}_avg"] == pytest.approx(avg, abs=1e-12)
-    loss0, acc0 = finetune_and_test(learner, learner.init_params(), stream, torch.tensor([0]), 0.1, 1, 3.0)
+    [(loss0, acc0)] = finetune_and_test(
+        learner, learner.init_params(), stream, torch.tensor([0]), [(0.1, 1)], 3.0
+    )
     assert records[0]["ctm_loss"] == pytest.approx(float(loss0), abs=1e-12)
     assert records[0]["ctm_acc"] == pytest.approx(float(acc0), abs=1e-12)
     assert records[0]["ltm_loss"] != pytest.approx(float(loss0), abs=1e-9)  # LTM is after the update
@@ -219,12 +220,12 @@ def test_fs_and_toe_log_all_variants_after_update() -> None:
     variants = {f"{k}_{v}" for k in KEYS if k.startswith(("ctm", "ltm")) for v in ("ft1", "noft")}
     assert all(set(r) == KEYS | variants for r in fs_records)
     theta0 = learner.init_params()
-    want = finetune_and_test(learner, theta0, stream, torch.tensor([2]), 0.1, 5, 3.0)[0]
+    want = finetune_and_test(learner, theta0, stream, torch.tensor([2]), [(0.1, 5)], 3.0)[0][0]
     assert fs_records[2]["ctm_loss"] == pytest.approx(float(want), abs=1e-12)
     toe = TOE(TOEConfig(K=2), learner)
     toe_records = collect(toe, stream, learner, ltm=False)
     state = toe.round(toe.init_state(theta0), 0, stream, torch.Generator().manual_seed(0))
-    want = finetune_and_test(learner, state.theta, stream, torch.tensor([0]), 0.1, 0, 3.0)[0]
+    want = finetune_and_test(learner, state.theta, stream, torch.tensor([0]), [(0.1, 0)], 3.0)[0][0]
     assert toe_records[0]["ctm_loss_noft"] == pytest.approx(float(want), abs=1e-12)
     assert toe_records[0]["ltm_acc"] != toe_records[0]["ltm_acc"]  # NaN without LTM
 

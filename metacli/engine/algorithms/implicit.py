@@ -40,11 +40,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metacli.engine.config.algorithms import ITDBiOConfig, MemoryReducedConfig
-from metacli.engine.executors import EXECUTORS, meta_grads, task_at
-from metacli.engine.functional import Learner, clamp_elements
+from metacli.engine.executors import Carry, Executor, meta_gradient_with_carry
+from metacli.engine.functional import Learner, accuracy, clamp_elements
 from metacli.engine.inner import descend, sgd_rule
 from metacli.engine.models import param_group
-from metacli.engine.parallel import DataParallel
+from metacli.engine.parallel import DataParallel, over_shares_with_carry
 from metacli.engine.types import Batch, Params, StepResult, Task
 from metacli.errors import SpecError
 
@@ -138,10 +138,14 @@ class BilevelHead:
 
     # ---------------------------------------------------------------- one task
 
-    def task_terms(
-        self, meta: Params, task: Task, phi0: Tensor, v0: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
-        """(surrogate whose theta-gradient is the task's hypergradient, phi^K, v^N, aux scalars)."""
+    def task_loss(self, meta: Params, task: Task, carry: Carry) -> tuple[Tensor, dict[str, Tensor], Carry]:
+        """(surrogate whose theta-gradient is the task's hypergradient, aux scalars, new carry).
+
+        ``carry`` is the task's start ``{"phi": phi^0, "v": v^0}``; the new carry is ``{phi^K, v^N}``
+        (ITD-BiO passes v^0 through). A :data:`~metacli.engine.executors.CarryTaskLoss` for the shared
+        executors.
+        """
+        phi0, v0 = carry["phi"], carry["v"]
         zs = self.learner.features(meta, task.support.x)
         zq = self.learner.features(meta, task.query.x)
         ys, yq = task.support.y, task.query.y
@@ -167,8 +171,8 @@ class BilevelHead:
             out = self.logits(phi_k.detach(), zq.detach())
             aux = {"query_loss": self.learner.loss_of_output(out, yq)}
             if self.learner.criterion == "cross_entropy":
-                aux["accuracy"] = (out.argmax(-1) == yq).to(out.dtype).mean()
-        return surrogate, phi_k.detach(), v, aux
+                aux["accuracy"] = accuracy(out, yq)
+        return surrogate, aux, {"phi": phi_k.detach(), "v": v}
 
     # ---------------------------------------------------------------- the meta-step
 
@@ -188,6 +192,9 @@ class BilevelHead:
     ) -> StepResult:
         """The mean hypergradient over the stacked ``tasks``; updates the warm-start slots.
 
+        The shared executors run :meth:`task_loss` with the starts as per-task carry; the logged loss is
+        the mean query loss f_i(theta, phi^K) (the surrogate's value is not a loss).
+
         Args:
             meta: meta-parameters (backbone and the fixed head initialisation).
             tasks: B tasks stacked on a leading axis (slot i = task i).
@@ -195,45 +202,19 @@ class BilevelHead:
             parallel: data-parallel ranks: this one computes its share of the tasks (and of the slots);
                 the mean hypergradient and every slot are combined on all ranks.
         """
-        n_total = tasks.query.x.shape[0]
-        share = slice(0, n_total) if parallel is None else parallel.share(n_total)
-        phi0, v0 = (start[share] for start in self._starts(meta, n_total))
-        result, phi_all, v_all = self._share_step(meta, task_at(tasks, share), phi0, v0, executor)
-        if parallel is not None:
-            result = parallel.mean(result, share.stop - share.start, n_total)
-            phi_all, v_all = parallel.gather(phi_all, n_total), parallel.gather(v_all, n_total)
-        if self.cfg.warm_start:
-            self.slots = {"phi": phi_all.detach()}
-            if isinstance(self.cfg, MemoryReducedConfig):
-                self.slots["v"] = v_all.detach()
-        return result._replace(grads=clamp_elements(result.grads, self.cfg.grad_clip))
+        phi0, v0 = self._starts(meta, tasks.query.x.shape[0])
 
-    def _share_step(
-        self, meta: Params, tasks: Task, phi0: Tensor, v0: Tensor, executor: str
-    ) -> tuple[StepResult, Tensor, Tensor]:
-        """(mean hypergradient over ``tasks``, unclamped; every task's phi^K; every task's v^N)."""
-        n_tasks = tasks.query.x.shape[0]
-        if executor == "loop":
-            grads = {k: torch.zeros_like(v) for k, v in meta.items()}
-            phis, vs, auxes = [], [], []
-            for i in range(n_tasks):
-                surrogate, phi_k, v, aux = self.task_terms(meta, task_at(tasks, i), phi0[i], v0[i])
-                for k, g in meta_grads(surrogate / n_tasks, meta).items():
-                    grads[k] += g
-                phis.append(phi_k)
-                vs.append(v)
-                auxes.append(aux)
-            phi_all, v_all = torch.stack(phis), torch.stack(vs)
-            aux_all = {k: torch.stack([a[k] for a in auxes]) for k in auxes[0]}
-        elif executor == "vmap":
-            surrogates, phi_all, v_all, aux_all = torch.func.vmap(self.task_terms, in_dims=(None, 0, 0, 0))(
-                meta, tasks, phi0, v0
-            )
-            grads = meta_grads(surrogates.mean(), meta)
-        else:
-            raise SpecError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
-        metrics = {k: float(v.mean()) for k, v in aux_all.items()}
-        return StepResult(metrics["query_loss"], grads, metrics), phi_all, v_all
+        def share_step(share: Task, starts: Carry) -> tuple[StepResult, Carry]:
+            # the executor name is validated in meta_gradient_with_carry
+            return meta_gradient_with_carry(self.task_loss, meta, share, starts, cast(Executor, executor))
+
+        result, ends = over_shares_with_carry(share_step, tasks, {"phi": phi0, "v": v0}, parallel)
+        if self.cfg.warm_start:
+            self.slots = {"phi": ends["phi"]}
+            if isinstance(self.cfg, MemoryReducedConfig):
+                self.slots["v"] = ends["v"]
+        clamped = clamp_elements(result.grads, self.cfg.grad_clip)
+        return result._replace(loss=result.metrics["query_loss"], grads=clamped)
 
     # ---------------------------------------------------------------- evaluation and the rest
 

@@ -53,7 +53,7 @@ from metacli.engine.config.algorithms import (
     SparseReLUMAMLConfig,
 )
 from metacli.engine.executors import Executor, meta_gradient
-from metacli.engine.functional import Learner, clamp_elements
+from metacli.engine.functional import Learner, accuracy, clamp_elements
 from metacli.engine.inner import FamilyRule, descend, extra_metrics, split_meta
 from metacli.engine.parallel import DataParallel, over_shares
 from metacli.engine.types import Batch, Params, StepResult, Task
@@ -142,7 +142,7 @@ class MAML:
         if support_loss is not None:
             aux["support_loss"] = support_loss
         if self.learner.criterion == "cross_entropy":
-            aux["accuracy"] = (out.detach().argmax(-1) == task.query.y).to(out.dtype).mean()
+            aux["accuracy"] = accuracy(out.detach(), task.query.y)
         return self.learner.loss_of_output(out, task.query.y), aux
 
     def meta_step(

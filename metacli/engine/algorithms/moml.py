@@ -13,9 +13,11 @@ then the λ-recursion of the official code (``train_MOML``, using the new λ in 
 
     λ <- λ - α (θ - ω) ;   ω <- ½ (θ + ω) - λ / (2α)
 
-B-MOML (``train_BMOML``) draws each outer step's task uniformly from a buffer of task indices that always
-holds the current task ('random': append until full, then overwrite a uniformly random slot; 'last':
-sliding window). α = 0 switches the regulariser off and freezes λ and ω: that is MOGD (``train_MOGD``).
+B-MOML (``train_BMOML``) is MOML plus its task sampling: each outer step's task is drawn uniformly from a
+buffer of task indices that always holds the current task ('random': append until full, then overwrite a
+uniformly random slot; 'last': sliding window). α = 0 switches the regulariser off and freezes λ and ω
+(λ ≡ 0 and ω is never read, so only θ need be held): that is MOGD (``train_MOGD``), which is MOML run with
+α = 0 (:class:`MOGD`).
 
 Training and evaluation adaptation differ on purpose (as in the code): training adapts on 10-image support
 batches with weight decay and no clipping; the CTM/LTM evaluation (:mod:`metacli.engine.online`)
@@ -30,27 +32,24 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 import torch
 from torch import Tensor
 
-from metacli.engine.config.algorithms import BMOMLConfig, MetaSGDConfig, MOMLConfig
+from metacli.engine.config.algorithms import BMOMLConfig, MetaSGDConfig, MOGDConfig, MOMLConfig
 from metacli.engine.functional import Learner, clip_by_global_norm, tensor_bytes
 from metacli.engine.inner import descend, sgd_rule
 from metacli.engine.types import Batch, OnlineStream, Params
 
 
 class MOMLState(NamedTuple):
-    """MOML's state: meta-parameters θ, dual λ ("lambda_model"), anchor ω ("omega_model")."""
+    """The state of MOML, B-MOML and MOGD: meta-parameters θ, dual λ ("lambda_model"), anchor ω
+    ("omega_model"), and B-MOML's buffer of task indices (empty for MOML and MOGD)."""
 
     theta: Params
     lam: Params
     omega: Params
+    buffer: tuple[int, ...] = ()
 
 
-class BMOMLState(NamedTuple):
-    """B-MOML's state: MOML's (θ, λ, ω) plus the task indices of the buffer."""
-
-    theta: Params
-    lam: Params
-    omega: Params
-    buffer: tuple[int, ...]
+BMOMLState = MOMLState
+"""B-MOML's state is MOML's, its buffer in use."""
 
 
 class Regulariser(NamedTuple):
@@ -154,36 +153,71 @@ class OnlineLearner(Generic[C]):
         self.eval_clip_norm = cfg.clip_norm
 
 
-class MOML(OnlineLearner[MOMLConfig]):
-    """MOML (Acar et al. 2021; official ``train_MOML``). Memory: the current task's data plus 3d."""
+R = TypeVar("R", MOMLConfig, BMOMLConfig)
+
+
+class MOML(OnlineLearner[R]):
+    """MOML (Acar et al. 2021; official ``train_MOML``). Memory: the current task's data plus 3d (d with
+    α = 0, where λ and ω are constants).
+
+    Subclasses change only which task each outer step uses (:meth:`draw`) and how many tasks they hold.
+    """
 
     def init_state(self, theta0: Params) -> MOMLState:
         """θ = ω = θ₀, λ = 0."""
         theta = {k: v.detach().clone() for k, v in theta0.items()}
         return MOMLState(theta, {k: torch.zeros_like(v) for k, v in theta.items()}, dict(theta))
 
+    def draw(
+        self, state: MOMLState, t: int, generator: torch.Generator
+    ) -> tuple[tuple[int, ...], Callable[[], int]]:
+        """(the round's buffer, the task of each outer step): MOML keeps no buffer and uses task t."""
+        del state, generator
+        return (), lambda: t
+
     def round(self, state: MOMLState, t: int, stream: OnlineStream, generator: torch.Generator) -> MOMLState:
-        """K regularised outer steps on task t only, then the λ/ω recursion."""
+        """K regularised outer steps on the tasks :meth:`draw` gives, then the λ/ω recursion."""
+        buffer, draw_task = self.draw(state, t, generator)
         reg = Regulariser(state.lam, state.omega, self.cfg.alpha)
-        theta = meta_sgd_round(self.learner, state.theta, stream, lambda: t, self.cfg, generator, reg)
+        theta = meta_sgd_round(self.learner, state.theta, stream, draw_task, self.cfg, generator, reg)
         lam, omega = update_state(theta, state.lam, state.omega, self.cfg.alpha)
-        return MOMLState(theta, lam, omega)
+        return MOMLState(theta, lam, omega, buffer)
 
     def eval_model(self, state: MOMLState) -> Params:
         """θ_t, the model CTM/LTM fine-tune from."""
         return state.theta
 
+    def tasks_held(self, state: MOMLState) -> int:
+        """Tasks whose train data the algorithm holds: MOML the current one."""
+        del state
+        return 1
+
     def held_bytes(self, state: MOMLState, t: int, stream: OnlineStream) -> tuple[int, int]:
-        """(current task's train data, θ + λ + ω): constant over rounds."""
-        return task_bytes(stream), sum(tensor_bytes(p) for p in (state.theta, state.lam, state.omega))
+        """(held tasks' train data, θ + λ + ω; θ alone with α = 0): constant over rounds."""
+        kept = (state.theta, state.lam, state.omega) if self.cfg.alpha != 0 else (state.theta,)
+        return self.tasks_held(state) * task_bytes(stream), sum(tensor_bytes(p) for p in kept)
 
     def state_dict(self, state: MOMLState) -> dict[str, Any]:
-        """θ, λ, ω as CPU tensors."""
-        return {k: params_to_cpu(getattr(state, k)) for k in ("theta", "lam", "omega")}
+        """θ, λ, ω as CPU tensors; θ alone with α = 0 (MOGD's checkpoint: λ and ω are then constants)."""
+        keys = ("theta", "lam", "omega") if self.cfg.alpha != 0 else ("theta",)
+        return {k: params_to_cpu(getattr(state, k)) for k in keys}
 
     def load_state(self, d: dict[str, Any]) -> MOMLState:
-        """Inverse of :meth:`state_dict` (tensors stay on CPU; move them with the stream if needed)."""
-        return MOMLState(dict(d["theta"]), dict(d["lam"]), dict(d["omega"]))
+        """Inverse of :meth:`state_dict` (tensors stay on CPU; move them with the stream if needed).
+
+        Without λ and ω (α = 0): λ = 0 and ω = θ, which α = 0 never reads.
+        """
+        theta = dict(d["theta"])
+        if "lam" not in d:
+            return MOMLState(theta, {k: torch.zeros_like(v) for k, v in theta.items()}, dict(theta))
+        return MOMLState(theta, dict(d["lam"]), dict(d["omega"]))
+
+
+class MOGD(MOML[MOMLConfig]):
+    """MOGD (official ``train_MOGD``): MOML with α = 0 (λ ≡ 0, ω frozen and unread). Memory: a task plus d."""
+
+    def __init__(self, cfg: MOGDConfig, learner: Learner, generator: torch.Generator | None = None) -> None:
+        super().__init__(MOMLConfig(**cfg.model_dump(exclude={"name"}), alpha=0.0), learner, generator)
 
 
 def update_buffer(
@@ -198,42 +232,29 @@ def update_buffer(
     return (*buffer[:slot], t, *buffer[slot + 1 :])
 
 
-class BMOML(OnlineLearner[BMOMLConfig]):
-    """B-MOML (Acar et al. 2021; official ``train_BMOML``). Memory: the buffer's tasks' data plus 3d."""
+class BMOML(MOML[BMOMLConfig]):
+    """B-MOML (Acar et al. 2021; official ``train_BMOML``): MOML whose outer steps draw their task from a
+    buffer. Memory: the buffer's tasks' data plus 3d."""
 
-    def init_state(self, theta0: Params) -> BMOMLState:
-        """θ = ω = θ₀, λ = 0, empty buffer."""
-        theta = {k: v.detach().clone() for k, v in theta0.items()}
-        return BMOMLState(theta, {k: torch.zeros_like(v) for k, v in theta.items()}, dict(theta), ())
-
-    def round(
-        self, state: BMOMLState, t: int, stream: OnlineStream, generator: torch.Generator
-    ) -> BMOMLState:
-        """Insert task t into the buffer; K regularised outer steps, each on a uniform buffer task."""
+    def draw(
+        self, state: MOMLState, t: int, generator: torch.Generator
+    ) -> tuple[tuple[int, ...], Callable[[], int]]:
+        """Insert task t into the buffer; each outer step then uses a uniformly drawn buffer task."""
         buffer = update_buffer(state.buffer, t, self.cfg.buffer_size, self.cfg.buffer_policy, generator)
 
         def draw_task() -> int:
             return buffer[int(torch.randint(len(buffer), (1,), generator=generator).item())]
 
-        reg = Regulariser(state.lam, state.omega, self.cfg.alpha)
-        theta = meta_sgd_round(self.learner, state.theta, stream, draw_task, self.cfg, generator, reg)
-        lam, omega = update_state(theta, state.lam, state.omega, self.cfg.alpha)
-        return BMOMLState(theta, lam, omega, buffer)
+        return buffer, draw_task
 
-    def eval_model(self, state: BMOMLState) -> Params:
-        """θ_t."""
-        return state.theta
+    def tasks_held(self, state: MOMLState) -> int:
+        """The buffered tasks: bounded by B."""
+        return len(state.buffer)
 
-    def held_bytes(self, state: BMOMLState, t: int, stream: OnlineStream) -> tuple[int, int]:
-        """(the buffered tasks' train data, θ + λ + ω): bounded by B tasks."""
-        state_b = sum(tensor_bytes(p) for p in (state.theta, state.lam, state.omega))
-        return len(state.buffer) * task_bytes(stream), state_b
-
-    def state_dict(self, state: BMOMLState) -> dict[str, Any]:
+    def state_dict(self, state: MOMLState) -> dict[str, Any]:
         """θ, λ, ω as CPU tensors and the buffer as a list of ints."""
-        d = {k: params_to_cpu(getattr(state, k)) for k in ("theta", "lam", "omega")}
-        return {**d, "buffer": list(state.buffer)}
+        return {**super().state_dict(state), "buffer": list(state.buffer)}
 
-    def load_state(self, d: dict[str, Any]) -> BMOMLState:
+    def load_state(self, d: dict[str, Any]) -> MOMLState:
         """Inverse of :meth:`state_dict`."""
-        return BMOMLState(dict(d["theta"]), dict(d["lam"]), dict(d["omega"]), tuple(d["buffer"]))
+        return super().load_state(d)._replace(buffer=tuple(d["buffer"]))

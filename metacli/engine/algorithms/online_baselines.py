@@ -4,7 +4,8 @@
   MOML code: K warm-started second-order meta-SGD steps per round, each on a task drawn uniformly from
   all seen tasks 0..t (current included). Memory: all t+1 tasks' data plus d.
 - **MOGD** (meta online gradient descent): the same K steps on the current task only; MOML with the
-  regulariser removed (α = 0, λ ≡ 0). Memory: one task plus d.
+  regulariser removed (α = 0, λ ≡ 0), so it is run by MOML (:class:`~.moml.MOGD`, re-exported here).
+  Memory: one task plus d.
 - **TOE** (train on everything): every round re-initialises to θ₀ (kept as in the reference,
   ``train_TOE``) and runs K plain SGD steps (batch 10, lr 0.1, wd 1e-4, clip 3, cross-entropy) on the pooled
   train data of tasks 0..t. Memory: all data plus θ₀ and θ.
@@ -24,25 +25,26 @@ from typing import Any, NamedTuple
 import torch
 
 from metacli.engine.algorithms.moml import (
+    MOGD,
     OnlineLearner,
     meta_sgd_round,
     params_to_cpu,
     task_bytes,
 )
-from metacli.engine.config.algorithms import FSConfig, FTMLConfig, MetaSGDConfig, MOGDConfig, TOEConfig
+from metacli.engine.config.algorithms import FSConfig, FTMLConfig, MOGDConfig, TOEConfig
 from metacli.engine.functional import clip_by_global_norm, tensor_bytes
 from metacli.engine.inner import descend, sgd_rule
 from metacli.engine.types import Batch, OnlineStream, Params
 
 
 class ThetaState(NamedTuple):
-    """The state of FTML and MOGD: the meta-parameters θ only."""
+    """The state of FTML and FS: the meta-parameters θ only."""
 
     theta: Params
 
 
 class _ThetaOnly:
-    """State handling of the algorithms whose whole state is one parameter set θ (FTML, MOGD, FS)."""
+    """State handling of the algorithms whose whole state is one parameter set θ (FTML, FS)."""
 
     def init_state(self, theta0: Params) -> ThetaState:
         """θ = θ₀."""
@@ -61,48 +63,24 @@ class _ThetaOnly:
         return ThetaState(dict(d["theta"]))
 
 
-class _MetaSGDBaseline(_ThetaOnly, OnlineLearner[MetaSGDConfig]):
-    """Shared body of FTML and MOGD: state θ, K second-order outer steps per round, no regulariser."""
-
-    def _draw_task(self, t: int, generator: torch.Generator) -> int:
-        raise NotImplementedError
+class FTML(_ThetaOnly, OnlineLearner[FTMLConfig]):
+    """FTML: K warm-started second-order outer steps per round, each on a task drawn uniformly from 0..t
+    (perfect recall), no regulariser."""
 
     def round(
         self, state: ThetaState, t: int, stream: OnlineStream, generator: torch.Generator
     ) -> ThetaState:
-        """K warm-started outer steps; each step's task comes from :meth:`_draw_task`."""
-        theta = meta_sgd_round(
-            self.learner,
-            state.theta,
-            stream,
-            lambda: self._draw_task(t, generator),
-            self.cfg,
-            generator,
-            None,
-        )
+        """K outer steps, each on a uniformly drawn seen task."""
+
+        def draw_task() -> int:
+            return int(torch.randint(t + 1, (1,), generator=generator).item())
+
+        theta = meta_sgd_round(self.learner, state.theta, stream, draw_task, self.cfg, generator, None)
         return ThetaState(theta)
-
-
-class FTML(_MetaSGDBaseline):
-    """FTML: each outer step samples a task uniformly from 0..t (perfect recall)."""
-
-    def _draw_task(self, t: int, generator: torch.Generator) -> int:
-        return int(torch.randint(t + 1, (1,), generator=generator).item())
 
     def held_bytes(self, state: ThetaState, t: int, stream: OnlineStream) -> tuple[int, int]:
         """(all t+1 tasks' train data, θ): linear in t."""
         return (t + 1) * task_bytes(stream), tensor_bytes(state.theta)
-
-
-class MOGD(_MetaSGDBaseline):
-    """MOGD: every outer step uses the current task; equals MOML with α = 0 (λ ≡ 0, ω frozen)."""
-
-    def _draw_task(self, t: int, generator: torch.Generator) -> int:
-        return t
-
-    def held_bytes(self, state: ThetaState, t: int, stream: OnlineStream) -> tuple[int, int]:
-        """(current task's train data, θ): constant."""
-        return task_bytes(stream), tensor_bytes(state.theta)
 
 
 class TOEState(NamedTuple):

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from metacli.engine.config.algorithms import ReptileConfig
 from metacli.engine.executors import Executor, meta_gradient
-from metacli.engine.functional import Learner
+from metacli.engine.functional import Learner, accuracy
 from metacli.engine.inner import StepRule, descend, sgd_rule
 from metacli.engine.parallel import DataParallel, over_shares
 from metacli.engine.types import Batch, Params, StepResult, Task
@@ -180,7 +180,7 @@ class Reptile:
             out = self.learner.forward(fast, task.query.x)
             aux = {"query_loss": self.learner.loss_of_output(out, task.query.y)}
             if self.learner.criterion == "cross_entropy":
-                aux["accuracy"] = (out.argmax(-1) == task.query.y).to(out.dtype).mean()
+                aux["accuracy"] = accuracy(out, task.query.y)
         if inner_loss is not None:
             aux["inner_loss"] = inner_loss
         return cast(Tensor, surrogate), aux
