@@ -55,8 +55,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from benchmarks.timing import device_name, sync
-from metacli.engine.algorithms import ALGORITHMS
-from metacli.engine.build import Parts
+from metacli.engine.build import BuildSettings, EpisodicParts, episodic_parts
 from metacli.engine.data import omniglot
 from metacli.engine.data.images import ClassImages, FewShotImages
 from metacli.engine.data.miniimagenet import PER_CLASS, SIDE, SPLIT_CLASSES
@@ -64,7 +63,6 @@ from metacli.engine.data.omniglot import DRAWERS
 from metacli.engine.data.paths import ENV_VAR, user_cache_dir
 from metacli.engine.episodic import TrainState, outer_update
 from metacli.engine.functional import Learner
-from metacli.engine.models import build_model
 from metacli.engine.models.conv4 import Conv4Config
 from metacli.engine.types import Batch, DataContext, Task
 from metacli.errors import DataError
@@ -125,7 +123,7 @@ def omniglot_data(spec: RunSpec, device: torch.device, root: Path) -> tuple[FewS
     cfg = spec.data
     assert isinstance(cfg, omniglot.OmniglotConfig)
     try:
-        ctx = DataContext(root, user_cache_dir(), device, torch.float32, download=False, progress=False)
+        ctx = DataContext(root, user_cache_dir(), device, torch.float32, download=False, progress=None)
         data = omniglot.build(cfg, ctx)
         source = f"real ({cfg.split} train)"
     except DataError:
@@ -145,17 +143,16 @@ def miniimagenet_data(spec: RunSpec, device: torch.device) -> tuple[FewShotImage
 
 
 def build_case(name: str, device: torch.device, root: Path) -> Case:
-    """The ``--algo maml --dataset <name>`` preset, built as :func:`metacli.engine.build.build` does."""
+    """The ``--algo maml --dataset <name>`` preset, built by :func:`~metacli.engine.build.episodic_parts`."""
     spec, _ = load_spec(algo="maml", dataset=name)
     if name == "omniglot":
         data, cpu_images, source = omniglot_data(spec, device, root)
     else:
         data, cpu_images, source = miniimagenet_data(spec, device)
-    torch.manual_seed(spec.seed)
-    model = build_model(spec.model, data.in_shape, data.out_features).to(device)
-    learner = Learner(model, data.criterion)
-    algo = ALGORITHMS[spec.algorithm.name](spec.algorithm, learner, torch.Generator().manual_seed(spec.seed))
-    return Case(name, spec, data, source, cpu_images, learner, algo)
+    parts = episodic_parts(
+        spec.algorithm, spec.model, data, BuildSettings(seed=spec.seed, device=str(device))
+    )
+    return Case(name, spec, data, source, cpu_images, parts.learner, parts.algorithm)
 
 
 def describe(case: Case) -> str:
@@ -210,7 +207,7 @@ def interleaved_times(timers: dict[str, Timer], repeats: int, warmup: int) -> di
 def training_step(case: Case, executor: str, n_tasks: int, device: torch.device) -> Callable[[], None]:
     """One meta-training step of a fresh run (own meta-parameters, Adam state, task generator)."""
     generator = torch.Generator().manual_seed(case.spec.seed)
-    parts = Parts(device, torch.float32, generator, case.learner, case.algo, case.data)  # no spec
+    parts = EpisodicParts(device, torch.float32, generator, case.learner, case.algo, case.data)
     state = TrainState(parts, total_steps=1)
 
     def step() -> None:

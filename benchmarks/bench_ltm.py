@@ -61,7 +61,7 @@ def smnist_stream(root: Path, device: torch.device) -> OnlineStream:
     """The real S-MNIST-1000 stream (seed 17), from ``root``'s cache or its MNIST files."""
     from metacli.engine.data.smnist import SMNISTConfig, build_stream
 
-    s = build_stream(SMNISTConfig(), root, download=False, progress=False)
+    s = build_stream(SMNISTConfig(), root, download=False, progress=None)
     return OnlineStream(
         Batch(s.train.x.to(device), s.train.y.to(device)),
         Batch(s.test.x.to(device), s.test.y.to(device)),

@@ -10,7 +10,7 @@ steps and outer Adam:
 
 - ``metacli loop`` / ``metacli vmap``: ``algorithm.meta_step`` (:mod:`metacli.engine.executors`) and
   :func:`~metacli.engine.episodic.outer_update` on a :class:`~metacli.engine.episodic.TrainState`, the
-  parts built from the ``--algo maml`` preset as :func:`metacli.engine.build.build` does;
+  parts built from the ``--algo maml`` preset as :func:`metacli.engine.build_episodic` does;
 - the peers of :mod:`benchmarks.peers`: a plain per-task ``torch.autograd.grad(create_graph=True)`` loop,
   ``higher.innerloop_ctx`` and ``torchopt.MetaSGD``, on a copy of metacli's network whose batch norm is
   ``nn.BatchNorm2d(track_running_stats=False)`` (PyTorch's fused kernel) and whose blocks run activation ->
@@ -88,8 +88,15 @@ from benchmarks.bench_fewshot import (
 from benchmarks.bench_ltm import N_CLASSES, N_TEST, N_TRAIN
 from benchmarks.peers import PEERS, REQUIRES, Problem
 from metacli.engine import memory
-from metacli.engine.algorithms import ALGORITHMS
-from metacli.engine.build import Parts, build, make_generator
+from metacli.engine.build import (
+    BuildSettings,
+    EpisodicParts,
+    OnlineParts,
+    build_episodic,
+    episodic_parts,
+    make_generator,
+    online_parts,
+)
 from metacli.engine.data.images import ClassImages, FewShotImages
 from metacli.engine.data.miniimagenet import SIDE, SPLIT_CLASSES
 from metacli.engine.data.omniglot import DRAWERS
@@ -97,7 +104,6 @@ from metacli.engine.episodic import TrainState, outer_update
 from metacli.engine.executors import EXECUTORS
 from metacli.engine.functional import Learner
 from metacli.engine.memory import peak_bytes
-from metacli.engine.models import build_model
 from metacli.engine.models.mlp import MLP
 from metacli.engine.online import finetune_and_test, run_online
 from metacli.engine.online_fast import StreamGram
@@ -151,7 +157,7 @@ class MAMLCase(NamedTuple):
     name: str
     label: str
     images: str
-    parts: Parts
+    parts: EpisodicParts
     tasks: Task
 
 
@@ -190,16 +196,6 @@ def synthetic_images(spec: RunSpec, quick: bool, device: torch.device) -> tuple[
     return data, f"synthetic, {data.splits['train'].n_classes} classes"
 
 
-def episodic_parts(spec: RunSpec, data: Any, device: torch.device) -> Parts:
-    """metacli's parts for an already built dataset, as :func:`metacli.engine.build.build` makes them."""
-    torch.manual_seed(spec.seed)
-    model = build_model(spec.model, data.in_shape, data.out_features).to(device)
-    learner = Learner(model, data.criterion)
-    generator = make_generator(spec.seed)
-    algorithm = ALGORITHMS[spec.algorithm.name](spec.algorithm, learner, generator)
-    return Parts(device, torch.float32, generator, learner, algorithm, data)
-
-
 def describe(name: str, spec: RunSpec, data: Any, sizes: Sizes) -> str:
     """e.g. ``mini-5w1s: Conv4-32 max, 5w1s/15q 3x84x84, MAML 2nd, 5 steps, alpha 0.05, B=4``."""
     m, d, a = spec.model, spec.data, spec.algorithm
@@ -224,14 +220,16 @@ def describe(name: str, spec: RunSpec, data: Any, sizes: Sizes) -> str:
 def maml_case(name: str, sizes: Sizes, device: torch.device, root: Path | None = None) -> MAMLCase:
     """The case's parts and one meta-batch of tasks (drawn once, seed 1)."""
     spec = case_spec(name, sizes)
+    settings = BuildSettings(seed=spec.seed, device=str(device))
     if name == "sinusoid":
-        parts, images = build(spec, str(device)), "sampled sine tasks"
+        parts = build_episodic(spec.algorithm, spec.model, spec.data, settings)
+        images = "sampled sine tasks"
     else:
         if name == "omniglot" and root is not None and not sizes.quick:
             data, _, images = omniglot_data(spec, device, root)
         else:
             data, images = synthetic_images(spec, sizes.quick, device)
-        parts = episodic_parts(spec, data, device)
+        parts = episodic_parts(spec.algorithm, spec.model, data, settings)
     tasks = parts.dataset.sample("train", spec.train.meta_batch, torch.Generator().manual_seed(1), device)
     return MAMLCase(name, describe(name, spec, parts.dataset, sizes), images, parts, tasks)
 
@@ -250,7 +248,7 @@ class Contender(Protocol):
 class MetacliContender:
     """metacli's meta-step (``algorithm.meta_step`` with an executor) and outer update on a TrainState."""
 
-    def __init__(self, parts: Parts, tasks: Task, executor: str) -> None:
+    def __init__(self, parts: EpisodicParts, tasks: Task, executor: str) -> None:
         self.algo, self.tasks, self.executor = parts.algorithm, tasks, executor
         self.state = TrainState(parts, total_steps=1)
 
@@ -262,7 +260,7 @@ class MetacliContender:
         outer_update(self.state, self.algo.meta_step(self.state.meta, self.tasks, self.executor).grads)
 
 
-def cast_case(case: MAMLCase, dtype: torch.dtype) -> tuple[Parts, Task]:
+def cast_case(case: MAMLCase, dtype: torch.dtype) -> tuple[EpisodicParts, Task]:
     """The case's parts and tasks in ``dtype`` (a copy of the network; labels stay integers)."""
     if dtype == case.parts.dtype:
         return case.parts, case.tasks
@@ -277,7 +275,7 @@ def cast_case(case: MAMLCase, dtype: torch.dtype) -> tuple[Parts, Task]:
     return parts, Task(cast(case.tasks.support), cast(case.tasks.query))
 
 
-def make_contender(name: str, parts: Parts, tasks: Task) -> Contender:
+def make_contender(name: str, parts: EpisodicParts, tasks: Task) -> Contender:
     """A fresh contender from the initial parameters of ``parts``."""
     if name in METACLI:
         return MetacliContender(parts, tasks, name.removeprefix("metacli "))
@@ -421,18 +419,18 @@ def random_stream(n_tasks: int, device: torch.device) -> OnlineStream:
     return OnlineStream(batch(N_TRAIN), batch(N_TEST), N_CLASSES)
 
 
-def moml_parts(device: torch.device) -> tuple[RunSpec, Learner, Any]:
-    """The ``--algo moml --dataset smnist`` spec (LTM off), its learner (seeded init) and algorithm."""
+def moml_parts(stream: OnlineStream, device: torch.device) -> tuple[RunSpec, OnlineParts]:
+    """The ``--algo moml --dataset smnist`` spec (LTM off) and its parts on ``stream``."""
     spec, _ = load_spec(algo="moml", dataset="smnist", overrides=["online.ltm=false", "threads=null"])
-    torch.manual_seed(spec.seed)
-    learner = Learner(build_model(spec.model, (1, 28, 28), N_CLASSES).to(device), "cross_entropy")
-    return spec, learner, ALGORITHMS[spec.algorithm.name](spec.algorithm, learner, make_generator(spec.seed))
+    settings = BuildSettings(seed=spec.seed, device=str(device))
+    return spec, online_parts(spec.algorithm, spec.model, stream, settings)
 
 
 def moml_call(rounds: int, device: torch.device) -> tuple[str, Callable[[], object]]:
     """One call runs ``rounds`` MOML rounds from theta_0 through ``run_online`` (LTM off)."""
-    spec, learner, algo = moml_parts(device)
-    stream, theta0 = random_stream(rounds, device), learner.init_params()
+    stream = random_stream(rounds, device)
+    spec, parts = moml_parts(stream, device)
+    learner, algo, theta0 = parts.learner, parts.algorithm, parts.learner.init_params()
     assert isinstance(learner.model, MLP)
 
     def call() -> object:

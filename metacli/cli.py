@@ -192,8 +192,7 @@ def train(
         err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     overrides = list(overrides or [])
-    if data_root is not None:
-        overrides.append(f"data_root={data_root.resolve()}")
+    data_root = data_root.resolve() if data_root is not None else None
     if resume is not None:
         if spec_file or algo or dataset or out or overwrite:
             raise MetacliError(
@@ -203,16 +202,18 @@ def train(
         from metacli.runlayer.distributed import place
 
         if not place().writer:  # the other ranks of a data-parallel run print nothing but errors
-            resume_command(resume, device, quiet, overrides=overrides)
+            resume_command(resume, device, quiet, overrides=overrides, data_root=data_root)
             return
         announce(f"resuming {resume}")
-        summary = resume_command(resume, device, quiet, overrides=overrides, announce=announce)
+        summary = resume_command(
+            resume, device, quiet, overrides=overrides, announce=announce, data_root=data_root
+        )
         console.print(f"resumed {resume}: {format_summary(summary)}")
         console.print(next_commands([(resume, summary)]), markup=False, highlight=False, soft_wrap=True)
         return
     finished = []
     for run_dir, summary in train_command(
-        spec_file, algo, dataset, overrides, out, device, quiet, overwrite, announce
+        spec_file, algo, dataset, overrides, out, device, quiet, overwrite, announce, data_root
     ):
         if not summary.get("skipped"):
             console.print(f"[green]done[/] {run_dir}: {format_summary(summary)}")

@@ -46,8 +46,11 @@ def train_command(
     quiet: bool,
     overwrite: bool = False,
     announce: Announce = lambda line: None,
+    data_root: Path | None = None,
 ) -> Iterator[tuple[Path, dict[str, Any]]]:
     """Train one spec, or every point of its grid; yields (run directory, summary) per run.
+
+    ``data_root`` (``--data-root``) replaces the spec's ``data_root`` (a grid point's own value wins).
 
     A run directory that exists is matched by its spec (:func:`plan`): one finished with the same spec is
     skipped, one with a checkpoint is continued, a failed start is trained again, and one of another spec
@@ -58,6 +61,9 @@ def train_command(
     from metacli.spec import grid_points, load_spec
 
     spec, raw = load_spec(spec_file, overrides, algo=algo, dataset=dataset)
+    if data_root is not None:
+        spec = spec.model_copy(update={"data_root": str(data_root.resolve())})
+        raw = {**raw, "data_root": spec.data_root}
     where = place()
     if overwrite and where.world > 1:
         raise RunDirError("--overwrite is not available under torchrun; delete the run directory first.")
@@ -254,19 +260,29 @@ def resume_command(
     parallel_ok: bool = True,
     overrides: Sequence[str] = (),
     announce: Announce = lambda line: None,
+    data_root: Path | None = None,
 ) -> dict[str, Any]:
     """Continue ``run_dir`` from its checkpoint (data-parallel under torchrun unless not ``parallel_ok``);
-    ``overrides`` change its stored spec first (e.g. ``train.meta_iters`` to train a finished run longer)."""
+    ``overrides`` change its stored spec first (e.g. ``train.meta_iters`` to train a finished run longer),
+    ``data_root`` replaces its ``data_root``."""
     from metacli.runlayer import resume_run
 
     if not run_dir.is_dir():
         what = "is a file, not a run directory" if run_dir.exists() else "no such run directory"
         raise RunDirError(f"--resume {run_dir}: {what}. Pass a folder written by 'metacli train'.")
     if not parallel_ok:
-        return resume_run(run_dir, device=device, quiet=quiet, overrides=overrides, announce=announce)
+        return resume_run(
+            run_dir, device=device, quiet=quiet, overrides=overrides, announce=announce, data_root=data_root
+        )
     with process_group(device) as (parallel, dev):
         return resume_run(
-            run_dir, device=dev, quiet=quiet, parallel=parallel, overrides=overrides, announce=announce
+            run_dir,
+            device=dev,
+            quiet=quiet,
+            parallel=parallel,
+            overrides=overrides,
+            announce=announce,
+            data_root=data_root,
         )
 
 

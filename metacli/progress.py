@@ -14,6 +14,7 @@ import math
 import os
 import time
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -28,6 +29,10 @@ from rich.progress import (
 from rich.text import Text
 
 from metacli.errors import MetacliError
+
+if TYPE_CHECKING:  # the engine's types, without importing torch for the display
+    from metacli.engine.types import OpenProgress
+    from metacli.engine.types import Progress as ProgressFn
 
 EVERY_ENV = "METACLI_PROGRESS_EVERY"
 DEFAULT_EVERY = 10.0
@@ -168,6 +173,10 @@ class Reporter:
             self._last_line = now
             self.log(self.status_line(info))
 
+    def update(self, done: int, info: str = "") -> None:
+        """Mark ``done`` units done in all (the engine's ``progress(done, ...)`` counts from the start)."""
+        self.advance(done - self.done, info)
+
     def status_line(self, info: str = "") -> str:
         """``NAME: 120/1000 rounds (12%), 35.2 round/s, elapsed 0:00:03, eta 0:00:25, INFO``."""
         rate = self.rate()
@@ -184,3 +193,64 @@ class Reporter:
         """Print a line (above the bar when one is live): no markup, no wrapping, no source location."""
         if not self.silent:
             self.console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def units_text(done: float, total: float | None, unit: str) -> str:
+    """``12/34 images``, or for bytes ``1.2/3.4 MB`` (``1.2 MB`` when the total is unknown)."""
+    if unit == "bytes":
+        mb = f"{fixed(done / 1e6, 1)}"
+        return f"{mb}/{fixed(total / 1e6, 1)} MB" if total is not None else f"{mb} MB"
+    return f"{int(done)}/{int(total)} {unit}" if total is not None else f"{int(done)} {unit}"
+
+
+class DataBars:
+    """Transient bars for the phases of building a dataset (downloads, decoding), on a terminal only.
+
+    :meth:`opener` is what the engine's dataset builders receive (an
+    :class:`~metacli.engine.types.OpenProgress`): each phase opens one bar, which disappears when its
+    total is reached and at the end of the ``with`` block. Quiet, or not on a terminal: no bars at all.
+    """
+
+    def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
+        console = console or Console(stderr=True)
+        self._progress: Progress | None = None
+        if not quiet and console.is_terminal:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[count]}"),
+                SafeTimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+
+    def __enter__(self) -> DataBars:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def opener(self) -> OpenProgress | None:
+        """The engine's ``OpenProgress`` drawing on these bars; None when nothing is shown."""
+        return None if self._progress is None else self.open
+
+    def open(self, description: str, total: int | None, unit: str) -> ProgressFn:
+        """One bar for ``total`` units of ``unit``; its callable sets the count done so far."""
+        bars = self._progress
+        if bars is None:
+            return lambda done, info: None
+        task = bars.add_task(description, total=total, count=units_text(0, total, unit))
+
+        def progress(done: int, info: dict[str, float]) -> None:
+            if task not in bars.task_ids:  # finished already
+                return
+            bars.update(task, completed=done, count=units_text(done, total, unit))
+            if total is not None and done >= total:
+                bars.remove_task(task)
+
+        return progress

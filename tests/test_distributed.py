@@ -81,11 +81,11 @@ def test_a_meta_batch_split_over_two_ranks_equals_one_process(tmp_path: Path) ->
 
 def initial_params() -> dict[str, torch.Tensor]:
     """The sinusoid runs' initial parameters (seed 0)."""
-    from metacli.engine.build import build
+    from metacli.runlayer.parts import build_run
     from metacli.spec import load_spec
 
     spec, _ = load_spec(None, ["dtype=float64"])
-    return build(spec, device="cpu").learner.init_params()
+    return build_run(spec, device="cpu").parts.learner.init_params()
 
 
 def test_a_two_rank_run_resumed_with_one_rank_continues_as_one_process(tmp_path: Path) -> None:

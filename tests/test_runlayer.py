@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from metacli.cli import app
-from metacli.engine.build import build
+from metacli.engine.build import EpisodicParts
+from metacli.progress import DataBars, units_text
 from metacli.runlayer.jobs import Hooks, make_job
+from metacli.runlayer.parts import build_run, loop_settings
 from metacli.spec import load_spec
 
 runner = CliRunner()
@@ -25,10 +32,10 @@ def saves_of(spec_args: list[str], algo: str, dataset: str, data_root: Path | No
     """The steps or rounds at which a job asks for a checkpoint, over a whole short run."""
     overrides = [*spec_args] + ([f"data_root={data_root}"] if data_root else [])
     spec, _ = load_spec(None, overrides, algo=algo, dataset=dataset)
-    parts = build(spec, device="cpu")
-    job = make_job(parts.spec or spec, parts, None)
+    built = build_run(spec, device="cpu")
+    job = make_job(built.spec, built.parts, None)
     saved: list[int] = []
-    job.run(Hooks(lambda i, row: None, lambda best: saved.append(job.done), lambda info: None,
+    job.run(Hooks(lambda i, row: None, lambda best: saved.append(job.done), lambda done, info: None,
                   lambda: False, 0.0, []))  # fmt: skip
     return saved
 
@@ -89,3 +96,43 @@ def test_summary_json_names_the_run_and_its_numbers(tmp_path: Path, data_root: P
         summary["ltm_acc_avg"] == rows[-1]["ltm_acc_avg"]
         and summary["total_wall_time"] >= rows[-1]["wall_time"]
     )
+
+
+def test_the_engine_imports_no_spec_and_no_display() -> None:
+    """The front door, both loops and every dataset load without metacli.spec, the run layer or rich."""
+    code = (
+        "import sys\n"
+        "import metacli.engine.build, metacli.engine.episodic, metacli.engine.online\n"
+        "from metacli.engine.data import DATASETS\n"
+        "print(sorted(m for m in ('rich', 'metacli.spec', 'metacli.progress', 'metacli.runlayer') "
+        "if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_data_bars_show_each_phase_until_its_total_and_nothing_when_quiet() -> None:
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with DataBars(console=console) as bars:
+        opener = bars.opener()
+        assert opener is not None
+        report = opener("decoding", 3, "images")
+        report(2, {})
+        assert [t.completed for t in bars._progress.tasks] == [2]  # type: ignore[union-attr]
+        report(3, {})
+        report(3, {})  # a finished bar takes no more counts
+        assert bars._progress.tasks == []  # type: ignore[union-attr]
+    assert DataBars(quiet=True, console=console).opener() is None
+    assert DataBars(console=Console(file=io.StringIO())).opener() is None  # not a terminal
+    assert units_text(1.5e6, 3e6, "bytes") == "1.5/3.0 MB" and units_text(4, None, "images") == "4 images"
+
+
+def test_resolve_auto_records_the_chosen_executor_and_threads() -> None:
+    spec, _ = load_spec(algo="maml", dataset="sinusoid", overrides=["threads=auto", "train.executor=auto"])
+    built = build_run(spec, device="cpu")
+    assert isinstance(built.parts, EpisodicParts)
+    assert built.spec.threads == torch.get_num_threads() and built.spec.train.executor in ("loop", "vmap")
+    assert loop_settings(built.spec).executor == built.spec.train.executor
+    with pytest.raises(ValueError, match="still auto"):
+        loop_settings(spec)
+    torch.set_num_threads(1)

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from metacli.cli import app
 from metacli.engine import episodic
-from metacli.engine.build import build
 from metacli.runlayer.checkpoint import load
+from metacli.runlayer.parts import build_episodic_run
 from metacli.spec import load_spec
 
 runner = CliRunner()
@@ -69,7 +69,7 @@ def test_best_checkpoint_is_the_best_validation_step(tmp_path: Path) -> None:
     assert json.loads((run / "summary.json").read_text())["best_step"] == best_step
     # The best checkpoint holds the parameters of that step: re-validating them gives the logged value.
     spec, _ = load_spec(run / "spec.yaml")
-    parts = build(spec, device="cpu")
+    parts = build_episodic_run(spec, device="cpu")
     v = episodic.validate(
         parts, best["state"]["meta"], episodic.Validation(4, 8, spec.train.val_seed, 10, 25)
     )
@@ -115,7 +115,7 @@ def test_resumed_run_keeps_its_best_so_far(tmp_path: Path) -> None:
 
 def fixed_eval(seed: int, batch: int) -> dict[str, dict[str, float]]:
     spec, _ = load_spec(algo="maml", dataset="sinusoid", overrides=["dtype=float64"])
-    parts = build(spec, device="cpu")
+    parts = build_episodic_run(spec, device="cpu")
     meta = parts.learner.init_params()
     return episodic.evaluate(parts, meta, "test", 12, seed, [1, 3], batch)
 
@@ -133,7 +133,7 @@ def test_fixed_test_tasks_do_not_depend_on_the_batching() -> None:
 def test_batched_evaluation_equals_a_per_task_loop() -> None:
     """The vmap over tasks computes exactly what adapting each task on its own would."""
     spec, _ = load_spec(algo="maml", dataset="sinusoid", overrides=["dtype=float64"])
-    parts = build(spec, device="cpu")
+    parts = build_episodic_run(spec, device="cpu")
     meta = parts.learner.init_params()
     tasks = parts.dataset.sample(
         "test", 4, torch.Generator().manual_seed(0), torch.device("cpu"), torch.float64
@@ -160,7 +160,7 @@ def test_evaluate_ci95_is_1_96_sample_std_over_sqrt_n_of_the_per_task_values() -
     """Catches a 95% interval computed with another factor than 1.96 (e.g. 1.0) or with the population
     std: the per-task query losses are recomputed here one task at a time and summarised independently."""
     spec, _ = load_spec(algo="maml", dataset="sinusoid", overrides=["dtype=float64"])
-    parts = build(spec, device="cpu")
+    parts = build_episodic_run(spec, device="cpu")
     meta = parts.learner.init_params()
     n, seed = 6, 77
     out = episodic.evaluate(parts, meta, "test", n, seed, [1], 4)["query_loss@1"]
@@ -200,7 +200,7 @@ def test_evaluate_follows_eval_seed(tmp_path: Path) -> None:
     assert again["metrics"] == a["metrics"]  # same seed: the same tasks, the same numbers
     assert b["metrics"]["query_loss@10"]["mean"] != a["metrics"]["query_loss@10"]["mean"]
     spec, _ = load_spec(run / "spec.yaml")
-    parts = build(spec, device="cpu")
+    parts = build_episodic_run(spec, device="cpu")
     meta = load(run / "checkpoints" / "last.pt", torch.device("cpu"))["state"]["meta"]
     for seed, result in ((1234, a), (99, b)):
         direct = episodic.evaluate(parts, meta, "test", 10, seed, [10], spec.eval.batch)["query_loss@10"]
@@ -213,7 +213,7 @@ def test_two_methods_are_meta_tested_on_identical_tasks() -> None:
     same_data = ["data.shots=5", "data.queries=5", f"data.phase=[0.0, {math.pi}]"]
     for algo, seed in (("maml", 0), ("reptile", 7)):
         spec, _ = load_spec(algo=algo, dataset="sinusoid", overrides=[*same_data, f"seed={seed}"])
-        parts = build(spec, device="cpu")
+        parts = build_episodic_run(spec, device="cpu")
         ids = range(7)
         drawn.append(
             episodic.stack_tasks(

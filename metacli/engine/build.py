@@ -1,43 +1,84 @@
-"""Build the parts of a run from a validated spec: device, generator, learner, dataset, algorithm.
+"""The engine's front door: build the parts of a few-shot run or of an online run from typed configs.
 
-This is also the entry point of the Python API (see the README): ``build(spec)`` gives everything
-needed to compute a meta-gradient or adapt a model without the CLI. Every dataset and every algorithm
-is built through its registry with one signature, so nothing here knows a dataset or algorithm by name.
+``build_episodic(algorithm, model, data, settings)`` and ``build_online(...)`` give everything needed to
+meta-train, adapt or run the online protocol, without the CLI and without a run spec: the configs are the
+sections of :mod:`metacli.engine.config`, ``settings`` a :class:`BuildSettings`. Every dataset and every
+algorithm is built through its registry with one signature, so nothing here knows one by name. Choices
+left ``auto`` in a spec (threads, executor) are the run layer's to resolve (:mod:`metacli.runlayer.parts`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from metacli.engine.algorithms import ALGORITHMS
-from metacli.engine.data import DATASETS
+from metacli.engine.algorithms import EPISODIC_ALGORITHMS, ONLINE_ALGORITHMS
+from metacli.engine.config.algorithms import AlgorithmConfig
+from metacli.engine.config.data import DataConfig
+from metacli.engine.config.models import ModelConfig
+from metacli.engine.data import EPISODIC_DATASETS, ONLINE_DATASETS
 from metacli.engine.data.paths import downloads_allowed, resolve_data_root, user_cache_dir
 from metacli.engine.device import resolve_device
 from metacli.engine.functional import Learner
 from metacli.engine.models import build_model
 from metacli.engine.parallel import DataParallel
-from metacli.engine.policy import choose_executor, choose_threads
-from metacli.engine.types import Batch, DataContext, EpisodicDataset, OnlineStream, TaskStream
-from metacli.spec import RunSpec
+from metacli.engine.types import (
+    Batch,
+    DataContext,
+    EpisodicAlgorithm,
+    EpisodicDataset,
+    OnlineAlgorithm,
+    OnlineStream,
+    OpenProgress,
+    TaskStream,
+)
 
 
-class Parts(NamedTuple):
-    """What a run is made of."""
+@dataclass(frozen=True)
+class BuildSettings:
+    """Where and how a run's parts are built: the engine's side of a spec's top-level fields."""
+
+    seed: int = 0
+    """Seed of the initial network, numpy's global generator and the run's generator."""
+    device: str = "auto"
+    """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
+    dtype: torch.dtype = torch.float32
+    """Floating dtype of parameters and tasks."""
+    data_root: Path | None = None
+    """Folder holding datasets; None: ``$METACLI_DATA``, then the per-user cache folder."""
+    progress: OpenProgress | None = None
+    """Opens a progress display for downloads and decoding; None: report nothing."""
+    parallel: DataParallel | None = None
+    """The data-parallel group this process trains in (``torchrun``); None: one process."""
+
+
+class EpisodicParts(NamedTuple):
+    """What a few-shot run is made of."""
 
     device: torch.device
     dtype: torch.dtype
     generator: torch.Generator
     learner: Learner
-    algorithm: Any
-    """An ``EpisodicAlgorithm`` or ``OnlineAlgorithm`` (protocols of :mod:`metacli.engine.types`)."""
-    dataset: Any
-    """An :class:`~metacli.engine.types.EpisodicDataset` or, for online runs, an :class:`OnlineStream`."""
-    spec: RunSpec | None = None
-    """The spec with every ``auto`` resolved, as the run directory's spec.yaml records it (set by build)."""
+    algorithm: EpisodicAlgorithm
+    dataset: EpisodicDataset
+    parallel: DataParallel | None = None
+    """The data-parallel group this process trains in (``torchrun``); None: one process."""
+
+
+class OnlineParts(NamedTuple):
+    """What an online run is made of: the stream is cut to its first ``rounds`` tasks."""
+
+    device: torch.device
+    dtype: torch.dtype
+    generator: torch.Generator
+    learner: Learner
+    algorithm: OnlineAlgorithm[Any]
+    """``Any``: each online algorithm has its own state type; the loop only passes it back."""
+    stream: OnlineStream
     parallel: DataParallel | None = None
     """The data-parallel group this process trains in (``torchrun``); None: one process."""
 
@@ -47,48 +88,87 @@ def make_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def data_context(spec: RunSpec, device: torch.device, dtype: torch.dtype, progress: bool) -> DataContext:
+def data_context(settings: BuildSettings, device: torch.device) -> DataContext:
     """The data root, cache folder, device and download policy that every dataset builder receives."""
-    root = resolve_data_root(Path(spec.data_root) if spec.data_root else None)
-    return DataContext(root, user_cache_dir(), device, dtype, downloads_allowed(), progress)
+    root = resolve_data_root(settings.data_root)
+    return DataContext(root, user_cache_dir(), device, settings.dtype, downloads_allowed(), settings.progress)
 
 
-def build(
-    spec: RunSpec, device: str | None = None, progress: bool = False, parallel: DataParallel | None = None
-) -> Parts:
-    """Build every part of ``spec``; ``device`` overrides ``spec.device``; ``parallel``: see Parts."""
-    dev = resolve_device(device or spec.device)
-    dtype = torch.float64 if spec.dtype == "float64" else torch.float32
-    dataset = DATASETS[spec.data.name](spec.data, data_context(spec, dev, dtype, progress))
-    if isinstance(dataset, EpisodicDataset):
-        in_shape, n_out, criterion = dataset.in_shape, dataset.out_features, dataset.criterion
-    else:
-        dataset = first_rounds(dataset, spec.online.rounds)
-        in_shape, n_out, criterion = tuple(dataset.train.x.shape[2:]), dataset.n_classes, "cross_entropy"
-    # The initial network: PyTorch's default init under the run's seed, after the data is built so
-    # that building (or reading a cache) cannot change it. numpy's global generator is seeded too, so
-    # that anything drawing from it is reproducible (and its checkpointed state is the same every run).
-    torch.manual_seed(spec.seed)
-    np.random.seed(spec.seed)
-    model = build_model(spec.model, in_shape, n_out).to(device=dev, dtype=dtype)
-    spec = resolve_auto(spec, dev, in_shape, sum(p.numel() for p in model.parameters()))
-    if isinstance(spec.threads, int):
-        torch.set_num_threads(spec.threads)
-    learner = Learner(model, criterion)
-    generator = make_generator(spec.seed)
-    algorithm = ALGORITHMS[spec.algorithm.name](spec.algorithm, learner, generator)
-    return Parts(dev, dtype, generator, learner, algorithm, dataset, spec, parallel)
+def build_episodic(
+    algorithm: AlgorithmConfig, model: ModelConfig, data: DataConfig, settings: BuildSettings
+) -> EpisodicParts:
+    """The parts of a few-shot run: device, generator, learner, algorithm, dataset.
+
+    Raises:
+        ValueError: ``algorithm`` or ``data`` belongs to the online protocol.
+    """
+    if algorithm.name not in EPISODIC_ALGORITHMS or data.name not in EPISODIC_DATASETS:
+        raise ValueError(f"{algorithm.name} on {data.name} is not a few-shot run; build it with build_online")
+    device = resolve_device(settings.device)
+    dataset = EPISODIC_DATASETS[data.name](data, data_context(settings, device))
+    return episodic_parts(algorithm, model, dataset, settings)
 
 
-def resolve_auto(spec: RunSpec, device: torch.device, in_shape: tuple[int, ...], n_params: int) -> RunSpec:
-    """``spec`` with ``threads: auto`` and ``train.executor: auto`` replaced by the chosen values."""
-    update: dict[str, Any] = {}
-    if spec.threads == "auto":
-        update["threads"] = choose_threads(n_params)
-    if spec.train.executor == "auto":
-        executor = choose_executor(device, in_shape, spec.train.meta_batch)
-        update["train"] = spec.train.model_copy(update={"executor": executor})
-    return spec.model_copy(update=update) if update else spec
+def episodic_parts(
+    algorithm: AlgorithmConfig, model: ModelConfig, dataset: EpisodicDataset, settings: BuildSettings
+) -> EpisodicParts:
+    """The parts of a few-shot run on an already built ``dataset`` (the benchmarks' synthetic images).
+
+    The network is initialised after the data is built, so that building it cannot change the network.
+    """
+    device = resolve_device(settings.device)
+    net = initial_network(model, settings, device, dataset.in_shape, dataset.out_features)
+    learner = Learner(net, dataset.criterion)
+    generator = make_generator(settings.seed)
+    algo = EPISODIC_ALGORITHMS[algorithm.name](algorithm, learner, generator)
+    return EpisodicParts(device, settings.dtype, generator, learner, algo, dataset, settings.parallel)
+
+
+def build_online(
+    algorithm: AlgorithmConfig,
+    model: ModelConfig,
+    data: DataConfig,
+    settings: BuildSettings,
+    rounds: int | None = None,
+) -> OnlineParts:
+    """The parts of an online run, its stream cut to the first ``rounds`` tasks (None: all).
+
+    Raises:
+        ValueError: ``algorithm`` or ``data`` belongs to the few-shot protocol.
+    """
+    if algorithm.name not in ONLINE_ALGORITHMS or data.name not in ONLINE_DATASETS:
+        raise ValueError(
+            f"{algorithm.name} on {data.name} is not an online run; build it with build_episodic"
+        )
+    device = resolve_device(settings.device)
+    stream = first_rounds(ONLINE_DATASETS[data.name](data, data_context(settings, device)), rounds)
+    return online_parts(algorithm, model, stream, settings)
+
+
+def online_parts(
+    algorithm: AlgorithmConfig, model: ModelConfig, stream: OnlineStream, settings: BuildSettings
+) -> OnlineParts:
+    """The parts of an online run on an already built ``stream`` (the benchmarks' random streams)."""
+    device = resolve_device(settings.device)
+    net = initial_network(model, settings, device, tuple(stream.train.x.shape[2:]), stream.n_classes)
+    learner = Learner(net, "cross_entropy")
+    generator = make_generator(settings.seed)
+    algo = ONLINE_ALGORITHMS[algorithm.name](algorithm, learner, generator)
+    return OnlineParts(device, settings.dtype, generator, learner, algo, stream, settings.parallel)
+
+
+def initial_network(
+    model: ModelConfig, settings: BuildSettings, device: torch.device, in_shape: tuple[int, ...], n_out: int
+) -> torch.nn.Module:
+    """The initial network: PyTorch's default init under the run's seed.
+
+    Called after the data is built, so that building (or reading a cache) cannot change it. numpy's
+    global generator is seeded too, so that anything drawing from it is reproducible (and its
+    checkpointed state is the same every run).
+    """
+    torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)
+    return build_model(model, in_shape, n_out).to(device=device, dtype=settings.dtype)
 
 
 def first_rounds(stream: TaskStream, rounds: int | None) -> OnlineStream:

@@ -10,19 +10,37 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 from metacli.engine import memory
-from metacli.engine.build import Parts
+from metacli.engine.build import EpisodicParts
 from metacli.engine.functional import accuracy
 from metacli.engine.guards import Diverged, Stopped, all_finite
-from metacli.engine.types import Batch, Params, StepResult, Task
-from metacli.spec import TrainSettings
+from metacli.engine.types import Batch, Executor, Params, Progress, StepResult, Task
 
 LogFn = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How :func:`train` runs: the loop's side of a spec's ``train:`` section, every choice made."""
+
+    meta_batch: int
+    """Tasks per meta-step (B)."""
+    meta_iters: int
+    """Meta-steps in all (the loop continues a resumed state up to this count)."""
+    executor: Executor = "loop"
+    """How the meta-batch is processed (the run layer resolves ``auto``)."""
+    log_every: int = 100
+    """Meta-steps between logged rows (the last step is always logged)."""
+    checkpoint_every: int = 1000
+    """Meta-steps between checkpoints (the last step is always saved)."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A non-finite loss or meta-gradient: raise :class:`Diverged`, or skip the step and count it."""
 
 
 def leaf_params(params: Params) -> Params:
@@ -33,7 +51,7 @@ def leaf_params(params: Params) -> Params:
 class TrainState:
     """Meta-parameters, outer optimiser and scheduler of an episodic run, fresh or resumed."""
 
-    def __init__(self, parts: Parts, total_steps: int, state: dict[str, Any] | None = None) -> None:
+    def __init__(self, parts: EpisodicParts, total_steps: int, state: dict[str, Any] | None = None) -> None:
         """Fresh meta-parameters, or those of ``state`` (a :meth:`state_dict`) with its optimiser state.
 
         RNG states are not part of it: the run layer saves and restores every generator the run draws from.
@@ -99,13 +117,15 @@ def selection_value(scores: dict[str, float], steps: int) -> float:
     return acc if acc is not None else -scores[f"val_loss@{steps}"]
 
 
-def validate(parts: Parts, meta: Params, val: Validation) -> dict[str, float]:
+def validate(parts: EpisodicParts, meta: Params, val: Validation) -> dict[str, float]:
     """Mean query accuracy / loss on the fixed validation tasks, as ``val_acc@k`` / ``val_loss@k``."""
     results = evaluate(parts, meta, "val", val.tasks, val.seed, [val.steps], val.batch)
     return {name.replace("query_", "val_"): m["mean"] for name, m in results.items()}
 
 
-def validate_and_track(parts: Parts, state: TrainState, val: Validation) -> tuple[dict[str, float], bool]:
+def validate_and_track(
+    parts: EpisodicParts, state: TrainState, val: Validation
+) -> tuple[dict[str, float], bool]:
     """Validate ``state.meta``; keep it as ``state.best`` when it beats the best so far (ties: the first)."""
     scores = validate(parts, state.meta, val)
     value = selection_value(scores, val.steps)
@@ -116,12 +136,12 @@ def validate_and_track(parts: Parts, state: TrainState, val: Validation) -> tupl
 
 
 def train(
-    parts: Parts,
-    cfg: TrainSettings,
+    parts: EpisodicParts,
+    cfg: LoopSettings,
     state: TrainState,
     log: LogFn,
     checkpoint: Callable[[TrainState, bool], None],
-    advance: Callable[[str], None],
+    progress: Progress,
     val: Validation | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
     wall_offset: float = 0.0,
@@ -129,6 +149,7 @@ def train(
     """Meta-train from ``state.step`` to ``cfg.meta_iters``, validating, logging and checkpointing.
 
     ``wall_offset``: seconds already trained (a resumed run), so logged ``wall_time`` continues.
+    ``progress(step, {"loss": ...})`` is called after every meta-step.
 
     ``checkpoint(state, is_best)`` is called at every checkpoint step and after every validation that
     improves on the best so far (``is_best=True``: also keep these parameters as the best checkpoint).
@@ -159,14 +180,14 @@ def train(
         stopping = stop_requested()
         if state.step % cfg.checkpoint_every == 0 or last or improved or stopping:
             checkpoint(state, improved)
-        advance(f"loss {result.loss:.4f}")
+        progress(state.step, {"loss": result.loss})
         if stopping and not last:
             raise Stopped(state.step)
     return state
 
 
 def meta_train_step(
-    parts: Parts, cfg: TrainSettings, state: TrainState, tasks: Task, measure: bool
+    parts: EpisodicParts, cfg: LoopSettings, state: TrainState, tasks: Task, measure: bool
 ) -> tuple[StepResult, int]:
     """One meta-step (meta-gradient and outer update) and, when ``measure``, its peak memory in bytes.
 
@@ -203,14 +224,14 @@ def meta_train_step(
 
 
 def evaluate(
-    parts: Parts,
+    parts: EpisodicParts,
     meta: Params,
     split: str,
     n_tasks: int,
     seed: int,
     steps_list: list[int],
     batch: int,
-    advance: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, dict[str, float]]:
     """Adapt to ``n_tasks`` fixed tasks of ``split`` and measure the query loss (and accuracy).
 
@@ -219,7 +240,8 @@ def evaluate(
     time as one ``torch.func.vmap`` over tasks (adaptation included), without an autograd graph.
 
     Returns, per metric and adaptation step count (``query_acc@5``), the mean, the 95% confidence
-    interval 1.96 std/sqrt(n) and the number of tasks n.
+    interval 1.96 std/sqrt(n) and the number of tasks n. ``progress(tasks_done, {})`` is called after
+    every batch.
     """
     values: dict[str, list[Tensor]] = {}
     adapt_generator = torch.Generator().manual_seed(seed)
@@ -230,8 +252,8 @@ def evaluate(
         )
         for name, v in batch_metrics(parts, meta, tasks, steps_list, adapt_generator).items():
             values.setdefault(name, []).append(v)
-        if advance is not None:
-            advance(len(ids))
+        if progress is not None:
+            progress(ids.stop, {})
     return {name: summarize(torch.cat(vs).double().tolist()) for name, vs in values.items()}
 
 
@@ -249,7 +271,7 @@ def stack_tasks(tasks: list[Task]) -> Task:
 
 
 def batch_metrics(
-    parts: Parts, meta: Params, tasks: Task, steps_list: list[int], generator: torch.Generator
+    parts: EpisodicParts, meta: Params, tasks: Task, steps_list: list[int], generator: torch.Generator
 ) -> dict[str, Tensor]:
     """Per-task query loss (and accuracy) of stacked ``tasks`` after each number of adaptation steps."""
     learner, algo = parts.learner, parts.algorithm

@@ -36,7 +36,7 @@ from metacli.engine.inner import descend, sgd_rule
 from metacli.engine.models.mlp import MLP
 from metacli.engine.online_fast import ExactUEval, StreamGram, gram_u_eval
 from metacli.engine.parallel import DataParallel
-from metacli.engine.types import Batch, OnlineAlgorithm, OnlineStream, Params
+from metacli.engine.types import Batch, OnlineAlgorithm, OnlineStream, Params, Progress
 
 S = TypeVar("S")
 
@@ -178,7 +178,7 @@ def run_online(
     on_round: Callable[[dict[str, float]], None],
     start_round: int = 0,
     state: S | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
     ltm: bool = True,
     prior: Sequence[Mapping[str, float]] = (),
     on_checkpoint: Callable[[int, S], None] | None = None,
@@ -192,7 +192,8 @@ def run_online(
     records already written (restores running averages), ``wall_offset`` = the seconds already run (logged
     ``wall_time`` continues from it), and a CPU generator whose state was saved with the algorithm state
     (``on_checkpoint(rounds_done, state)`` is called after every round: save ``algo.state_dict(state)``
-    and ``generator.get_state()`` there). Without ``ltm`` the LTM keys are NaN. With ``parallel`` every rank
+    and ``generator.get_state()`` there). ``progress(rounds_done, running averages)`` is called after
+    every round. Without ``ltm`` the LTM keys are NaN. With ``parallel`` every rank
     runs the rounds (the same updates) and the LTM's seen tasks are split across the ranks.
 
     Raises:
@@ -228,7 +229,7 @@ def run_online(
         if on_checkpoint is not None:
             on_checkpoint(t + 1, state)
         if progress is not None:
-            progress(t + 1)
+            progress(t + 1, {k: v for k, v in rec.items() if k.endswith("_avg")})
         if stopping and t + 1 < stream.train.x.shape[0]:
             raise Stopped(t + 1)
     return state

@@ -19,6 +19,21 @@ if TYPE_CHECKING:
 
 Params = dict[str, Tensor]
 Criterion = Literal["mse", "cross_entropy"]
+Executor = Literal["loop", "vmap"]
+"""How a meta-batch is processed: a per-task loop or ``torch.func.vmap`` over tasks."""
+
+Progress = Callable[[int, dict[str, float]], None]
+"""``progress(done, info)``: the engine's only way to report progress. ``done`` counts the units finished so
+far (steps, rounds, tasks, bytes, images); ``info`` holds a few scalars worth showing (the latest loss).
+The run layer supplies it (:mod:`metacli.progress` draws it); the engine imports no display."""
+
+
+class OpenProgress(Protocol):
+    """Opens one progress display for a phase of work (a download, a decode) and returns its callable."""
+
+    def __call__(self, description: str, total: int | None, unit: str) -> Progress:
+        """A :data:`Progress` for ``total`` units (None: unknown) of ``unit`` (``bytes`` or a noun)."""
+        ...
 
 
 class Batch(NamedTuple):
@@ -72,7 +87,7 @@ class DataContext(NamedTuple):
         device: where the dataset's tensors are held and tasks are drawn.
         dtype: floating dtype of the tasks handed to algorithms.
         download: whether missing raw files may be downloaded.
-        progress: whether to show progress bars (downloads, decoding).
+        progress: opens a progress display per phase (downloads, decoding); None: report nothing.
     """
 
     root: Path
@@ -80,7 +95,7 @@ class DataContext(NamedTuple):
     device: torch.device
     dtype: torch.dtype
     download: bool
-    progress: bool
+    progress: OpenProgress | None
 
 
 @runtime_checkable
@@ -128,17 +143,38 @@ class TaskStream(Protocol):
     def n_classes(self) -> int: ...
 
 
-DatasetBuilder = Callable[[Any, DataContext], "EpisodicDataset | TaskStream"]
-"""``build(cfg, ctx)``: a dataset module's entry point in the ``DATASETS`` registry."""
+EpisodicDatasetBuilder = Callable[[Any, DataContext], EpisodicDataset]
+"""``build(cfg, ctx)``: a few-shot dataset module's entry point in ``EPISODIC_DATASETS``. ``Any``: each
+builder takes its own config class (a parameter type, so a union would not accept them); the registry's
+name picks the config, validated by the spec's discriminated union."""
+OnlineDatasetBuilder = Callable[[Any, DataContext], TaskStream]
+"""``build(cfg, ctx)``: a task stream's entry point in ``ONLINE_DATASETS`` (``Any``: as above)."""
+DatasetBuilder = EpisodicDatasetBuilder | OnlineDatasetBuilder
+"""Either builder: the entries of ``DATASETS``."""
+
+
+@runtime_checkable
+class EpisodicConfig(Protocol):
+    """What the run layer and the loop read from a few-shot algorithm's config."""
+
+    @property
+    def name(self) -> str:
+        """The algorithm's name (its registry key)."""
+        ...
+
+    @property
+    def eval_inner_steps(self) -> int:
+        """The default number of adaptation steps at meta-test and validation."""
+        ...
 
 
 class EpisodicAlgorithm(Protocol):
-    """What the episodic loop needs from MAML, FOMAML, Reptile and every few-shot variant.
+    """What the episodic loop needs from MAML, FOMAML, Reptile and every few-shot variant."""
 
-    ``cfg.eval_inner_steps`` is the default number of adaptation steps at meta-test.
-    """
-
-    cfg: Any
+    @property
+    def cfg(self) -> EpisodicConfig:
+        """The algorithm's config (``cfg.eval_inner_steps``: adaptation steps at meta-test)."""
+        ...
 
     def init_meta(self, params: Params) -> Params:
         """Meta-parameters to learn, from the network's initial parameters."""
@@ -157,7 +193,7 @@ class EpisodicAlgorithm(Protocol):
         ...
 
     def meta_step(
-        self, meta: Params, tasks: Task, executor: str = "loop", parallel: DataParallel | None = None
+        self, meta: Params, tasks: Task, executor: Executor = "loop", parallel: DataParallel | None = None
     ) -> StepResult:
         """Mean query loss over stacked ``tasks`` and its meta-gradient (with ``parallel``: this rank
         computes its share of the tasks and the mean over all ranks is returned on every rank)."""
@@ -167,11 +203,11 @@ class EpisodicAlgorithm(Protocol):
         """Scalars describing meta-parameters beyond theta (learned rates, masks), for the logs."""
         ...
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Tensor]:
         """State the algorithm carries across meta-steps besides the meta-parameters (warm starts)."""
         ...
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Restore :meth:`state_dict` (from a checkpoint)."""
         ...
 
@@ -200,11 +236,20 @@ class OnlineAlgorithm(Protocol[S]):
 
     def held_bytes(self, state: S, t: int, stream: OnlineStream) -> tuple[int, int]: ...
 
-    def state_dict(self, state: S) -> dict[str, Any]: ...
+    def state_dict(self, state: S) -> dict[str, object]:
+        """``state`` as checkpoint data (tensors, numbers, lists of them); opaque to the loop."""
+        ...
 
-    def load_state(self, d: dict[str, Any]) -> S: ...
+    def load_state(self, d: dict[str, object]) -> S:
+        """The state of :meth:`state_dict` (from a checkpoint)."""
+        ...
 
 
-AlgorithmFactory = Callable[[Any, "Learner", torch.Generator], "EpisodicAlgorithm | OnlineAlgorithm[Any]"]
-"""``cls(cfg, learner, generator)``: every algorithm class takes the same three arguments; the
-generator is the run's (checkpointed) one, for algorithms that draw random numbers themselves."""
+EpisodicAlgorithmFactory = Callable[[Any, "Learner", torch.Generator], EpisodicAlgorithm]
+"""``cls(cfg, learner, generator)``: every few-shot algorithm class takes the same three arguments; the
+generator is the run's (checkpointed) one, for algorithms that draw random numbers themselves. ``Any``:
+each class takes its own config class (a parameter type, so the spec's union would not accept them)."""
+OnlineAlgorithmFactory = Callable[[Any, "Learner", torch.Generator], "OnlineAlgorithm[Any]"]
+"""The same for the online algorithms; ``OnlineAlgorithm[Any]``: each has its own state type ``S``."""
+AlgorithmFactory = EpisodicAlgorithmFactory | OnlineAlgorithmFactory
+"""Either factory: the entries of ``ALGORITHMS``."""

@@ -16,13 +16,14 @@ from typing import Any
 
 import torch
 
-from metacli.engine.build import Parts, build
+from metacli.engine.build import EpisodicParts, OnlineParts
 from metacli.engine.parallel import DataParallel
 from metacli.errors import RunDirError, is_out_of_memory
-from metacli.progress import Reporter
+from metacli.progress import DataBars, Reporter
 from metacli.runlayer import checkpoint as ckpt
 from metacli.runlayer.guard import guarded_training
 from metacli.runlayer.jobs import Hooks, Job, make_job
+from metacli.runlayer.parts import Built, build_run
 from metacli.runs import (
     SPEC_FILE,
     SUMMARY_FILE,
@@ -61,21 +62,32 @@ class RunLogger:
         self.tb.close()
 
 
+def build_with_bars(
+    spec: RunSpec, device: str | None, quiet: bool, parallel: DataParallel | None = None
+) -> Built:
+    """Build ``spec``'s parts, showing download and decoding progress on a terminal unless ``quiet``."""
+    with DataBars(quiet) as bars:
+        return build_run(spec, device, bars.opener(), parallel)
+
+
 def train_run(
     spec: RunSpec,
     run_dir: Path,
     device: str | None = None,
     quiet: bool = False,
     parallel: DataParallel | None = None,
+    data_root: Path | None = None,
 ) -> dict[str, Any]:
     """Train ``spec`` into a fresh ``run_dir`` (removed again if it fails before any checkpoint).
 
     The process owns ``run_dir`` while it trains (:func:`~metacli.runs.claimed_run_dir`). ``parallel``:
-    train data-parallel in this group; only its rank 0 owns and writes ``run_dir``.
+    train data-parallel in this group; only its rank 0 owns and writes ``run_dir``. ``data_root``
+    (``--data-root``) replaces ``spec.data_root`` and is recorded in the stored spec.
     """
+    spec = with_data_root(spec, data_root)
     if parallel is not None and parallel.rank != 0:
-        parts = build(spec, device=device, parallel=parallel)
-        return _run(resolved(parts), parts, run_dir, checkpoint=None, quiet=True)
+        built = build_run(spec, device, parallel=parallel)
+        return _run(built.spec, built.parts, run_dir, checkpoint=None, quiet=True)
     with claimed_run_dir(run_dir):
         if checkpoint_path(run_dir).exists():
             raise RunDirError(
@@ -83,10 +95,9 @@ def train_run(
                 f"--resume {run_dir}', replace it with --overwrite, or choose another --out."
             )
         clear_run_files(run_dir)  # a failed start's leftovers: nothing of them can be continued
-        parts = build(spec, device=device, progress=not quiet, parallel=parallel)
-        spec = resolved(parts)
-        atomic_write_text(run_dir / SPEC_FILE, spec_to_yaml(spec))
-        return _run(spec, parts, run_dir, checkpoint=None, quiet=quiet)
+        built = build_with_bars(spec, device, quiet, parallel)
+        atomic_write_text(run_dir / SPEC_FILE, spec_to_yaml(built.spec))
+        return _run(built.spec, built.parts, run_dir, checkpoint=None, quiet=quiet)
 
 
 def resume_run(
@@ -96,6 +107,7 @@ def resume_run(
     parallel: DataParallel | None = None,
     overrides: Sequence[str] = (),
     announce: Callable[[str], None] = lambda line: None,
+    data_root: Path | None = None,
 ) -> dict[str, Any]:
     """Continue a run from ``checkpoints/last.pt`` with the spec stored in the run directory.
 
@@ -110,31 +122,37 @@ def resume_run(
     writer = parallel is None or parallel.rank == 0
     with claimed_run_dir(run_dir) if writer else contextlib.nullcontext(run_dir):
         spec = validate(apply_overrides(read_spec_dict(run_dir), overrides), str(run_dir / SPEC_FILE))
+        spec = with_data_root(spec, data_root)
         path = checkpoint_path(run_dir)
         if not path.exists():  # one that exists but is no file is damage: refused by the load below
             announce(
                 f"{run_dir} never reached its first checkpoint (a failed start): training it from step 0"
             )
             return train_run(spec, run_dir, device=device, quiet=quiet, parallel=parallel)
-        parts = build(spec, device=device, progress=not quiet, parallel=parallel)
-        saved = ckpt.load(path, parts.device)
-        changed = ckpt.check_matches(saved, resolved(parts), path)
+        built = build_with_bars(spec, device, quiet, parallel)
+        saved = ckpt.load(path, built.parts.device)
+        changed = ckpt.check_matches(saved, built.spec, path)
         if changed and writer:
             warnings.warn(f"resuming {run_dir} with changed settings: " + "; ".join(changed), stacklevel=1)
         if writer:  # no longer finished; the stored spec is what this part trains
             (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
-            atomic_write_text(run_dir / SPEC_FILE, spec_to_yaml(resolved(parts)))
-        return _run(resolved(parts), parts, run_dir, checkpoint=saved, quiet=quiet)
+            atomic_write_text(run_dir / SPEC_FILE, spec_to_yaml(built.spec))
+        return _run(built.spec, built.parts, run_dir, checkpoint=saved, quiet=quiet)
 
 
-def resolved(parts: Parts) -> RunSpec:
-    """The spec ``build`` resolved (its ``auto`` fields replaced by the chosen values)."""
-    assert parts.spec is not None  # build always sets it
-    return parts.spec
+def with_data_root(spec: RunSpec, data_root: Path | None) -> RunSpec:
+    """``spec`` reading its data from ``data_root`` (absolute, as the stored spec records it); None: as is."""
+    if data_root is None:
+        return spec
+    return spec.model_copy(update={"data_root": str(data_root.resolve())})
 
 
 def _run(
-    spec: RunSpec, parts: Parts, run_dir: Path, checkpoint: dict[str, Any] | None, quiet: bool
+    spec: RunSpec,
+    parts: EpisodicParts | OnlineParts,
+    run_dir: Path,
+    checkpoint: dict[str, Any] | None,
+    quiet: bool,
 ) -> dict[str, Any]:
     generators = {"run": parts.generator}
     try:
@@ -178,8 +196,7 @@ def _run(
             parallel = parts.parallel
             # every rank stops at the same boundary, whichever of them saw the signal
             stop_requested = stop_signal if parallel is None else lambda: parallel.any(stop_signal())
-            advance = lambda info: rep.advance(1, info)  # noqa: E731
-            job.run(Hooks(logger, save, advance, stop_requested, wall_offset, prior))
+            job.run(Hooks(logger, save, rep.update, stop_requested, wall_offset, prior))
     finally:
         if run_logger is not None:
             run_logger.close()
@@ -189,7 +206,9 @@ def _run(
     return summary
 
 
-def _summary(spec: RunSpec, parts: Parts, job: Job, seconds: float, wall_offset: float) -> dict[str, Any]:
+def _summary(
+    spec: RunSpec, parts: EpisodicParts | OnlineParts, job: Job, seconds: float, wall_offset: float
+) -> dict[str, Any]:
     """summary.json of either protocol: what ran where, the protocol's own numbers, and the wall time."""
     return {
         "algorithm": spec.algorithm.name,

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 
 from metacli.engine import episodic
-from metacli.engine.build import build
 from metacli.errors import RunDirError
 from metacli.progress import Reporter
 from metacli.runlayer import checkpoint as ckpt
+from metacli.runlayer.parts import build_episodic_run, eval_inner_steps
 from metacli.runs import EVAL_FILE, SPEC_FILE, checkpoint_path, read_spec_dict, write_json
 from metacli.spec import validate
 
@@ -47,8 +47,7 @@ def evaluate_run(
             "training (see metrics.jsonl); use 'metacli hedge' or 'metacli plot' on it instead."
         )
     which, path = _choose_checkpoint(run_dir, which)
-    default_steps = int(cast(Any, spec.algorithm).eval_inner_steps)  # every few-shot config has it
-    steps_list = list(spec.eval.inner_steps or (default_steps,))
+    steps_list = list(spec.eval.inner_steps or (eval_inner_steps(spec),))
     saved = ckpt.load(path, torch.device("cpu"))
     ckpt.check_matches(saved, spec, path)
     saved_meta = _meta_parameters(saved, path)
@@ -58,12 +57,14 @@ def evaluate_run(
         old = reusable_eval(run_dir, spec.eval.tasks, spec.eval.seed, steps_list, which, int(saved["done"]))
         if old is not None:
             return old
-    parts = build(spec, device=device)
+    parts = build_episodic_run(spec, device)
     meta = {k: v.to(parts.device, parts.dtype) for k, v in saved_meta.items()}
     t0 = time.perf_counter()
     with Reporter("meta-test", spec.eval.tasks, quiet=quiet, unit="task") as rep:
         e = spec.eval
-        results = episodic.evaluate(parts, meta, "test", e.tasks, e.seed, steps_list, e.batch, rep.advance)
+        results = episodic.evaluate(
+            parts, meta, "test", e.tasks, e.seed, steps_list, e.batch, lambda done, _: rep.update(done)
+        )
     out = {
         "metrics": results,
         "tasks": spec.eval.tasks,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from metacli.engine import episodic, memory
-from metacli.engine.build import Parts
+from metacli.engine.build import EpisodicParts, OnlineParts
 from metacli.engine.online import run_online
+from metacli.runlayer.parts import eval_inner_steps, loop_settings
 from metacli.runs import finite_or_none
 from metacli.spec import RunSpec
 
@@ -26,8 +27,8 @@ class Hooks:
     """Write one metrics row (index: the step or round)."""
     save: Callable[[bool], None]
     """Write a checkpoint of the job's current state; True: also keep it as the best checkpoint."""
-    advance: Callable[[str], None]
-    """One more step or round done, with a short status for the progress display."""
+    progress: Callable[[int, str], None]
+    """Steps or rounds done in all, with a short status for the progress display."""
     stop_requested: Callable[[], bool]
     """True once SIGINT or SIGTERM asked the run to stop at the next boundary."""
     wall_offset: float
@@ -60,9 +61,11 @@ class Job(Protocol):
         ...
 
 
-def make_job(spec: RunSpec, parts: Parts, state: dict[str, Any] | None) -> Job:
-    """The job of ``spec``'s protocol, fresh or from a checkpoint's ``state``."""
-    return OnlineJob(spec, parts, state) if spec.is_online else EpisodicJob(spec, parts, state)
+def make_job(spec: RunSpec, parts: EpisodicParts | OnlineParts, state: dict[str, Any] | None) -> Job:
+    """The job of ``parts``' protocol, fresh or from a checkpoint's ``state``."""
+    if isinstance(parts, OnlineParts):
+        return OnlineJob(spec, parts, state)
+    return EpisodicJob(spec, parts, state)
 
 
 class EpisodicJob:
@@ -70,7 +73,7 @@ class EpisodicJob:
 
     unit = "step"
 
-    def __init__(self, spec: RunSpec, parts: Parts, state: dict[str, Any] | None) -> None:
+    def __init__(self, spec: RunSpec, parts: EpisodicParts, state: dict[str, Any] | None) -> None:
         self.spec, self.parts = spec, parts
         self.total = spec.train.meta_iters
         self.state = episodic.TrainState(parts, self.total, state)
@@ -82,11 +85,11 @@ class EpisodicJob:
     def run(self, hooks: Hooks) -> None:
         episodic.train(
             self.parts,
-            self.spec.train,
+            loop_settings(self.spec),
             self.state,
             hooks.log,
             lambda _, is_best: hooks.save(is_best),
-            hooks.advance,
+            lambda step, info: hooks.progress(step, f"loss {info['loss']:.4f}"),
             validation(self.spec),
             hooks.stop_requested,
             hooks.wall_offset,
@@ -111,8 +114,7 @@ def validation(spec: RunSpec) -> episodic.Validation | None:
     t = spec.train
     if t.val_every == 0:
         return None
-    steps = int(cast(Any, spec.algorithm).eval_inner_steps)
-    return episodic.Validation(t.val_every, t.val_tasks, t.val_seed, steps, spec.eval.batch)
+    return episodic.Validation(t.val_every, t.val_tasks, t.val_seed, eval_inner_steps(spec), spec.eval.batch)
 
 
 class OnlineJob:
@@ -120,13 +122,13 @@ class OnlineJob:
 
     unit = "round"
 
-    def __init__(self, spec: RunSpec, parts: Parts, state: dict[str, Any] | None) -> None:
+    def __init__(self, spec: RunSpec, parts: OnlineParts, state: dict[str, Any] | None) -> None:
         self.spec, self.parts = spec, parts
-        self.total = int(parts.dataset.train.x.shape[0])
+        self.total = int(parts.stream.train.x.shape[0])
         self._done = 0 if state is None else int(state["round"])
         self._state = None if state is None else parts.algorithm.load_state(state["algo_state"])
         self.last: dict[str, float] = {}
-        """The latest round's record (running averages), for the progress display and the summary."""
+        """The latest round's record (running averages), for the summary."""
 
     @property
     def done(self) -> int:
@@ -146,17 +148,18 @@ class OnlineJob:
             if rounds_done % every == 0 or rounds_done == self.total or hooks.stop_requested():
                 hooks.save(False)
 
-        def progress(_: int) -> None:
-            hooks.advance(
-                f"CTM {self.last.get('ctm_acc_avg', float('nan')):.3f} "
-                f"LTM {self.last.get('ltm_acc_avg', float('nan')):.3f}"
+        def progress(rounds_done: int, averages: dict[str, float]) -> None:
+            hooks.progress(
+                rounds_done,
+                f"CTM {averages.get('ctm_acc_avg', float('nan')):.3f} "
+                f"LTM {averages.get('ltm_acc_avg', float('nan')):.3f}",
             )
 
         parts = self.parts
         run_online(
             parts.algorithm,
             parts.learner,
-            parts.dataset,
+            parts.stream,
             parts.learner.init_params(),
             parts.generator,
             on_round,

@@ -14,7 +14,7 @@ import http.server
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +101,20 @@ def server() -> Iterator[tuple[str, _State]]:
         yield f"{base}archive.zip", httpd.state
 
 
+class _Reported:
+    """An ``OpenProgress`` that records what the download reports: (description, total, unit) and counts."""
+
+    def __init__(self) -> None:
+        self.opened: list[tuple[str, int | None, str]] = []
+        self.done: list[int] = []
+
+    def __call__(
+        self, description: str, total: int | None, unit: str
+    ) -> Callable[[int, dict[str, float]], None]:
+        self.opened.append((description, total, unit))
+        return lambda done, info: self.done.append(done)
+
+
 def _files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
@@ -108,8 +122,10 @@ def _files(folder: Path) -> list[str]:
 def test_md5_verified(server: tuple[str, _State], tmp_path: Path) -> None:
     url, state = server
     dest = tmp_path / "archive.zip"
-    assert download([url], dest, md5=_md5(PAYLOAD), progress=True) == dest
+    reported = _Reported()
+    assert download([url], dest, md5=_md5(PAYLOAD), progress=reported) == dest
     assert dest.read_bytes() == PAYLOAD
+    assert reported.opened == [("archive.zip", len(PAYLOAD), "bytes")] and reported.done[-1] == len(PAYLOAD)
     assert _files(tmp_path) == ["archive.zip"]
     assert state.ranges == [None]  # a fresh download asks for the whole file
 
@@ -164,8 +180,10 @@ def test_interrupted_download_keeps_part_then_resumes_with_range(
     assert _files(tmp_path) == ["archive.zip.part"]  # never anything at dest
     assert part.read_bytes() == PAYLOAD[:CUT]
 
-    download([url], dest, md5=_md5(PAYLOAD), progress=True)
+    reported = _Reported()
+    download([url], dest, md5=_md5(PAYLOAD), progress=reported)
     assert dest.read_bytes() == PAYLOAD
+    assert reported.done[0] > CUT and reported.done[-1] == len(PAYLOAD)  # counted from the part kept
     assert _files(tmp_path) == ["archive.zip"]
     assert state.ranges == [None, f"bytes={CUT}-"]
     assert state.sent == [CUT, len(PAYLOAD) - CUT]  # only the rest went over the wire

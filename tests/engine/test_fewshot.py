@@ -1,6 +1,6 @@
 """Contracts of every episodic algorithm of the registry, on sinusoid regression (CPU, float32).
 
-Runs go through the real parts: presets from ``metacli.spec``, ``build`` and the episodic loop's
+Runs go through the real parts: presets from ``metacli.spec``, ``build_episodic`` and the episodic loop's
 ``TrainState`` / ``outer_update``.
 """
 
@@ -11,7 +11,7 @@ import torch
 
 from metacli.engine.algorithms import EPISODIC_ALGORITHMS
 from metacli.engine.algorithms.maml import MAML_VARIANTS
-from metacli.engine.build import Parts, build
+from metacli.engine.build import EpisodicParts
 from metacli.engine.data.sinusoid import SinusoidConfig
 from metacli.engine.data.sinusoid import build as build_sinusoid
 from metacli.engine.episodic import TrainState, outer_update
@@ -21,6 +21,7 @@ from metacli.engine.models.mlp import MLPConfig
 from metacli.engine.models.mlp import build as build_mlp
 from metacli.engine.types import Batch, Params, Task
 from metacli.errors import SpecError
+from metacli.runlayer.parts import build_episodic_run
 from metacli.spec import load_spec
 
 CPU = torch.device("cpu")
@@ -60,15 +61,17 @@ def test_every_episodic_algorithm_has_fast_test_settings() -> None:
     assert set(FAST) == set(EPISODIC_ALGORITHMS)
 
 
-def setup(name: str, seed: int, steps: int = 1) -> tuple[Parts, TrainState]:
+def setup(name: str, seed: int, steps: int = 1) -> tuple[EpisodicParts, TrainState]:
     spec, _ = load_spec(
         algo=name, dataset="sinusoid", overrides=[*FAST[name], f"seed={seed}", "data.shots=5"]
     )
-    parts = build(spec, device="cpu")
+    parts = build_episodic_run(spec, device="cpu")
     return parts, TrainState(parts, steps)
 
 
-def train(name: str, seed: int, steps: int, meta_batch: int) -> tuple[Parts, Params, list[dict[str, float]]]:
+def train(
+    name: str, seed: int, steps: int, meta_batch: int
+) -> tuple[EpisodicParts, Params, list[dict[str, float]]]:
     """Meta-train with the engine's own state and outer update."""
     parts, state = setup(name, seed, steps)
     history = []
@@ -80,7 +83,7 @@ def train(name: str, seed: int, steps: int, meta_batch: int) -> tuple[Parts, Par
     return parts, state.meta, history
 
 
-def post_adaptation_mse(parts: Parts, meta: Params, tasks: Task) -> float:
+def post_adaptation_mse(parts: EpisodicParts, meta: Params, tasks: Task) -> float:
     """Mean query MSE after the algorithm's evaluation adaptation, over stacked ``tasks``."""
     losses = []
     for i in range(tasks.query.x.shape[0]):

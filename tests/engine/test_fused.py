@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from metacli.engine.algorithms.maml import MAML, MAMLConfig
-from metacli.engine.build import Parts
+from metacli.engine.build import EpisodicParts
 from metacli.engine.episodic import batch_metrics
 from metacli.engine.models import layers
 from metacli.engine.models.conv4 import Conv4Config
@@ -142,7 +142,7 @@ def test_loop_runs_the_fused_kernel_and_vmap_never(
 def test_batched_evaluation_never_runs_the_fused_kernel(fused_calls: list[int]) -> None:
     learner, tasks = fewshot_problem(CASES[0][1], CASES[0][2])
     algo = MAML(MAML_CFG, learner)
-    parts = Parts(torch.device("cpu"), F64, torch.Generator(), learner, algo, None)
+    parts = EpisodicParts(torch.device("cpu"), F64, torch.Generator(), learner, algo, None)
     metrics = batch_metrics(parts, algo.init_meta(learner.init_params()), tasks, [0, 2], torch.Generator())
     assert set(metrics) == {"query_loss@0", "query_acc@0", "query_loss@2", "query_acc@2"}
     assert not fused_calls

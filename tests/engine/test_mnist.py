@@ -91,7 +91,13 @@ def test_download_real_gz_verifies_decompressed_sha256_and_replaces_atomically(
 
     monkeypatch.setattr(os, "replace", spy_replace)  # the module calls os.replace at run time
     dest = tmp_path / "out" / name
-    got = download([f"{base}{name}.gz"], dest, SHA256[name], progress=True, decompress_gz=True)
+    got = download(
+        [f"{base}{name}.gz"],
+        dest,
+        SHA256[name],
+        progress=lambda *_: lambda done, info: None,
+        decompress_gz=True,
+    )
 
     assert got == dest
     assert _sha256(dest) == SHA256[name]

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from metacli.cli import app
 from metacli.engine import policy
-from metacli.engine.build import build
+from metacli.runlayer.parts import build_run
 from metacli.spec import load_spec
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -77,10 +77,10 @@ def test_executor_rule(device: torch.device, shape: tuple[int, ...], batch: int,
 
 def test_build_resolves_auto_and_keeps_explicit_choices() -> None:
     spec, _ = load_spec(algo="maml", dataset="sinusoid", overrides=["threads=auto", "train.executor=auto"])
-    resolved = build(spec, device="cpu").spec
+    resolved = build_run(spec, device="cpu").spec
     assert resolved is not None and resolved.threads == 1 and resolved.train.executor == "vmap"
     spec, _ = load_spec(algo="maml", dataset="sinusoid", overrides=["threads=2", "train.executor=loop"])
-    resolved = build(spec, device="cpu").spec
+    resolved = build_run(spec, device="cpu").spec
     assert resolved is not None and resolved.threads == 2 and resolved.train.executor == "loop"
     torch.set_num_threads(1)
 

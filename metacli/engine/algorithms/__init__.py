@@ -13,12 +13,12 @@ from metacli.engine.algorithms.maml import MAML
 from metacli.engine.algorithms.moml import BMOML, MOML
 from metacli.engine.algorithms.online_baselines import FS, FTML, MOGD, TOE
 from metacli.engine.algorithms.reptile import Reptile
-from metacli.engine.config.algorithms import ONLINE_ALGORITHM_NAMES, AlgorithmConfig
-from metacli.engine.types import AlgorithmFactory
+from metacli.engine.config.algorithms import AlgorithmConfig
+from metacli.engine.types import AlgorithmFactory, EpisodicAlgorithmFactory, OnlineAlgorithmFactory
 
 __all__ = ["ALGORITHMS", "EPISODIC_ALGORITHMS", "ONLINE_ALGORITHMS", "AlgorithmConfig"]
 
-ALGORITHMS: dict[str, AlgorithmFactory] = {
+EPISODIC_ALGORITHMS: dict[str, EpisodicAlgorithmFactory] = {
     "maml": MAML,
     "fomaml": MAML,
     "lslr": MAML,
@@ -31,6 +31,10 @@ ALGORITHMS: dict[str, AlgorithmFactory] = {
     "reptile": Reptile,
     "memory_reduced": BilevelHead,
     "itd_bio": BilevelHead,
+}
+"""The few-shot algorithms (episodic meta-training and meta-testing). Every MAML-family name runs the one
+:class:`MAML` class; its config picks the inner rule."""
+ONLINE_ALGORITHMS: dict[str, OnlineAlgorithmFactory] = {
     "moml": MOML,
     "bmoml": BMOML,
     "ftml": FTML,
@@ -38,13 +42,6 @@ ALGORITHMS: dict[str, AlgorithmFactory] = {
     "toe": TOE,
     "fs": FS,
 }
-"""Every algorithm by name. Every MAML-family name runs the one :class:`MAML` class; its config picks the
-inner rule."""
-EPISODIC_ALGORITHMS: dict[str, AlgorithmFactory] = {
-    name: factory for name, factory in ALGORITHMS.items() if name not in ONLINE_ALGORITHM_NAMES
-}
-"""The few-shot algorithms (episodic meta-training and meta-testing)."""
-ONLINE_ALGORITHMS: dict[str, AlgorithmFactory] = {
-    name: factory for name, factory in ALGORITHMS.items() if name in ONLINE_ALGORITHM_NAMES
-}
-"""The online protocol's algorithms: those of ``config.algorithms.ONLINE_ALGORITHM_NAMES``."""
+"""The online protocol's algorithms (the names of ``config.algorithms.ONLINE_ALGORITHM_NAMES``)."""
+ALGORITHMS: dict[str, AlgorithmFactory] = {**EPISODIC_ALGORITHMS, **ONLINE_ALGORITHMS}
+"""Every algorithm by name."""

@@ -9,7 +9,7 @@ algorithms and task streams, and the constants the configs' validators check aga
 - :mod:`.models`: ``ModelConfig``;
 - :mod:`.fields`: the annotated types of their values (counts, seeds, rates, widths) and their bounds.
 
-These modules import only pydantic, so :mod:`metacli.spec` validates a spec (and reports a typo in it)
+These modules import only pydantic, so the spec module validates a spec (and reports a typo in it)
 in a fraction of a second. The implementations (:mod:`metacli.engine.algorithms`,
 :mod:`metacli.engine.data`, :mod:`metacli.engine.models`) import their configs from here and re-export
 them; their registries map each name to its class or builder.

@@ -2,7 +2,7 @@
 
 One pydantic model per algorithm, selected by its ``name`` (the discriminated union
 :data:`AlgorithmConfig`), and :data:`ONLINE_ALGORITHM_NAMES`, the algorithms of the online protocol. A
-run spec is validated from this module alone (``metacli.spec``), so a typo in a spec is reported without
+run spec is validated from this module alone (by the spec module), so a typo in a spec is reported without
 importing torch. Each algorithm's implementation imports its config from here
 (:mod:`metacli.engine.algorithms.maml`, ``.reptile``, ``.implicit``, ``.moml``, ``.online_baselines``),
 and :mod:`metacli.engine.algorithms` maps each name to its class.

@@ -3,7 +3,7 @@
 One pydantic model per dataset, selected by its ``name`` (the discriminated union :data:`DataConfig`),
 the constants their validators check against (classes per split, images per class, S-MNIST's set
 sizes), and :data:`ONLINE_DATASET_NAMES`, the task streams of the online protocol. A run spec is
-validated from this module alone (``metacli.spec``), so a bad ``data:`` field is reported without
+validated from this module alone (by the spec module), so a bad ``data:`` field is reported without
 importing torch or decoding anything. Each dataset's builder imports its config from here
 (:mod:`metacli.engine.data.sinusoid`, ``.omniglot``, ``.miniimagenet``, ``.cifar``, ``.smnist``; the
 shared N-way K-shot fields from :mod:`metacli.engine.data.images`), and :mod:`metacli.engine.data` maps

@@ -1,7 +1,7 @@
 """The models' configs: the ``model:`` section of a run spec, without torch.
 
 One pydantic model per network, selected by its ``name`` (the discriminated union :data:`ModelConfig`).
-A run spec is validated from this module alone (``metacli.spec``), so a bad ``model:`` field is reported
+A run spec is validated from this module alone (by the spec module), so a bad ``model:`` field is reported
 without importing torch. Each network's module imports its config from here
 (:mod:`metacli.engine.models.mlp`, ``.conv4``, ``.resnet12``), and :mod:`metacli.engine.models` maps
 each name to its builder.

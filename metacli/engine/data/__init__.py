@@ -9,26 +9,23 @@ here. Every builder has the one signature ``build(cfg, ctx: DataContext)`` and r
 
 from __future__ import annotations
 
-from metacli.engine.config.data import ONLINE_DATASET_NAMES, DataConfig
+from metacli.engine.config.data import DataConfig
 from metacli.engine.data import cifar, miniimagenet, omniglot, sinusoid, smnist
-from metacli.engine.types import DatasetBuilder
+from metacli.engine.types import DatasetBuilder, EpisodicDatasetBuilder, OnlineDatasetBuilder
 
 __all__ = ["DATASETS", "EPISODIC_DATASETS", "ONLINE_DATASETS", "DataConfig"]
 
-DATASETS: dict[str, DatasetBuilder] = {
+EPISODIC_DATASETS: dict[str, EpisodicDatasetBuilder] = {
     "sinusoid": sinusoid.build,
     "omniglot": omniglot.build,
     "miniimagenet": miniimagenet.build,
     "cifar_fs": cifar.build_cifar_fs,
     "fc100": cifar.build_fc100,
-    "smnist": smnist.build,
-}
-"""Every dataset's builder by name."""
-EPISODIC_DATASETS: dict[str, DatasetBuilder] = {
-    name: build for name, build in DATASETS.items() if name not in ONLINE_DATASET_NAMES
 }
 """The episodic datasets (N-way K-shot tasks, sinusoid regression)."""
-ONLINE_DATASETS: dict[str, DatasetBuilder] = {
-    name: build for name, build in DATASETS.items() if name in ONLINE_DATASET_NAMES
+ONLINE_DATASETS: dict[str, OnlineDatasetBuilder] = {
+    "smnist": smnist.build,
 }
-"""The online protocol's task streams: those of ``config.data.ONLINE_DATASET_NAMES``."""
+"""The online protocol's task streams (the names of ``config.data.ONLINE_DATASET_NAMES``)."""
+DATASETS: dict[str, DatasetBuilder] = {**EPISODIC_DATASETS, **ONLINE_DATASETS}
+"""Every dataset's builder by name."""

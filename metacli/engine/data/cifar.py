@@ -55,7 +55,7 @@ from metacli.engine.data.paths import (
     user_cache_dir,
     write_cache_file,
 )
-from metacli.engine.types import DataContext
+from metacli.engine.types import DataContext, OpenProgress
 from metacli.errors import DataError
 
 FOLDER = "cifar100"
@@ -122,7 +122,11 @@ def find_source(folder: Path) -> Path | None:
 
 
 def ensure_source(
-    folder: Path, download: bool, progress: bool, urls: Sequence[str] | None = None, md5: str = ARCHIVE_MD5
+    folder: Path,
+    download: bool,
+    progress: OpenProgress | None,
+    urls: Sequence[str] | None = None,
+    md5: str = ARCHIVE_MD5,
 ) -> Path:
     """The source to read, downloading the archive (md5-verified, atomic, resumable) when it is missing.
 
@@ -270,7 +274,7 @@ def load_cifar100(
     root: Path,
     cache: Path,
     download: bool = False,
-    progress: bool = False,
+    progress: OpenProgress | None = None,
     urls: Sequence[str] | None = None,
     md5: Mapping[str, str] = MD5,
 ) -> Pooled:
@@ -280,7 +284,7 @@ def load_cifar100(
         root: data root; the archive lives in ``<root>/cifar100``.
         cache: cache folder; the decoded tensor goes to ``<cache>/cifar100/<key>.pt``.
         download: fetch the archive (md5-verified) when it is missing.
-        progress: show the download's progress bar.
+        progress: opens the progress displays of downloads (and decoding); None: none.
         urls: download mirrors (default :data:`URLS`); tests point them at a local server.
         md5: expected md5s of the archive and its members (default :data:`MD5`; tests use synthetic
             archives with their own).

@@ -41,20 +41,12 @@ import re
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from email.message import Message
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
+from metacli.engine.types import OpenProgress
 from metacli.errors import DataError
 
 CHUNK_BYTES = 1 << 16
@@ -158,25 +150,6 @@ def _expected_digests(sha256: str | None, md5: str | None) -> dict[str, str]:
     return expected
 
 
-@contextlib.contextmanager
-def _progress_bar(enabled: bool, label: str, total: int | None, done: int) -> Iterator[Progress | None]:
-    """A rich byte-progress bar (bytes, rate, ETA) starting at ``done`` when ``enabled``; else ``None``."""
-    if not enabled:
-        yield None
-        return
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-    )
-    with progress:
-        progress.add_task(label, total=total, completed=done)
-        yield progress
-
-
 def _urlopen(request: str | urllib.request.Request) -> _Response:
     """``urlopen`` with the module timeout (typed for the attributes used here)."""
     resp: _Response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
@@ -221,24 +194,29 @@ def _hash_file(path: Path, digests: list[hashlib._Hash]) -> None:
                 digest.update(chunk)
 
 
-def _stream(resp: _Response, sink: _Sink, start: int, label: str, progress: bool) -> None:
+def _stream(resp: _Response, sink: _Sink, start: int, label: str, progress: OpenProgress | None) -> None:
     """Copy the body of ``resp`` into ``sink``; DataError if it ends before its ``Content-Length``."""
     length = resp.headers.get("Content-Length")
     total = start + int(length) if length is not None and length.isdigit() else None
     received = start
-    with _progress_bar(progress, label, total, start) as bar:
-        while chunk := resp.read(CHUNK_BYTES):
-            sink.write(chunk)
-            received += len(chunk)
-            if bar is not None:
-                bar.update(bar.task_ids[0], completed=received)
+    report = progress(label, total, "bytes") if progress else None
+    while chunk := resp.read(CHUNK_BYTES):
+        sink.write(chunk)
+        received += len(chunk)
+        if report is not None:
+            report(received, {})
     if total is not None and received != total:
         raise DataError(f"connection closed after {received} of {total} bytes")
     sink.finish()
 
 
 def _fetch_one(
-    url: str, part: Path, dest: Path, expected: Mapping[str, str], decompress_gz: bool, progress: bool
+    url: str,
+    part: Path,
+    dest: Path,
+    expected: Mapping[str, str],
+    decompress_gz: bool,
+    progress: OpenProgress | None,
 ) -> None:
     """Fetch ``url`` into ``part`` (resuming it when possible) and verify every expected digest.
 
@@ -285,7 +263,7 @@ def download(
     urls: list[str],
     dest: Path,
     sha256: str | None = None,
-    progress: bool = True,
+    progress: OpenProgress | None = None,
     decompress_gz: bool = False,
     *,
     md5: str | None = None,
@@ -302,7 +280,7 @@ def download(
             checksum matches; the unfinished bytes live in :func:`partial_path` ``(dest)``.
         sha256: expected hex SHA-256 of what lands at ``dest`` (the decompressed bytes when
             ``decompress_gz``). Kept positional for existing callers.
-        progress: show a rich progress bar (bytes, rate, ETA) on the terminal.
+        progress: opens a progress display for each file's bytes (the run layer draws it); None: none.
         decompress_gz: the mirrors serve gzip; store and verify the decompressed content. Such a
             download never resumes: it restarts from byte 0.
         md5: expected hex MD5 (for datasets published with an MD5 only, e.g. Omniglot). When both

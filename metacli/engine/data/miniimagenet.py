@@ -45,7 +45,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from PIL import Image
-from rich.progress import track
 from torch import Tensor
 
 from metacli.engine.config.data import MINIIMAGENET_PER_CLASS as PER_CLASS  # noqa: F401 (re-exported)
@@ -66,7 +65,7 @@ from metacli.engine.data.paths import (
     user_cache_dir,
     write_cache_file,
 )
-from metacli.engine.types import DataContext
+from metacli.engine.types import DataContext, OpenProgress
 from metacli.errors import DataError
 
 SourceFormat = Literal["pickle", "folder"]
@@ -297,7 +296,7 @@ def resolve_format(folder: Path, fmt: str, download: bool) -> SourceFormat:
 # --- downloads --------------------------------------------------------------------------------------------
 
 
-def _fetch(urls: Sequence[str], dest: Path, md5: str, progress: bool) -> None:
+def _fetch(urls: Sequence[str], dest: Path, md5: str, progress: OpenProgress | None) -> None:
     """Download ``dest`` from the first of ``urls`` whose content has md5 ``md5`` (atomic, resumable)."""
     _download(list(urls), dest, md5=md5, progress=progress)
 
@@ -305,7 +304,7 @@ def _fetch(urls: Sequence[str], dest: Path, md5: str, progress: bool) -> None:
 def ensure_pickles(
     folder: Path,
     download: bool,
-    progress: bool,
+    progress: OpenProgress | None,
     urls: Mapping[Split, Sequence[str]] | None = None,
     md5: Mapping[Split, str] | None = None,
 ) -> dict[Split, Path]:
@@ -314,7 +313,7 @@ def ensure_pickles(
     Args:
         folder: ``<root>/miniimagenet``.
         download: fetch missing pickles; otherwise a missing pickle is an error.
-        progress: show download progress bars.
+        progress: opens the progress displays of downloads (and decoding); None: none.
         urls: mirrors per split (default :data:`URLS`); tests point them at a local server.
         md5: expected md5 per split (default :data:`MD5`).
 
@@ -505,7 +504,7 @@ def load_image(path: Path) -> UInt8Array:
     return np.array(rgb, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
 
 
-def decode_folder(folder: Path, split: Split, progress: bool = False) -> SplitImages:
+def decode_folder(folder: Path, split: Split, progress: OpenProgress | None = None) -> SplitImages:
     """One split from ``images/`` and its CSV: classes sorted by wnid, images in CSV row order."""
     csv_path, images = folder / CSV_NAMES[split], folder / IMAGES_DIR
     by_class = read_split_csv(csv_path)
@@ -514,8 +513,11 @@ def decode_folder(folder: Path, split: Split, progress: bool = False) -> SplitIm
     _check_images_exist(images, [n for c in classes for n in by_class[c]], csv_path)
     slots = [(ci, i, images / n) for ci, c in enumerate(classes) for i, n in enumerate(by_class[c])]
     label = f"decoding miniImageNet {split}"
-    for ci, i, path in track(slots, description=label, disable=not progress, transient=True):
+    report = progress(label, len(slots), "images") if progress else None
+    for n, (ci, i, path) in enumerate(slots, 1):
         out[ci, i] = _chw(load_image(path))
+        if report is not None:
+            report(n, {})
     return SplitImages(out, tuple(classes))
 
 
@@ -614,7 +616,7 @@ def _decode(
     folder: Path,
     fmt: SourceFormat,
     pickles: Mapping[Split, Path],
-    progress: bool,
+    progress: OpenProgress | None,
     md5: Mapping[Split, str] | None,
     cache: Path,
 ) -> dict[Split, SplitImages]:
@@ -633,7 +635,7 @@ def load_miniimagenet(
     cache: Path,
     fmt: Literal["auto", "pickle", "folder"] = "auto",
     download: bool = False,
-    progress: bool = False,
+    progress: OpenProgress | None = None,
     urls: Mapping[Split, Sequence[str]] | None = None,
     md5: Mapping[Split, str] | None = None,
 ) -> dict[Split, SplitImages]:
@@ -644,7 +646,7 @@ def load_miniimagenet(
         cache: cache folder; decoded tensors go to ``<cache>/miniimagenet/<key>.pt``.
         fmt: source layout (see :class:`MiniImageNetConfig`).
         download: fetch missing pickles (md5-verified) when the pickle layout is used.
-        progress: show download and decoding progress bars.
+        progress: opens the progress displays of downloads (and decoding); None: none.
         urls: download mirrors per split (default :data:`URLS`).
         md5: expected md5 per split (default :data:`MD5`).
 

@@ -31,6 +31,7 @@ from metacli.engine.data.paths import (
     report_mismatches,
     user_cache_dir,
 )
+from metacli.engine.types import OpenProgress
 from metacli.errors import DataError
 
 MIRRORS: tuple[str, ...] = (
@@ -138,7 +139,9 @@ def parse_idx(data: bytes, path: Path, magic: int, shape: tuple[int, ...]) -> np
     return out
 
 
-def _ensure(folder: Path, name: str, download: bool, progress: bool, mirrors: list[str]) -> Path:
+def _ensure(
+    folder: Path, name: str, download: bool, progress: OpenProgress | None, mirrors: list[str]
+) -> Path:
     """Path of the file for ``name``, downloading it (decompressed and verified) when missing."""
     found = _find(folder, name)
     if found is not None:
@@ -159,7 +162,7 @@ def _ensure(folder: Path, name: str, download: bool, progress: bool, mirrors: li
 
 
 def locate(
-    root: Path, download: bool = True, progress: bool = True, mirrors: list[str] | None = None
+    root: Path, download: bool = True, progress: OpenProgress | None = None, mirrors: list[str] | None = None
 ) -> dict[str, Path]:
     """``{name: path}`` of the four files under ``<root>/mnist``, downloading the missing ones if allowed.
 
@@ -218,7 +221,7 @@ def read_arrays(paths: Mapping[str, Path]) -> MNISTArrays:
 def load_mnist(
     root: Path,
     download: bool = True,
-    progress: bool = True,
+    progress: OpenProgress | None = None,
     mirrors: list[str] | None = None,
     cache: Path | None = None,
 ) -> MNISTArrays:

@@ -54,7 +54,7 @@ import json
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
@@ -64,7 +64,6 @@ import numpy.typing as npt
 import PIL
 import torch
 from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
 from metacli.engine.config.data import DRAWERS, OmniglotConfig, Split
@@ -81,7 +80,7 @@ from metacli.engine.data.paths import (
     report_mismatches,
     write_cache_file,
 )
-from metacli.engine.types import DataContext
+from metacli.engine.types import DataContext, OpenProgress
 from metacli.errors import DataError
 
 FOLDER = "omniglot"
@@ -158,14 +157,14 @@ def _missing_message(folder: Path, missing: Sequence[str], cause: str) -> str:
 
 
 def ensure_archives(
-    root: Path, download: bool, progress: bool = True, mirrors: Sequence[str] | None = None
+    root: Path, download: bool, progress: OpenProgress | None = None, mirrors: Sequence[str] | None = None
 ) -> dict[str, Path]:
     """The two archive paths, downloading (MD5-verified) any that is missing when ``download``.
 
     Args:
         root: data root; the archives live in ``<root>/omniglot``.
         download: fetch a missing archive; otherwise a missing archive is an error.
-        progress: show a download progress bar.
+        progress: opens the progress displays of downloads (and decoding); None: none.
         mirrors: base URLs tried in order instead of :data:`MIRRORS` (``<base><archive name>``).
 
     Raises:
@@ -227,29 +226,13 @@ def _members(zf: zipfile.ZipFile, path: Path, set_name: str) -> dict[Character, 
     return groups
 
 
-@contextlib.contextmanager
-def _decode_bar(enabled: bool, total: int) -> Iterator[Progress | None]:
-    """A rich progress bar over characters when ``enabled`` (decoding takes seconds); else ``None``."""
-    if not enabled:
-        yield None
-        return
-    bar = Progress(
-        TextColumn("[bold]decoding Omniglot"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-    )
-    with bar:
-        bar.add_task("decode", total=total)
-        yield bar
-
-
 _READ_ERRORS = (OSError, EOFError, SyntaxError, ValueError, zlib.error, zipfile.BadZipFile)
 """What a damaged zip member or PNG raises (Pillow raises SyntaxError for some broken PNGs)."""
 
 
-def decode_archives(paths: dict[str, Path], image_size: int, progress: bool = False) -> OmniglotCharacters:
+def decode_archives(
+    paths: dict[str, Path], image_size: int, progress: OpenProgress | None = None
+) -> OmniglotCharacters:
     """Decode every character of the archives, sorted by (alphabet, character), drawers by file name.
 
     Raises:
@@ -266,15 +249,15 @@ def decode_archives(paths: dict[str, Path], image_size: int, progress: bool = Fa
             members.update(_members(files[set_name], path, set_name))
         characters = sorted(members, key=Character.sort_key)
         out = np.empty((len(characters), DRAWERS, 1, image_size, image_size), dtype=np.uint8)
-        with _decode_bar(progress, len(characters)) as bar:
-            for c, char in enumerate(characters):
-                for d, info in enumerate(members[char]):
-                    try:
-                        out[c, d, 0] = decode_image(files[char.set].read(info), image_size)
-                    except _READ_ERRORS as e:
-                        raise _corrupt(paths[char.set], f"member {info.filename}: {e}") from e
-                if bar is not None:
-                    bar.advance(bar.task_ids[0])
+        report = progress("decoding Omniglot", len(characters), "characters") if progress else None
+        for c, char in enumerate(characters):
+            for d, info in enumerate(members[char]):
+                try:
+                    out[c, d, 0] = decode_image(files[char.set].read(info), image_size)
+                except _READ_ERRORS as e:
+                    raise _corrupt(paths[char.set], f"member {info.filename}: {e}") from e
+            if report is not None:
+                report(c + 1, {})
     return OmniglotCharacters(characters, torch.from_numpy(out))
 
 
@@ -354,7 +337,7 @@ def load_characters(
     cache: Path,
     image_size: int = 28,
     download: bool = False,
-    progress: bool = False,
+    progress: OpenProgress | None = None,
     mirrors: Sequence[str] | None = None,
 ) -> OmniglotCharacters:
     """Every character of both archives, decoded once and then read from the cache.
@@ -364,7 +347,7 @@ def load_characters(
         cache: cache folder (the file goes to ``<cache>/omniglot/``).
         image_size: side after resizing.
         download: fetch missing archives (MD5-verified).
-        progress: show download and decoding progress bars.
+        progress: opens the progress displays of downloads (and decoding); None: none.
         mirrors: base URLs overriding :data:`MIRRORS`.
     """
     paths = ensure_archives(root, download, progress, mirrors)

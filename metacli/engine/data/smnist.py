@@ -39,7 +39,7 @@ from metacli.engine.config.data import MNIST_TEST_IMAGES as N_TEST
 from metacli.engine.config.data import MNIST_TRAIN_IMAGES as N_TRAIN
 from metacli.engine.data.mnist import load_mnist, locate, verified_digests
 from metacli.engine.data.paths import atomic_write, cache_key, user_cache_dir
-from metacli.engine.types import Batch, DataContext, OnlineStream
+from metacli.engine.types import Batch, DataContext, OnlineStream, OpenProgress
 
 N_CLASSES = 10
 SIDE = 28
@@ -218,7 +218,11 @@ class StreamArrays(NamedTuple):
 
 
 def build_arrays(
-    cfg: SMNISTConfig, root: Path, download: bool = True, progress: bool = True, cache: Path | None = None
+    cfg: SMNISTConfig,
+    root: Path,
+    download: bool = True,
+    progress: OpenProgress | None = None,
+    cache: Path | None = None,
 ) -> StreamArrays:
     """Build the stream from MNIST at ``root`` (no stream cache); see the module docstring for the steps.
 
@@ -319,7 +323,7 @@ def build_stream(
     root: Path,
     cache: Path | None = None,
     download: bool = True,
-    progress: bool = True,
+    progress: OpenProgress | None = None,
 ) -> OnlineStream:
     """The S-MNIST stream as tensors, read from the cache when it exists, otherwise built and cached.
 

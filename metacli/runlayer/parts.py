@@ -1,0 +1,110 @@
+"""From a run spec to the engine: build settings, the built parts, and every ``auto`` resolved.
+
+The engine never sees a :class:`~metacli.spec.RunSpec`: this module hands it the spec's typed sections
+and a :class:`~metacli.engine.BuildSettings`, then makes the choices a spec may leave ``auto`` (CPU
+threads from the network's size, the executor from the device, input size and meta-batch) and returns
+the spec with them filled in, as the run directory's spec.yaml records it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from metacli.engine.build import BuildSettings, EpisodicParts, OnlineParts, build_episodic, build_online
+from metacli.engine.episodic import LoopSettings
+from metacli.engine.parallel import DataParallel
+from metacli.engine.policy import choose_executor, choose_threads
+from metacli.engine.types import EpisodicConfig, OpenProgress
+from metacli.errors import SpecError
+from metacli.spec import RunSpec
+
+
+class Built(NamedTuple):
+    """The parts of a run and its spec with every ``auto`` resolved."""
+
+    parts: EpisodicParts | OnlineParts
+    spec: RunSpec
+
+
+def build_settings(
+    spec: RunSpec,
+    device: str | None = None,
+    progress: OpenProgress | None = None,
+    parallel: DataParallel | None = None,
+) -> BuildSettings:
+    """The engine's build settings of ``spec``; ``device`` overrides ``spec.device``."""
+    return BuildSettings(
+        seed=spec.seed,
+        device=device or spec.device,
+        dtype=torch.float64 if spec.dtype == "float64" else torch.float32,
+        data_root=Path(spec.data_root) if spec.data_root else None,
+        progress=progress,
+        parallel=parallel,
+    )
+
+
+def build_run(
+    spec: RunSpec,
+    device: str | None = None,
+    progress: OpenProgress | None = None,
+    parallel: DataParallel | None = None,
+) -> Built:
+    """Build ``spec``'s parts through the engine's front door, then resolve and apply its ``auto`` fields."""
+    settings = build_settings(spec, device, progress, parallel)
+    parts: EpisodicParts | OnlineParts
+    if spec.is_online:
+        parts = build_online(spec.algorithm, spec.model, spec.data, settings, spec.online.rounds)
+    else:
+        parts = build_episodic(spec.algorithm, spec.model, spec.data, settings)
+    spec = resolve_auto(spec, parts)
+    if isinstance(spec.threads, int):
+        torch.set_num_threads(spec.threads)
+    return Built(parts, spec)
+
+
+def build_episodic_run(spec: RunSpec, device: str | None = None) -> EpisodicParts:
+    """The parts of a few-shot ``spec`` (tests and the Python API); SpecError for an online one."""
+    parts = build_run(spec, device).parts
+    if not isinstance(parts, EpisodicParts):
+        raise SpecError(f"{spec.algorithm.name} is an online algorithm, not a few-shot one")
+    return parts
+
+
+def resolve_auto(spec: RunSpec, parts: EpisodicParts | OnlineParts) -> RunSpec:
+    """``spec`` with ``threads: auto`` and ``train.executor: auto`` replaced by the chosen values."""
+    update: dict[str, Any] = {}
+    if spec.threads == "auto":
+        update["threads"] = choose_threads(sum(p.numel() for p in parts.learner.init_params().values()))
+    if spec.train.executor == "auto":
+        in_shape = (
+            parts.dataset.in_shape
+            if isinstance(parts, EpisodicParts)
+            else tuple(parts.stream.train.x.shape[2:])
+        )
+        executor = choose_executor(parts.device, in_shape, spec.train.meta_batch)
+        update["train"] = spec.train.model_copy(update={"executor": executor})
+    return spec.model_copy(update=update) if update else spec
+
+
+def loop_settings(spec: RunSpec) -> LoopSettings:
+    """The episodic loop's settings of a resolved ``spec`` (its executor chosen)."""
+    t = spec.train
+    if t.executor == "auto":
+        raise ValueError("train.executor is still auto: resolve the spec first (build_run)")
+    return LoopSettings(
+        t.meta_batch, t.meta_iters, t.executor, t.log_every, t.checkpoint_every, t.on_nonfinite
+    )
+
+
+def eval_inner_steps(spec: RunSpec) -> int:
+    """The default adaptation steps at meta-test of a few-shot ``spec`` (its ``algorithm.eval_inner_steps``).
+
+    Raises:
+        SpecError: ``spec`` is an online run, whose algorithm has no meta-test.
+    """
+    if not isinstance(spec.algorithm, EpisodicConfig):
+        raise SpecError(f"{spec.algorithm.name} is an online algorithm: it has no eval_inner_steps")
+    return spec.algorithm.eval_inner_steps
