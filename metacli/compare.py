@@ -27,19 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from metacli.errors import RunDirError, SpecError, os_problem
-from metacli.hedge import values_problem, warn, warn_lines
+from metacli.errors import RunDirError, SpecError
+from metacli.files import atomic_write
 from metacli.progress import fixed
-from metacli.runs import (
-    EVAL_FILE,
-    METRICS_FILE,
-    SPEC_FILE,
-    atomic_write_text,
-    find_runs,
-    read_json,
-    read_metrics,
-    read_spec_dict,
-)
+from metacli.runread import algorithm_name, named_runs, values_problem, warn, warn_lines
+from metacli.runs import EVAL_FILE, METRICS_FILE, SPEC_FILE, read_json, read_metrics, read_spec_dict
 
 COMPARISON_MD = "comparison.md"
 COMPARISON_CSV = "comparison.csv"
@@ -124,16 +116,19 @@ Evaluate = Callable[[Path], dict[str, Any]]
 
 def is_run_dir(path: Path) -> bool:
     """Whether ``path`` is one run (it holds spec.yaml) rather than a folder of runs."""
-    return (path / "spec.yaml").is_file()
+    return (path / SPEC_FILE).is_file()
 
 
-def episodic_runs(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """The few-shot runs under ``folder`` with their specs (online runs are skipped: their evaluation is
-    their training; a run whose spec.yaml cannot be read or validated is skipped with a warning)."""
+def episodic_runs(folder: Path) -> list[tuple[str, Path, dict[str, Any]]]:
+    """``(name, run directory, spec)`` of the few-shot runs under ``folder``.
+
+    Runs are found by :func:`metacli.runread.named_runs`; online runs are skipped (their evaluation is their
+    training), and a run whose spec.yaml cannot be read or validated is skipped with a warning.
+    """
     from metacli.spec import validate
 
     found, damaged = [], 0
-    for run_dir in find_runs(folder):
+    for name, run_dir in named_runs(folder):
         try:
             spec = read_spec_dict(run_dir)
             online = validate(spec, str(run_dir / SPEC_FILE)).is_online
@@ -142,7 +137,7 @@ def episodic_runs(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
             warn(f"{e} Skipped {run_dir} in the comparison table.")
             continue
         if not online:
-            found.append((run_dir, spec))
+            found.append((name, run_dir, spec))
     if not found:
         note = f" that can be read ({damaged} damaged, see the warnings)" if damaged else ""
         raise RunDirError(
@@ -161,12 +156,8 @@ def reusable_eval(
         return None
     try:
         old = read_json(path)
-    except RunDirError as e:
+    except RunDirError as e:  # damaged, unreadable or not UTF-8
         warn(f"{e} Meta-testing {run_dir} again, which replaces it.")
-        return None
-    except (OSError, ValueError) as e:  # unreadable, or not UTF-8
-        cause = os_problem(e) if isinstance(e, OSError) else f"it is not UTF-8 text ({e})"
-        warn(f"cannot read {path}: {cause} Meta-testing {run_dir} again, which replaces it.")
         return None
     same = (
         old.get("tasks") == tasks
@@ -225,7 +216,7 @@ def compare(folder: Path, evaluate: Evaluate) -> list[Row]:
     checkpoint) is left out with a warning; RunDirError when no run is left.
     """
     rows = []
-    for run_dir, spec in episodic_runs(folder):
+    for name, run_dir, spec in episodic_runs(folder):
         try:
             out = evaluate(run_dir)
         except RunDirError as e:
@@ -233,8 +224,8 @@ def compare(folder: Path, evaluate: Evaluate) -> list[Row]:
             continue
         rows.append(
             Row(
-                name=str(run_dir.relative_to(folder)) if run_dir != folder else run_dir.name,
-                algorithm=str(dotted(spec, "algorithm.name")),
+                name=name,
+                algorithm=algorithm_name(spec),
                 metrics=out["metrics"],
                 published=published_numbers(spec),
                 checkpoint=str(out["checkpoint"]),
@@ -342,6 +333,6 @@ def write_tables(folder: Path, rows: list[Row]) -> tuple[str, list[Path]]:
     header, body = table_rows(rows)
     markdown = to_markdown(header, body)
     paths = [folder / COMPARISON_MD, folder / COMPARISON_CSV]
-    atomic_write_text(paths[0], markdown)
-    atomic_write_text(paths[1], to_csv(header, body))
+    atomic_write(paths[0], markdown)
+    atomic_write(paths[1], to_csv(header, body))
     return markdown, paths

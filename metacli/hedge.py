@@ -28,8 +28,9 @@ neither torch nor the engine. Outputs, under the folder that holds the experts::
 A damaged run (an unreadable spec.yaml or metrics.jsonl, an empty one, a line that is not JSON, a round
 whose accuracy is missing, not a number or outside [0, 1], missing rounds) cannot be an expert over the
 same rounds as the others: it is skipped with one warning naming the file and what is wrong, and Hedge
-runs over the rest. The helpers of that tolerant reading (:func:`row_problem`, :func:`warn`,
-:func:`warn_lines`) are shared with ``plot`` and ``evaluate``'s comparison table.
+runs over the rest. The helpers of that tolerant reading (:func:`~metacli.runread.row_problem`,
+:func:`~metacli.runread.warn`, ...) are those of ``plot`` and ``evaluate``'s comparison table
+(:mod:`metacli.runread`).
 """
 
 from __future__ import annotations
@@ -38,10 +39,7 @@ import json
 import math
 import os
 import shutil
-import tempfile
-import warnings
-from collections.abc import Iterable, Sequence
-from contextlib import suppress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +52,8 @@ from rich.table import Table
 
 from metacli import runs
 from metacli.errors import MetacliError, RunDirError, os_problem
+from metacli.files import atomic_write, staging_folder, swap_in
+from metacli.runread import algorithm_name, last_per_index, named_runs, row_problem, running_average, warn
 
 HEDGE_ALGORITHM = "hedge"
 HEDGE_DIR = "hedge"
@@ -122,13 +122,6 @@ def hedged_values(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     if values.shape != weights.shape:
         raise ValueError(f"values {values.shape} and weights {weights.shape} must have the same shape")
     result: np.ndarray = np.einsum("tn,tn->t", weights, values)
-    return result
-
-
-def running_average(x: np.ndarray) -> np.ndarray:
-    """``(1/t) Σ_{s≤t} x_s`` for t = 1..T."""
-    x = np.asarray(x, dtype=np.float64)
-    result: np.ndarray = np.cumsum(x) / np.arange(1, len(x) + 1)
     return result
 
 
@@ -203,85 +196,7 @@ def _beta(eta: float) -> float | None:
         return None
 
 
-# --------------------------------------------------------------------------- finding the experts
-
-
-def _algorithm_name(spec: dict[str, Any]) -> str:
-    """``algorithm.name`` of a spec, or '' when absent."""
-    algorithm = spec.get("algorithm")
-    if isinstance(algorithm, dict):
-        return str(algorithm.get("name", ""))
-    return ""
-
-
-def run_name(run_dir: Path, folder: Path) -> str:
-    """A run's name: its path relative to the searched folder (its own name if it is that folder)."""
-    relative = run_dir.relative_to(folder).as_posix()
-    return run_dir.resolve().name if relative == "." else relative
-
-
-def is_hidden(relative: str) -> bool:
-    """Whether a run path (relative to the searched folder) lies in a dot-folder (staging, caches)."""
-    return any(part.startswith(".") for part in Path(relative).parts)
-
-
 # --------------------------------------------------------------------------- reading runs that may be damaged
-
-INDEX_LIMIT = 2**53
-"""Rounds and steps are whole numbers below this (beyond it a float no longer tells neighbours apart)."""
-
-
-def warn(message: str) -> None:
-    """Report damage that was skipped: one warning on one line (a YAML error's excerpt spans several)."""
-    warnings.warn(" ".join(message.split()), UserWarning, stacklevel=3)
-
-
-def warn_lines(path: Path, problems: Sequence[tuple[int, str]], consequence: str) -> None:
-    """One warning for the damaged lines of one file: the first three named, then how many more."""
-    named = "; ".join(f"line {line} {problem}" for line, problem in problems[:3])
-    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-    warn(f"{path}: {named}{more}. {consequence}")
-
-
-def _shown(value: Any) -> str:
-    """A metrics value as the file spells it, cut short: ``null``, ``"abc"``, ``[1, 2]``."""
-    text = json.dumps(value)
-    return text if len(text) <= 30 else text[:27] + "..."
-
-
-def number_problem(row: dict[str, Any], key: str) -> str | None:
-    """What is wrong with ``row[key]`` as a number, or None when it is one (NaN and infinities are)."""
-    value = row[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"has {key!r}: {_shown(value)}, not a number"
-    try:
-        float(value)
-    except OverflowError:  # a JSON integer with hundreds of digits
-        return f"has {key!r}: {_shown(value)}, too large for a number"
-    return None
-
-
-def row_problem(row: dict[str, Any], index: str, keys: Iterable[str]) -> str | None:
-    """What is wrong with a metrics line as one of ``index`` (``round`` or ``step``), or None.
-
-    A line without ``index`` is not examined (an online reader passes over a few-shot run's lines).
-    Otherwise ``index`` must be a whole number from 0 up, and each of ``keys`` that the line holds a number.
-    """
-    if index not in row:
-        return None
-    value = row[index]
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < INDEX_LIMIT:
-        return f"has {index!r}: {_shown(value)}, not a whole number from 0 up"
-    return values_problem(row, keys)
-
-
-def values_problem(row: dict[str, Any], keys: Iterable[str]) -> str | None:
-    """What is wrong with the first of ``keys`` that ``row`` holds and is not a number, or None."""
-    for key in keys:
-        problem = number_problem(row, key) if key in row else None
-        if problem is not None:
-            return problem
-    return None
 
 
 def _damage_in_rounds(rows: dict[int, dict[str, Any]], keys: Sequence[str]) -> str | None:
@@ -325,7 +240,7 @@ def _expert_rows(run_dir: Path, keys: Sequence[str]) -> dict[int, dict[str, Any]
         RunDirError: the run is damaged (an unreadable spec.yaml or metrics.jsonl, an empty one, a bad
             line, see :func:`_damage_in_rounds`): it cannot be an expert over the same rounds.
     """
-    if _algorithm_name(runs.read_spec_dict(run_dir)) == HEDGE_ALGORITHM:
+    if algorithm_name(runs.read_spec_dict(run_dir)) == HEDGE_ALGORITHM:
         return None  # our own earlier output: hedging Hedge would count it twice
     path = run_dir / runs.METRICS_FILE
 
@@ -335,7 +250,7 @@ def _expert_rows(run_dir: Path, keys: Sequence[str]) -> dict[int, dict[str, Any]
     lines = runs.read_metrics(run_dir, give_up, lambda row: row_problem(row, "round", keys))
     if not lines:
         raise RunDirError(f"{path} is empty: the run logged nothing (killed as it started?).")
-    rows = {int(r["round"]): r for r in lines if "round" in r}
+    rows = last_per_index(lines, "round")
     problem = _damage_in_rounds(rows, keys) if rows else None
     if problem is not None:
         raise RunDirError(f"{path} {problem}.")
@@ -379,10 +294,7 @@ def load_experts(folder: Path, metrics: Sequence[str] = METRICS) -> dict[str, di
     keys = [f"{m}_acc" for m in metrics]
     experts: dict[str, dict[str, np.ndarray]] = {}
     skipped = 0
-    for run_dir in runs.find_runs(folder):
-        name = run_name(run_dir, folder)
-        if is_hidden(name):
-            continue  # a staging folder left by a killed 'metacli hedge'
+    for name, run_dir in named_runs(folder):
         _refuse_live(run_dir, name)
         try:
             rows = _expert_rows(run_dir, keys)
@@ -543,18 +455,19 @@ def _is_hedge_run(path: Path) -> bool:
     if not (path / runs.SPEC_FILE).is_file():
         return False
     try:
-        return _algorithm_name(runs.read_spec_dict(path)) == HEDGE_ALGORITHM
+        return algorithm_name(runs.read_spec_dict(path)) == HEDGE_ALGORITHM
     except RunDirError:
         return False
 
 
 def _write_outputs(report: HedgeReport, rows: list[dict[str, Any]], metrics: Sequence[str]) -> None:
-    """Replace the result set, ``hedge.json`` and ``hedge/``, as a whole: built aside, then swapped in.
+    """Replace the result set, ``hedge/`` and ``hedge.json``, as a whole: built aside, then swapped in.
 
     The new set is written into a hidden staging folder beside them (a kill there leaves the old set as
-    it was, and readers skip hidden folders), then :func:`_swap_in` moves the old set out and the new one
-    in, undoing its moves if one fails. A failure to write (full disk, no permission) is a
-    :class:`RunDirError` naming the cause, with the previous results intact.
+    it was, and readers skip hidden folders), then :func:`metacli.files.swap_in` moves the old ``hedge/``
+    out and the new set in, ``hedge.json`` last (the commit), undoing its moves if one fails. A failure to
+    write (full disk, no permission) is a :class:`RunDirError` naming the cause, with the previous results
+    intact.
     """
     target = report.run_dir
     if target.exists() and not _is_hedge_run(target):
@@ -566,9 +479,9 @@ def _write_outputs(report: HedgeReport, rows: list[dict[str, Any]], metrics: Seq
     staging: Path | None = None
     try:
         with runs.locked_folder(report.folder, "which is writing Hedge's results there"):
-            staging = Path(tempfile.mkdtemp(dir=report.folder, prefix=f".{HEDGE_DIR}.", suffix=".tmp"))
+            staging = staging_folder(report.folder, HEDGE_DIR)
             _build_set(staging, report, rows, metrics)
-            _swap_in(staging, report.folder)
+            swap_in(staging, report.folder, (HEDGE_DIR, HEDGE_JSON))
     except OSError as e:
         raise RunDirError(
             f"cannot write Hedge's results into {report.folder}: {os_problem(e)} "
@@ -585,37 +498,9 @@ def _build_set(
     """Write the new ``hedge/`` (a run directory ``plot`` reads) and ``hedge.json`` into ``staging``."""
     run_dir = staging / HEDGE_DIR
     run_dir.mkdir()  # with the umask's permissions: the result is a run directory like any other
-    runs.atomic_write_text(
-        run_dir / runs.SPEC_FILE, yaml.safe_dump(_hedge_spec(report, metrics), sort_keys=False)
-    )
-    runs.atomic_write_text(run_dir / runs.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write(run_dir / runs.SPEC_FILE, yaml.safe_dump(_hedge_spec(report, metrics), sort_keys=False))
+    atomic_write(run_dir / runs.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
     runs.write_json(staging / HEDGE_JSON, report.to_json())
-
-
-def _swap_in(staging: Path, folder: Path) -> None:
-    """Move the old ``hedge/`` into ``staging`` and the new set from ``staging`` into ``folder``.
-
-    Each move is one rename within one file system. ``hedge.json`` is replaced last, by one atomic
-    rename (the commit); if any move fails, those made so far are undone in reverse order, so the folder
-    holds the whole old set or the whole new one. Only a kill in the microseconds between the last two
-    renames could leave the new ``hedge/`` beside the old ``hedge.json``; running hedge again mends that.
-    """
-    moves: list[tuple[Path, Path]] = []
-
-    def move(source: Path, destination: Path) -> None:
-        os.replace(source, destination)
-        moves.append((source, destination))
-
-    try:
-        if (folder / HEDGE_DIR).exists():
-            move(folder / HEDGE_DIR, staging / f"old-{HEDGE_DIR}")
-        move(staging / HEDGE_DIR, folder / HEDGE_DIR)
-        os.replace(staging / HEDGE_JSON, folder / HEDGE_JSON)
-    except BaseException:
-        for source, destination in reversed(moves):
-            with suppress(OSError):
-                os.replace(destination, source)
-        raise
 
 
 # --------------------------------------------------------------------------- display

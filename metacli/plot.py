@@ -49,7 +49,17 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodF
 
 from metacli import runs  # noqa: E402
 from metacli.errors import RunDirError  # noqa: E402
-from metacli.hedge import HEDGE_ALGORITHM, is_hidden, row_problem, run_name, warn, warn_lines  # noqa: E402
+from metacli.files import atomic_write  # noqa: E402
+from metacli.hedge import HEDGE_ALGORITHM  # noqa: E402
+from metacli.runread import (  # noqa: E402
+    algorithm_name,
+    last_per_index,
+    named_runs,
+    row_problem,
+    running_average,
+    warn,
+    warn_lines,
+)
 from metacli.tb import ScalarWriter  # noqa: E402
 
 MAX_LABELLED = 8
@@ -156,12 +166,6 @@ def _line_problem(row: dict[str, Any], index: str, plotted: Callable[[str], bool
     return None if huge is None else f"has {huge!r}: {float(row[huge]):.3g}, too large to draw"
 
 
-def _method(spec: dict[str, Any]) -> str:
-    """``algorithm.name`` of a spec, ``?`` when absent."""
-    algorithm = spec.get("algorithm")
-    return str(algorithm.get("name", "?")) if isinstance(algorithm, dict) else "?"
-
-
 def read_indexed(
     run_dir: Path, index: str, plotted: Callable[[str], bool], owner: bool
 ) -> tuple[str, list[dict[str, Any]]] | None:
@@ -192,8 +196,7 @@ def read_indexed(
     reported = [(line, problem) for line, problem, own in problems if owner or own]
     if reported:
         warn_lines(path, reported, "Those lines are left out of the figures.")
-    by_index = {int(r[index]): r for r in lines if index in r}
-    return _method(spec), [by_index[i] for i in sorted(by_index)]
+    return algorithm_name(spec), list(last_per_index(lines, index).values())
 
 
 def _is_online_value(key: str) -> bool:
@@ -222,11 +225,6 @@ def curve_of(rows: Sequence[dict[str, Any]], key: str) -> Curve | None:
     return Curve(np.array([int(r["round"]) for r in have]), np.array([float(r[key]) for r in have]))
 
 
-def _running_average(c: Curve) -> Curve:
-    """Running average of a per-round series (for runs that logged ``ctm_acc`` but no ``_avg``)."""
-    return Curve(c.rounds, np.cumsum(c.values) / np.arange(1, len(c.values) + 1))
-
-
 def run_curves(name: str, method: str, rows: list[dict[str, Any]]) -> RunCurves | None:
     """The online series of one run from its per-round lines, or ``None`` if it has none (an episodic run)."""
     series: dict[str, Curve] = {}
@@ -234,7 +232,7 @@ def run_curves(name: str, method: str, rows: list[dict[str, Any]]) -> RunCurves 
         per_round = curve_of(rows, f"{m}_acc")
         avg = curve_of(rows, f"{m}_acc_avg")
         if avg is None and per_round is not None:
-            avg = _running_average(per_round)
+            avg = Curve(per_round.rounds, running_average(per_round.values))
         if avg is not None:
             series[f"{m}_avg"] = avg
         if per_round is not None:
@@ -260,10 +258,7 @@ def load_runs(folder: Path) -> list[RunCurves]:
     folder = Path(folder)
     found: list[RunCurves] = []
     damaged = 0
-    for run_dir in runs.find_runs(folder):
-        name = run_name(run_dir, folder)
-        if is_hidden(name):
-            continue  # a staging folder of an interrupted 'metacli hedge'
+    for name, run_dir in named_runs(folder):
         read = read_indexed(run_dir, "round", _is_online_value, owner=True)
         if read is None:
             damaged += 1
@@ -455,13 +450,11 @@ def draw_figure(spec: FigureSpec, all_runs: Sequence[RunCurves], style: Style) -
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    """Save atomically (:func:`metacli.runs.atomic_write`), so a viewer never sees half a PNG."""
+    """Save atomically (:func:`metacli.files.atomic_write`), so a viewer never sees half a PNG."""
     fmt = path.suffix.lstrip(".")
     # No date in the metadata: re-plotting the same runs gives the same files.
     metadata = {"Software": "metacli"} if fmt == "png" else {"Creator": "metacli", "Date": None}
-    runs.atomic_write(
-        path, lambda f: fig.savefig(f, format=fmt, dpi=DPI, bbox_inches="tight", metadata=metadata)
-    )
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=DPI, bbox_inches="tight", metadata=metadata))
 
 
 # --------------------------------------------------------------------------- TensorBoard

@@ -24,9 +24,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from metacli import runs
-from metacli.hedge import is_hidden, run_name
 from metacli.plot import SPARE_COLOURS, STYLE, Curve, curve_of, make_out_dir, read_indexed, save_figures
+from metacli.runread import named_runs
 
 RUN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", *SPARE_COLOURS)
 SPARSITY = "mask_sparsity/"
@@ -57,15 +56,7 @@ def read_episodic(run_dir: Path, name: str) -> EpisodicCurves | None:
 
 def load_episodic(folder: Path) -> list[EpisodicCurves]:
     """Every episodic run under ``folder``, by name."""
-    found = []
-    for run_dir in runs.find_runs(folder):
-        name = run_name(run_dir, folder)
-        if is_hidden(name):
-            continue  # a staging folder of an interrupted 'metacli hedge'
-        curves = read_episodic(run_dir, name)
-        if curves is not None:
-            found.append(curves)
-    return found
+    return [c for name, run_dir in named_runs(folder) if (c := read_episodic(run_dir, name)) is not None]
 
 
 def _val_metric(all_runs: Sequence[EpisodicCurves]) -> list[str]:

@@ -25,17 +25,14 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from metacli.errors import RunDirError, SpecError, os_problem
+from metacli.files import TEMP_SUFFIX, atomic_write
 from metacli.yamlfile import load_yaml, read_spec_text
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 SCHEMA_VERSION = 1
 SPEC_FILE = "spec.yaml"
@@ -55,45 +52,18 @@ def checkpoint_path(run_dir: Path, which: str = "last") -> Path:
 
 
 def write_json(path: Path, obj: Mapping[str, Any]) -> None:
-    """Write JSON atomically (temporary file, then rename), so a kill never leaves half a file."""
+    """Write JSON atomically (:func:`~metacli.files.atomic_write`), so a kill never leaves half a file."""
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=True)
-    atomic_write_text(path, text + "\n")
+    atomic_write(path, text + "\n")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write a file so that a kill at any instant leaves either the old file or the whole new one.
-
-    ``write`` fills a temporary file in the same folder; it is flushed and fsynced, renamed over ``path``
-    (``os.replace`` is atomic within a file system), and the folder is fsynced so the rename survives a
-    power cut too.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    with suppress(OSError):  # some file systems cannot open a folder for fsync
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+atomic_write_text = atomic_write
+"""The same function as :func:`~metacli.files.atomic_write` (which also takes text), under the name that
+``metacli.runlayer.core`` imports; new code calls ``atomic_write``."""
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """Read a JSON object, turning a missing or corrupt file into a :class:`RunDirError`."""
+    """Read a JSON object, turning a missing, unreadable or corrupt file into a :class:`RunDirError`."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -102,6 +72,12 @@ def read_json(path: Path) -> dict[str, Any]:
         raise RunDirError(
             f"{path} is not valid JSON ({e.msg} at line {e.lineno}); re-run to rewrite it."
         ) from None
+    except UnicodeDecodeError as e:
+        raise RunDirError(f"{path} is not UTF-8 text ({e}); re-run to rewrite it.") from None
+    except RecursionError:
+        raise RunDirError(f"{path} is nested too deeply to be read; re-run to rewrite it.") from None
+    except OSError as e:  # a folder in its place, no permission, ...
+        raise RunDirError(f"cannot read {path}: {os_problem(e)}") from None
     if not isinstance(data, dict):
         raise RunDirError(f"{path} should hold a JSON object.")
     return data
@@ -192,7 +168,7 @@ class MetricsLog:
         self.path = run_dir / METRICS_FILE
         if truncate_after is not None and self.path.exists():
             keep = [r for r in read_metrics(run_dir) if int(r.get(key, 0)) <= truncate_after]
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+            atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         self._file = self.path.open("a", encoding="utf-8")
 
     def write(self, row: Mapping[str, Any]) -> None:
@@ -252,7 +228,7 @@ def _take_lock(
     """
     path = run_dir / LOCK_FILE
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -372,7 +348,7 @@ def is_run_file(name: str) -> bool:
     return (
         name in (LOCK_FILE, SPEC_FILE, METRICS_FILE, SUMMARY_FILE, EVAL_FILE, CHECKPOINT_DIR)
         or name.startswith("events.out.tfevents.")
-        or (name.startswith(".") and name.endswith(".tmp"))
+        or (name.startswith(".") and name.endswith(TEMP_SUFFIX))
     )
 
 

@@ -10,8 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from metacli.cli import app
+from metacli.files import atomic_write
 from metacli.runlayer import checkpoint as ckpt
-from metacli.runs import atomic_write
 from metacli.spec import load_spec
 
 runner = CliRunner()

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from metacli.errors import RunDirError
-from metacli.runs import SPEC_FILE, atomic_write
+from metacli.files import atomic_write
+from metacli.runs import SPEC_FILE
 from metacli.spec import RunSpec
 
 CHECKPOINT_VERSION = 2
@@ -150,7 +151,7 @@ def save(path: Path, checkpoint: dict[str, Any]) -> None:
     # serialised first, so a pickling error never touches the file on disk
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+    atomic_write(path, buffer.getbuffer())
 
 
 def load(path: Path, device: torch.device) -> dict[str, Any]:

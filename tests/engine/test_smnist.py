@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydantic
 import pytest
+import torch
 from PIL import Image
 
 from metacli.engine.data import smnist
@@ -23,7 +24,7 @@ from metacli.engine.data.smnist import (
     stream_folder,
     transform_image,
 )
-from metacli.engine.types import OnlineStream
+from metacli.engine.types import DataContext, OnlineStream
 from tests.engine.test_mnist import shared_data_root
 
 BG = np.float32(-0.4242)  # normalised black background
@@ -406,6 +407,41 @@ def test_default_cache_is_the_user_cache_never_the_data_root(
     assert sorted(p.name for p in data.rglob("*")) == sorted(
         ["mnist", *(p.name for p in (root / "mnist").iterdir())]
     )
+
+
+def _snapshot(folder: Path) -> dict[str, int]:
+    """Every entry under ``folder`` (links not followed) with its modification time."""
+    return {p.relative_to(folder).as_posix(): p.lstat().st_mtime_ns for p in sorted(folder.rglob("*"))}
+
+
+def test_a_fresh_stream_goes_to_the_cache_never_the_data_root(
+    root: Path, stream: OnlineStream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches derived files written beside the raw data, which may be shared or read-only: a stream built
+    through the dataset contract (its cache folder) or with the default cache (the user's) leaves the data
+    root as it was, and each cache holds the four arrays and no temporary file."""
+    arrays = StreamArrays(
+        stream.train.x.numpy(), stream.train.y.numpy(), stream.test.x.numpy(), stream.test.y.numpy()
+    )
+    monkeypatch.setattr(smnist, "build_arrays", lambda *args, **kwargs: arrays)
+    data = tmp_path / "data"
+    (data / "mnist").mkdir(parents=True)
+    for p in (root / "mnist").iterdir():
+        (data / "mnist" / p.name).symlink_to(p)
+    before = _snapshot(data)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    ctx = DataContext(data, tmp_path / "cache", torch.device("cpu"), torch.float32, False, False)
+    assert smnist.build(SMNISTConfig(), ctx).train.x.shape == (1000, 60, 1, 28, 28)
+    build_stream(SMNISTConfig(), data, download=False)
+    assert _snapshot(data) == before
+    for cache in (tmp_path / "cache", tmp_path / "xdg" / "metacli"):
+        folder = folder_of(SMNISTConfig(), data, cache)
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "test_x.npy",
+            "test_y.npy",
+            "train_x.npy",
+            "train_y.npy",
+        ]
 
 
 def test_damaged_cache_is_rebuilt_with_one_warning(

@@ -15,8 +15,9 @@
 - ``METACLI_TRUST_DATA=1`` reads data files whose checksums differ from the published ones without the
   error (MNIST) or the warning (Omniglot, CIFAR-100, miniImageNet) they otherwise cause
   (:func:`report_mismatches`).
-- Cache files are written atomically (:func:`atomic_write`, :func:`write_cache_file`) and read back as
-  data only (:func:`read_cache_file`): a damaged or unwritable cache only costs a rebuild, with a warning.
+- Cache files are written through metacli's one atomic write (:func:`metacli.files.atomic_write`;
+  :func:`write_cache_file` is its ``torch.save`` wrapper) and read back as data only
+  (:func:`read_cache_file`): a damaged or unwritable cache only costs a rebuild, with a warning.
 """
 
 from __future__ import annotations
@@ -27,16 +28,16 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from metacli.errors import DataError
+from metacli.files import atomic_write
 
 ENV_VAR = "METACLI_DATA"
 """Environment variable naming the data root when ``--data-root`` is not given."""
@@ -229,9 +230,7 @@ def _write_index(index: Path, memo: dict[str, Any]) -> None:
     """Write the memo atomically; a failure is silent, as it only costs hashing the files again."""
     text = json.dumps({"version": INDEX_VERSION, "files": memo}, sort_keys=True)
     with contextlib.suppress(OSError):
-        index.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(index, fsync=False) as f:
-            f.write(text.encode("utf-8"))
+        atomic_write(index, text, durable=False)
 
 
 def mismatch(path: Path, algorithm: str, got: str, expected: str) -> list[str]:
@@ -272,28 +271,6 @@ def cache_key(recipe: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def atomic_write(path: Path, *, suffix: str = ".tmp", fsync: bool = True) -> Iterator[IO[bytes]]:
-    """A binary file to write ``path`` through: on a clean exit it replaces ``path`` in one step.
-
-    The file is a temporary ``.<name>.<random><suffix>`` in ``path``'s folder (which must exist), so
-    ``os.replace`` is atomic and a reader sees the old file or the whole new one, never half of it. With
-    ``fsync`` the bytes reach the disk before the rename. The temporary file is removed whatever happens;
-    an exception inside the block leaves ``path`` as it was and propagates.
-    """
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def read_cache_file(path: Path, what: str) -> Any | None:
     """What :func:`write_cache_file` wrote to ``path``; None when it is absent or unreadable.
 
@@ -312,14 +289,13 @@ def read_cache_file(path: Path, what: str) -> Any | None:
 
 
 def write_cache_file(path: Path, blob: dict[str, Any], what: str) -> None:
-    """``torch.save`` ``blob`` to ``path`` atomically (:func:`atomic_write`), creating its folder.
+    """``torch.save`` ``blob`` to ``path`` through metacli's one atomic write, creating its folder.
 
-    A cache that cannot be written (read-only or full disk) only costs a rebuild next time: it warns,
-    naming ``what`` (e.g. ``"decoded miniImageNet"``) and the folder, instead of failing.
+    The thin torch wrapper of :func:`metacli.files.atomic_write` for the data caches. A cache that cannot
+    be written (read-only or full disk) only costs a rebuild next time: it warns, naming ``what`` (e.g.
+    ``"decoded miniImageNet"``) and the folder, instead of failing.
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as f:
-            torch.save(blob, f)
+        atomic_write(path, lambda f: torch.save(blob, f))
     except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as RuntimeError
         warnings.warn(f"could not cache the {what} in {path.parent}: {e}", stacklevel=4)

@@ -23,6 +23,7 @@ a stream built from other MNIST files is never reused. A damaged cache is rebuil
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,8 +39,9 @@ from metacli.engine.config.data import ALL_TRANSFORMS, SMNISTConfig, TransformNa
 from metacli.engine.config.data import MNIST_TEST_IMAGES as N_TEST
 from metacli.engine.config.data import MNIST_TRAIN_IMAGES as N_TRAIN
 from metacli.engine.data.mnist import load_mnist, locate, verified_digests
-from metacli.engine.data.paths import atomic_write, cache_key, user_cache_dir
+from metacli.engine.data.paths import cache_key, user_cache_dir
 from metacli.engine.types import Batch, DataContext, OnlineStream, OpenProgress
+from metacli.files import atomic_write
 
 N_CLASSES = 10
 SIDE = 28
@@ -309,11 +311,10 @@ def _load_cache(folder: Path, cfg: SMNISTConfig) -> StreamArrays | None:
 def _save_cache(folder: Path, arrays: StreamArrays) -> None:
     """Cache the arrays; a failure (e.g. a read-only cache) only warns, the stream is still usable."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         for key, arr in arrays._asdict().items():
-            # No fsync: a stream is rebuilt whenever a file is missing or fails to load.
-            with atomic_write(folder / f"{key}.npy", suffix=".part", fsync=False) as f:
-                np.save(f, arr, allow_pickle=False)
+            # Not durable (no fsync): a stream is rebuilt whenever a file is missing or fails to load.
+            save = functools.partial(np.save, arr=arr, allow_pickle=False)
+            atomic_write(folder / f"{key}.npy", save, durable=False)
     except OSError as e:
         warnings.warn(f"could not cache the S-MNIST stream in {folder}: {e}", stacklevel=3)
 
