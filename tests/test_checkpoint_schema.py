@@ -85,9 +85,11 @@ def test_a_changed_hyperparameter_resumes_with_a_warning_naming_it(tmp_path: Pat
 
 
 def test_a_changed_setting_that_reshapes_the_state_is_a_clear_error(tmp_path: Path) -> None:
-    run = trained(tmp_path, "run")
+    run = trained(tmp_path, "run", "--algo", "lslr")
     spec = run / "spec.yaml"
-    spec.write_text(spec.read_text().replace("rate: scalar", "rate: lslr"))  # adds learned rates
+    spec.write_text(
+        spec.read_text().replace("\n  inner_steps: 5\n", "\n  inner_steps: 3\n")
+    )  # fewer learned rates
     code, out = resume(run)
     assert code == 2 and "does not fit the settings" in out and "Traceback" not in out
 

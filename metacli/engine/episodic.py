@@ -66,7 +66,7 @@ class TrainState:
         if state is not None:
             best = state["best"]
             self.best = (int(best[0]), float(best[1])) if best is not None else None
-            meta = {k: state["meta"][k].to(parts.device, parts.dtype) for k in meta}
+            meta = {k: _saved(state["meta"], k, v).to(parts.device, parts.dtype) for k, v in meta.items()}
             parts.algorithm.load_state_dict(
                 {k: v.to(parts.device, parts.dtype) for k, v in state["algorithm_state"].items()}
             )
@@ -300,3 +300,10 @@ def summarize(values: list[float]) -> dict[str, float]:
     mean = sum(values) / n
     var = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
     return {"mean": mean, "ci95": 1.96 * math.sqrt(var / n), "n": n}
+
+
+def _saved(saved: dict[str, Tensor], key: str, fresh: Tensor) -> Tensor:
+    """``saved[key]``, refused when the settings now give it another shape (LSLR's ``inner_steps`` rates)."""
+    if saved[key].shape != fresh.shape:
+        raise ValueError(f"{key} has shape {tuple(saved[key].shape)}, the settings give {tuple(fresh.shape)}")
+    return saved[key]

@@ -1,4 +1,4 @@
-"""The one inner loop of metacli, with swappable update rules.
+"""The one inner loop of metacli, and the MAML family's inner step composed from small pieces.
 
 Every inner loop (MAML and its variants, Reptile, MOML's meta-gradient, the online fine-tuning and
 TOE) is :func:`descend`:
@@ -8,21 +8,25 @@ TOE) is :func:`descend`:
     phi^{k+1}_A = rule(k, phi^k_A, g^k),  phi^{k+1}_p = theta_p for p outside A
 
 with ``create_graph`` deciding whether ``g^k`` stays differentiable (second order) or is detached
-(first order). A *rule* is a function; the MAML family's rule (:class:`FamilyRule`) composes the
-three parts its variants differ in:
+(first order). A *rule* is a function. The MAML family's rule (:class:`InnerRule`) is a composition,
+the way optax chains gradient transformations, of three pieces:
 
     phi^{k+1}_p = phi^k_p - r_{p,k} * P_p(g^k_p)
 
-- the adapted set A: all parameters (MAML), the head (ANIL), the body (BOIL);
-- the preconditioner P: identity, or Meta-Curvature's Kronecker-factored transform (Park & Oliva 2019);
-- the rate r: the scalar alpha; LSLR's learned alpha_{p,k} (MAML++, Antoniou et al. 2019);
-  alpha * mask(m_p) with a straight-through binary mask (Sparse-MAML, von Oswald et al. 2021);
-  ReLU(m_p) with a straight-through ReLU (sparse-ReLU-MAML, same paper).
+- which parameters adapt (the set A): :func:`every` (MAML), :func:`in_group` ``"head"`` (ANIL) or
+  ``"body"`` (BOIL);
+- the preconditioner P: :class:`Identity`, or :class:`MetaCurvature`'s Kronecker factors (Park & Oliva 2019);
+- the rate r: :class:`ScalarRate` alpha; :class:`LSLR`'s alpha_{p,k} (MAML++, Antoniou et al. 2019);
+  :class:`SparseMask`, alpha * mask(m_p) (Sparse-MAML, von Oswald et al. 2021); :class:`ReLURate`, ReLU(m_p)
+  (sparse-ReLU-MAML, same paper); :class:`MetaSGDRate`, a learned rate per element (Li et al. 2017).
 
-The extra meta-parameters these parts learn (rates, curvature matrices, masks) live in the same flat
-``Params`` as the network's initialisation, under keys ``"<kind>:<parameter>"`` (a network parameter
-name never holds a colon), so executors, optimisers and checkpoints handle them like any other
-meta-parameter; :func:`split_meta` separates them before the network is called.
+Each variant's config (:mod:`metacli.engine.config.algorithms`) returns its composition. A piece that
+learns (rates, curvature factors, masks) declares its extra meta-parameters per network tensor
+(:meth:`Piece.init`) under its own ``kind``, receives exactly those back when it runs, and summarises
+them for the metrics (:meth:`Piece.summarize`). The extras live in the same flat ``Params`` as the network's
+initialisation, under keys ``"<kind>:<parameter>[:<part>]"`` (a network parameter name never holds a
+colon), so executors, optimisers and checkpoints handle them like any other meta-parameter; only
+:func:`extra_key` and :func:`group_extras` know that key format.
 """
 
 from __future__ import annotations
@@ -30,11 +34,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
-from metacli.engine.config.algorithms import Adapt, Rate
 from metacli.engine.functional import grad_and_loss
 from metacli.engine.types import Params
 
@@ -43,6 +47,9 @@ EXTRA_SEPARATOR = ":"
 
 StepRule = Callable[[int, Params, Params], Params]
 """``(k, phi^k of the adapted keys, g^k) -> phi^{k+1}`` of those keys."""
+
+Extras = dict[str, Tensor]
+"""One piece's extra meta-parameters for one network tensor, by part (``""`` when it has a single one)."""
 
 
 def descend(
@@ -111,18 +118,161 @@ def split_meta(meta: Mapping[str, Tensor]) -> tuple[Params, Params]:
     return theta, extras
 
 
-def extra_key(kind: str, name: str, part: str | None = None) -> str:
-    """``kind:name`` or ``kind:name:part`` (a Meta-Curvature factor: ``mc:head.weight:in``)."""
-    return EXTRA_SEPARATOR.join([kind, name] if part is None else [kind, name, part])
+def extra_key(kind: str, name: str, part: str = "") -> str:
+    """``kind:name``, or ``kind:name:part`` for a piece with several tensors (``mc:head.weight:in``)."""
+    return EXTRA_SEPARATOR.join([kind, name, part] if part else [kind, name])
 
 
-def adapts(adapt: Adapt, name: str) -> bool:
-    """Whether ``name`` is in the adapted set: all, ``head.*`` only (ANIL), ``body.*`` only (BOIL)."""
-    if adapt == "all":
-        return True
-    from metacli.engine.models import param_group
+def group_extras(extras: Mapping[str, Tensor]) -> dict[tuple[str, str], Extras]:
+    """The flat extras as ``{(kind, parameter): {part: tensor}}``, what each piece receives back."""
+    out: dict[tuple[str, str], Extras] = {}
+    for key, v in extras.items():
+        kind, name, *part = key.split(EXTRA_SEPARATOR)
+        out.setdefault((kind, name), {})["".join(part)] = v
+    return out
 
-    return param_group(name) == adapt
+
+# ---------------------------------------------------------------- the pieces
+
+
+class Piece(Protocol):
+    """A piece of the inner step: its extra meta-parameters per network tensor, and their summary."""
+
+    kind: ClassVar[str]
+    """Where its extras live in the meta-parameters (``"<kind>:<parameter>"``); ``""``: it has none."""
+
+    def init(self, p: Tensor, generator: torch.Generator) -> Extras:
+        """Its extras for a network tensor ``p`` at their initialisation, by part; {} for none."""
+        ...
+
+    @staticmethod
+    def summarize(layer: str, values: list[Tensor]) -> dict[str, float]:
+        """Scalars showing what it learned for one layer (metrics.jsonl, TensorBoard)."""
+        ...
+
+
+class Preconditioner(Piece, Protocol):
+    """``P_p``: transforms parameter p's inner gradient."""
+
+    def __call__(self, g: Tensor, extras: Extras) -> Tensor:
+        """``P_p(g)``, with the piece's extras for p."""
+        ...
+
+
+class Rate(Piece, Protocol):
+    """``r_{p,k}``: the step size of parameter p at inner step k (a number, or a tensor like p)."""
+
+    def __call__(self, k: int, extras: Extras) -> Tensor | float:
+        """``r_{p,k}``, with the piece's extras for p."""
+        ...
+
+
+class _NoExtras:
+    """A piece that learns nothing."""
+
+    kind: ClassVar[str] = ""
+
+    def init(self, p: Tensor, generator: torch.Generator) -> Extras:
+        """No extras."""
+        del p, generator
+        return {}
+
+    @staticmethod
+    def summarize(layer: str, values: list[Tensor]) -> dict[str, float]:
+        """Nothing to show."""
+        del layer, values
+        return {}
+
+
+class Identity(_NoExtras):
+    """``P(g) = g``: no preconditioning (MAML)."""
+
+    def __call__(self, g: Tensor, extras: Extras) -> Tensor:
+        """The gradient itself."""
+        del extras
+        return g
+
+
+@dataclass(frozen=True)
+class ScalarRate(_NoExtras):
+    """``r_{p,k} = alpha``: one fixed rate (MAML, Finn et al. 2017)."""
+
+    alpha: float
+
+    def __call__(self, k: int, extras: Extras) -> Tensor | float:
+        """alpha."""
+        del k, extras
+        return self.alpha
+
+
+class MetaCurvature:
+    """Meta-Curvature's ``P_p(g) = M_p g``, M Kronecker-factored per tensor (Park & Oliva, NeurIPS 2019).
+
+    A 2-D ``(out, in)`` weight: ``M_out G M_in^T``; a 4-D conv weight, G viewed as (out, in, kh*kw):
+    ``(M_out (x) M_in (x) M_filter) vec(G)``; any other shape: ``m * g`` elementwise. The factors start at
+    identities (ones), so training starts as MAML.
+    """
+
+    kind: ClassVar[str] = "mc"
+
+    def init(self, p: Tensor, generator: torch.Generator) -> Extras:
+        """Identity factors ``out``, ``in`` (and ``filter``, size kh*kw) for 2-D / 4-D; else ones."""
+        del generator
+
+        def eye(n: int) -> Tensor:
+            return torch.eye(n, dtype=p.dtype, device=p.device)
+
+        if p.dim() == 2:
+            return {"out": eye(p.shape[0]), "in": eye(p.shape[1])}
+        if p.dim() == 4:
+            return {"out": eye(p.shape[0]), "in": eye(p.shape[1]), "filter": eye(p.shape[2] * p.shape[3])}
+        return {"": torch.ones_like(p)}
+
+    def __call__(self, g: Tensor, extras: Extras) -> Tensor:
+        """Mode products of g with its factors."""
+        if g.dim() == 2:
+            return extras["out"] @ g @ extras["in"].T
+        if g.dim() == 4:
+            # one mode at a time (three matrix products); a single 4-operand einsum may contract the
+            # factors with each other first, through an (out^2 in^2 filter^2) intermediate
+            out = torch.einsum("Oo,oif->Oif", extras["out"], g.flatten(2))
+            out = torch.einsum("Ii,oif->oIf", extras["in"], out)
+            out = torch.einsum("Ff,oif->oiF", extras["filter"], out)
+            return out.reshape(g.shape)
+        return extras[""] * g
+
+    @staticmethod
+    def summarize(layer: str, values: list[Tensor]) -> dict[str, float]:
+        """``mc_norm/<layer>``: Frobenius norm of the layer's factors together."""
+        return {f"mc_norm/{layer}": float(torch.sqrt(sum((v.double() ** 2).sum() for v in values)))}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class LSLR:
+    """MAML++'s ``r_{p,k} = alpha_{p,k}``: one learned rate per tensor and step, starting at alpha.
+
+    Antoniou, Edwards, Storkey, ICLR 2019. Steps beyond the ``steps`` learned reuse the last rate.
+    """
+
+    alpha: float
+    steps: int
+    kind: ClassVar[str] = "lslr"
+
+    def init(self, p: Tensor, generator: torch.Generator) -> Extras:
+        """``steps`` rates at alpha."""
+        del generator
+        return {"": p.new_full((self.steps,), self.alpha)}
+
+    def __call__(self, k: int, extras: Extras) -> Tensor | float:
+        """Step k's rate (the last one past the end)."""
+        rates = extras[""]
+        return rates[min(k, rates.shape[0] - 1)]
+
+    @staticmethod
+    def summarize(layer: str, values: list[Tensor]) -> dict[str, float]:
+        """``lslr_rate/<layer>/<k>``: mean learned rate of step k over the layer's tensors."""
+        rates = torch.stack(values).mean(0)
+        return {f"lslr_rate/{layer}/{k}": float(r) for k, r in enumerate(rates)}
 
 
 def ste_sign_mask(m: Tensor) -> Tensor:
@@ -139,48 +289,6 @@ def ste_relu(m: Tensor) -> Tensor:
     return m + (torch.relu(m) - m).detach()
 
 
-def curvature_factors(name: str, p: Tensor) -> dict[str, Tensor]:
-    """Meta-Curvature's factors for one tensor, at their initialisation (training starts as MAML).
-
-    1-D (and any shape but 2-D and 4-D): an elementwise ``m`` of ones; a 2-D ``(out, in)`` weight:
-    ``M_out``, ``M_in`` identities; a 4-D conv weight ``(out, in, kh, kw)``: ``M_out``, ``M_in`` and
-    ``M_filter`` (size kh*kw) identities.
-    """
-
-    def eye(n: int) -> Tensor:
-        return torch.eye(n, dtype=p.dtype, device=p.device)
-
-    if p.dim() == 2:
-        return {extra_key("mc", name, "out"): eye(p.shape[0]), extra_key("mc", name, "in"): eye(p.shape[1])}
-    if p.dim() == 4:
-        return {
-            extra_key("mc", name, "out"): eye(p.shape[0]),
-            extra_key("mc", name, "in"): eye(p.shape[1]),
-            extra_key("mc", name, "filter"): eye(p.shape[2] * p.shape[3]),
-        }
-    return {extra_key("mc", name): torch.ones_like(p)}
-
-
-def curvature(name: str, g: Tensor, extras: Params) -> Tensor:
-    """Meta-Curvature's ``M g`` for one tensor: mode products with its Kronecker factors.
-
-    2-D: ``M_out G M_in^T``; 4-D: ``G x_out M_out x_in M_in x_filter M_filter`` on G viewed as
-    (out, in, kh*kw), i.e. ``(M_out (x) M_in (x) M_filter) vec(G)``; otherwise ``m * g``.
-    """
-    if g.dim() == 2:
-        return extras[extra_key("mc", name, "out")] @ g @ extras[extra_key("mc", name, "in")].T
-    if g.dim() == 4:
-        m_o, m_i = extras[extra_key("mc", name, "out")], extras[extra_key("mc", name, "in")]
-        m_f = extras[extra_key("mc", name, "filter")]
-        # one mode at a time (three matrix products); a single 4-operand einsum may contract the
-        # factors with each other first, through an (out^2 in^2 filter^2) intermediate
-        out = torch.einsum("Oo,oif->Oif", m_o, g.flatten(2))
-        out = torch.einsum("Ii,oif->oIf", m_i, out)
-        out = torch.einsum("Ff,oif->oiF", m_f, out)
-        return out.reshape(g.shape)
-    return extras[extra_key("mc", name)] * g
-
-
 def sparse_mask_init(p: Tensor, kaiming: bool, shift: float, generator: torch.Generator) -> Tensor:
     """Sparse-MAML's mask logits: Kaiming-uniform (dim > 1) or U(-0.5, 0.5), mean-centred, plus ``shift``.
 
@@ -195,65 +303,133 @@ def sparse_mask_init(p: Tensor, kaiming: bool, shift: float, generator: torch.Ge
     return (m - m.mean() + shift).to(p.dtype).to(p.device)
 
 
-@dataclass(frozen=True)
-class FamilyRule:
-    """The MAML family's inner step ``phi_p <- phi_p - r_{p,k} * P_p(g_p)`` (module docstring).
+def _flat(values: list[Tensor]) -> Tensor:
+    return torch.cat([v.flatten() for v in values])
 
-    Args:
-        adapt: the adapted set.
-        rate: the rate r.
-        curvature: apply Meta-Curvature's P.
-        alpha: the scalar rate (and the initial value of LSLR's and sparse-ReLU's learned rates).
-        lslr_steps: how many per-step rates LSLR learns (steps beyond reuse the last one).
+
+@dataclass(frozen=True)
+class SparseMask:
+    """Sparse-MAML's ``r_p = alpha * mask(m_p)``, a straight-through binary mask per element.
+
+    von Oswald et al., "Learning where to learn", NeurIPS 2021. Logits drawn by :func:`sparse_mask_init`.
     """
 
-    adapt: Adapt
-    rate: Rate
-    curvature: bool
     alpha: float
-    lslr_steps: int
+    kaiming: bool
+    shift: float
+    kind: ClassVar[str] = "mask"
 
-    def adapted(self, name: str) -> bool:
-        """Whether ``name`` moves in the inner loop."""
-        return adapts(self.adapt, name)
+    def init(self, p: Tensor, generator: torch.Generator) -> Extras:
+        """Mask logits, about half of them negative."""
+        return {"": sparse_mask_init(p, self.kaiming, self.shift, generator)}
 
-    def init_extras(
-        self, theta: Params, generator: torch.Generator, mask_kaiming: bool = True, mask_shift: float = 0.0
-    ) -> Params:
-        """The rule's extra meta-parameters at their initialisation, for every adapted tensor."""
+    def __call__(self, k: int, extras: Extras) -> Tensor | float:
+        """alpha times the mask."""
+        del k
+        return self.alpha * ste_sign_mask(extras[""])
+
+    @staticmethod
+    def summarize(layer: str, values: list[Tensor]) -> dict[str, float]:
+        """``mask_sparsity/<layer>``: fraction of the entries that stop adaptation (m < 0)."""
+        return {f"mask_sparsity/{layer}": float((_flat(values) < 0).double().mean())}
+
+
+@dataclass(frozen=True)
+class ReLURate:
+    """sparse-ReLU-MAML's ``r_p = ReLU(m_p)`` per element (straight-through), m starting at alpha.
+
+    von Oswald et al., NeurIPS 2021: Meta-SGD with rates that can be exactly zero.
+    """
+
+    alpha: float
+    kind: ClassVar[str] = "rate"
+
+    def init(self, p: Tensor, generator: torch.Generator) -> Extras:
+        """m = alpha everywhere."""
+        del generator
+        return {"": torch.full_like(p, self.alpha)}
+
+    def __call__(self, k: int, extras: Extras) -> Tensor | float:
+        """ReLU(m)."""
+        del k
+        return ste_relu(extras[""])
+
+    @staticmethod
+    def summarize(layer: str, values: list[Tensor]) -> dict[str, float]:
+        """``rate_sparsity/<layer>`` (zero rates) and ``rate_mean/<layer>`` (mean ReLU(m))."""
+        flat = _flat(values)
+        return {
+            f"rate_sparsity/{layer}": float((flat <= 0).double().mean()),
+            f"rate_mean/{layer}": float(flat.clamp(min=0).double().mean()),
+        }
+
+
+PIECES: tuple[type[Piece], ...] = (MetaCurvature, LSLR, SparseMask, ReLURate)
+"""Every piece with extras, by which :func:`extra_metrics` finds the summary of a kind."""
+
+
+# ---------------------------------------------------------------- which parameters adapt
+
+
+def every(name: str) -> bool:
+    """Every parameter adapts (MAML)."""
+    del name
+    return True
+
+
+def in_group(group: str) -> Callable[[str], bool]:
+    """Only the parameters of ``group`` adapt: ``"head"`` (ANIL) or ``"body"`` (BOIL)."""
+    from metacli.engine.models import param_group
+
+    def adapted(name: str) -> bool:
+        return param_group(name) == group
+
+    return adapted
+
+
+# ---------------------------------------------------------------- the composition
+
+
+@dataclass(frozen=True)
+class InnerRule:
+    """The MAML family's inner step ``phi_p <- phi_p - r_{p,k} * P_p(g_p)`` for p in the adapted set.
+
+    Args:
+        adapted: which parameters move in the inner loop.
+        precondition: P.
+        rate: r.
+    """
+
+    adapted: Callable[[str], bool]
+    precondition: Preconditioner
+    rate: Rate
+
+    def pieces(self) -> tuple[Piece, ...]:
+        """The pieces that may learn extras, in the order their extras are created."""
+        return (self.precondition, self.rate)
+
+    def init_extras(self, theta: Params, generator: torch.Generator) -> Params:
+        """Every piece's extras at their initialisation, for every adapted tensor."""
         extras: Params = {}
         for name, p in theta.items():
-            if not self.adapted(name):
-                continue
-            if self.curvature:
-                extras.update(curvature_factors(name, p))
-            if self.rate == "lslr":
-                extras[extra_key("lslr", name)] = p.new_full((self.lslr_steps,), self.alpha)
-            elif self.rate == "mask":
-                extras[extra_key("mask", name)] = sparse_mask_init(p, mask_kaiming, mask_shift, generator)
-            elif self.rate == "relu":
-                extras[extra_key("rate", name)] = torch.full_like(p, self.alpha)
+            if self.adapted(name):
+                for piece in self.pieces():
+                    parts = piece.init(p, generator).items()
+                    extras.update({extra_key(piece.kind, name, part): v for part, v in parts})
         return extras
 
     def step_rule(self, extras: Params) -> StepRule:
-        """The :data:`StepRule` of this variant with the given extras."""
+        """The :data:`StepRule` of this composition with the given extras."""
+        own = group_extras(extras)
+        pre, rate = self.precondition, self.rate
 
         def rule(k: int, phi: Params, g: Params) -> Params:
-            return {n: p - self.step(n, k, g[n], extras) for n, p in phi.items()}
+            return {
+                n: p - rate(k, own.get((rate.kind, n), {})) * pre(g[n], own.get((pre.kind, n), {}))
+                for n, p in phi.items()
+            }
 
         return rule
-
-    def step(self, name: str, k: int, g: Tensor, extras: Params) -> Tensor:
-        """``r_{name,k} * P_name(g)``, what step k subtracts from parameter ``name``."""
-        direction = curvature(name, g, extras) if self.curvature else g
-        if self.rate == "scalar":
-            return self.alpha * direction
-        if self.rate == "lslr":
-            rates = extras[extra_key("lslr", name)]
-            return rates[min(k, rates.shape[0] - 1)] * direction
-        if self.rate == "mask":
-            return self.alpha * ste_sign_mask(extras[extra_key("mask", name)]) * direction
-        return ste_relu(extras[extra_key("rate", name)]) * direction
 
 
 # ---------------------------------------------------------------- what the extras look like
@@ -265,29 +441,18 @@ def layer_of(key: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
-def extra_metrics(extras: Params) -> dict[str, float]:
-    """Scalars that show what the extras learned, per layer (for metrics.jsonl and TensorBoard).
-
-    - ``lslr_rate/<layer>/<k>``: mean learned rate of step k over the layer's tensors (LSLR);
-    - ``mask_sparsity/<layer>``: fraction of the layer's mask entries that stop adaptation (m < 0);
-    - ``rate_sparsity/<layer>`` and ``rate_mean/<layer>``: zero rates and mean ReLU(m) (sparse-ReLU);
-    - ``mc_norm/<layer>``: Frobenius norm of the layer's curvature factors together (Meta-Curvature).
-    """
+def extra_metrics(extras: Params, pieces: tuple[type[Piece], ...] = PIECES) -> dict[str, float]:
+    """Scalars that show what the extras learned, per layer: each piece's :meth:`Piece.summarize`."""
+    summaries = {piece.kind: piece.summarize for piece in pieces}
     groups: dict[tuple[str, str], list[Tensor]] = {}
     for key, v in extras.items():
         groups.setdefault((key.split(EXTRA_SEPARATOR)[0], layer_of(key)), []).append(v.detach())
     out: dict[str, float] = {}
     for (kind, layer), values in sorted(groups.items()):
-        if kind == "lslr":
-            rates = torch.stack(values).mean(0)
-            out.update({f"lslr_rate/{layer}/{k}": float(r) for k, r in enumerate(rates)})
-        elif kind == "mask":
-            flat = torch.cat([v.flatten() for v in values])
-            out[f"mask_sparsity/{layer}"] = float((flat < 0).double().mean())
-        elif kind == "rate":
-            flat = torch.cat([v.flatten() for v in values])
-            out[f"rate_sparsity/{layer}"] = float((flat <= 0).double().mean())
-            out[f"rate_mean/{layer}"] = float(flat.clamp(min=0).double().mean())
-        elif kind == "mc":
-            out[f"mc_norm/{layer}"] = float(torch.sqrt(sum((v.double() ** 2).sum() for v in values)))  # type: ignore[arg-type]
+        out.update(summaries[kind](layer, values))
     return out
+
+
+def curvature(name: str, g: Tensor, extras: Params) -> Tensor:
+    """Meta-Curvature's ``M g`` for parameter ``name``, its factors read from the flat ``extras``."""
+    return MetaCurvature()(g, group_extras(extras)[(MetaCurvature.kind, name)])

@@ -14,9 +14,9 @@ Every parameter is adapted and meta-learned (cbfinn/maml adapts its ``weights`` 
 offsets, created by its ``utils.py::normalize`` outside that dict, are meta-learned but not adapted).
 
 The variants (FOMAML, LSLR, Meta-Curvature, MAML Enhanced, ANIL, BOIL, Sparse-MAML, sparse-ReLU-MAML)
-are presets of :class:`MAMLConfig` that change one part of the inner step
-``phi_p <- phi_p - r_{p,k} P_p(g_p)`` (:mod:`metacli.engine.inner`): which parameters adapt, the
-preconditioner P, the rate r. Each config class (in :mod:`metacli.engine.config.algorithms`, which
+are subclasses of :class:`MAMLConfig` whose ``inner_rule()`` composes the inner step
+``phi_p <- phi_p - r_{p,k} P_p(g_p)`` from the pieces of :mod:`metacli.engine.inner`: which parameters
+adapt, the preconditioner P, the rate r. Each config class (in :mod:`metacli.engine.config.algorithms`, which
 holds every algorithm's config without torch; re-exported here) states its rule and paper; the extra
 meta-parameters (learned rates, curvature factors, masks) are meta-learned beside theta by the same
 outer Adam, at ``extras_lr`` where a paper gives them their own rate.
@@ -54,7 +54,7 @@ from metacli.engine.config.algorithms import (
 )
 from metacli.engine.executors import Executor, meta_gradient
 from metacli.engine.functional import Learner, accuracy, clamp_elements
-from metacli.engine.inner import FamilyRule, descend, extra_metrics, split_meta
+from metacli.engine.inner import descend, extra_metrics, split_meta
 from metacli.engine.parallel import DataParallel, over_shares
 from metacli.engine.types import Batch, Params, StepResult, Task
 
@@ -87,13 +87,11 @@ class MAML:
         self.cfg = cfg
         self.learner = learner
         self.generator = torch.Generator().manual_seed(0) if generator is None else generator
-        self.rule = FamilyRule(cfg.adapt, cfg.rate, cfg.curvature, cfg.alpha, cfg.inner_steps)
+        self.rule = cfg.inner_rule()
 
     def init_meta(self, params: Params) -> Params:
         """Meta-parameters to learn, as fresh leaves: theta, then the variant's extras at their init."""
-        extras = self.rule.init_extras(
-            params, self.generator, self.cfg.mask_init == "kaiming", self.cfg.mask_init_shift
-        )
+        extras = self.rule.init_extras(params, self.generator)
         return {k: v.detach().clone().requires_grad_(True) for k, v in {**params, **extras}.items()}
 
     def adapt(

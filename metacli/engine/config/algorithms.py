@@ -10,28 +10,37 @@ and :mod:`metacli.engine.algorithms` maps each name to its class.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import warnings
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from metacli.engine.config.fields import Count, Finite, NonNegative, Positive, Steps
 
-Adapt = Literal["all", "head", "body"]
-"""Which parameters the MAML family's inner loop adapts (:mod:`metacli.engine.inner`)."""
-Rate = Literal["scalar", "lslr", "mask", "relu"]
-"""The MAML family's inner rate r (:mod:`metacli.engine.inner`)."""
+if TYPE_CHECKING:
+    from metacli.engine.inner import InnerRule
 
 
 # MAML and its variants (metacli.engine.algorithms.maml)
+
+OldSpelling = tuple[str, str, bool]
+"""The fields that selected a variant's inner step before issue 22: (adapt, rate, curvature)."""
+_OLD_FIELDS = ("adapt", "rate", "curvature")
+_MASK_FIELDS = {"mask_init": "kaiming", "mask_init_shift": 0.0}
 
 
 class MAMLConfig(BaseModel):
     """Model-Agnostic Meta-Learning: SGD inner loop, Adam outer loop, second order by default.
 
-    ``adapt``, ``rate`` and ``curvature`` select the inner step; the variant presets below fix them.
+    Each variant below is a subclass whose :meth:`inner_rule` composes its inner step from the pieces of
+    :mod:`metacli.engine.inner` (which parameters adapt, the preconditioner, the rate); its ``name`` is
+    its only spelling.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    old_spelling: ClassVar[OldSpelling] = ("all", "scalar", False)
+    """What (adapt, rate, curvature) said for this variant before issue 22 (read from old spec files)."""
 
     name: Literal["maml"] = "maml"
     """Algorithm name (discriminator)."""
@@ -48,19 +57,54 @@ class MAMLConfig(BaseModel):
     """beta: Adam learning rate of the meta-update."""
     grad_clip: Positive | None = None
     """Clamp every meta-gradient element to [-grad_clip, grad_clip] (cbfinn MiniImageNet: 10); None: off."""
-    adapt: Adapt = "all"
-    """Parameters the inner loop adapts: all (MAML), head (ANIL: the last linear layer), body (BOIL)."""
-    rate: Rate = "scalar"
-    """Inner rate: scalar alpha, lslr (learned per tensor and step), mask (alpha x STE binary mask,
-    Sparse-MAML), relu (STE-ReLU(m) per element, sparse-ReLU-MAML)."""
-    curvature: bool = False
-    """Precondition the inner gradient with Meta-Curvature's learned Kronecker factors."""
     extras_lr: Positive | None = None
-    """Adam learning rate of the extras (rates, curvature factors, masks); None: outer_lr."""
-    mask_init: Literal["kaiming", "uniform"] = "kaiming"
-    """Sparse-MAML mask logits: Kaiming-uniform for weights (--kaiming_init) or U(-0.5, 0.5) everywhere."""
-    mask_init_shift: Finite = 0.0
-    """Added to the mean-centred mask logits (its --init_shift); > 0 starts less sparse."""
+    """Adam learning rate of the variant's extras (rates, curvature factors, masks); None: outer_lr."""
+
+    def inner_rule(self) -> InnerRule:
+        """``phi <- phi - alpha g`` on every parameter."""
+        from metacli.engine import inner
+
+        return inner.InnerRule(inner.every, inner.Identity(), inner.ScalarRate(self.alpha))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_spelling(cls, data: object) -> object:
+        """Reads a spec written before issue 22, which spelled each variant's inner step in fields too.
+
+        Fields that agree with ``name`` are dropped (with a FutureWarning), so old run folders resume;
+        ``{name: maml, rate: lslr}`` and the like are refused, naming the one spelling (``{name: lslr}``).
+        """
+        if not isinstance(data, dict) or not any(f in data for f in _OLD_FIELDS):
+            return data
+        data = dict(data)
+        given = tuple(data.pop(f, own) for f, own in zip(_OLD_FIELDS, cls.old_spelling, strict=True))
+        for f, default in _MASK_FIELDS.items():  # Sparse-MAML's own fields, once dumped for every variant
+            if f not in cls.model_fields and data.get(f) == default:
+                del data[f]
+        if given != cls.old_spelling:
+            raise ValueError(_spelling_error(str(data.get("name", "maml")), given))
+        warnings.warn(
+            f"algorithm fields {', '.join(_OLD_FIELDS)} are gone (issue 22): the name alone selects the "
+            "inner step; those of this spec agree with its name and were dropped",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return data
+
+
+def _spelling_error(name: str, given: tuple[object, ...]) -> str:
+    """The message for an old spelling that disagrees with its name, naming the one spelling."""
+    said = ", ".join(f"{f}: {v}" for f, v in zip(_OLD_FIELDS, given, strict=True))
+    names_of: dict[tuple[object, ...], str] = {
+        v.old_spelling: v.model_fields["name"].default
+        for v in reversed(MAML_VARIANTS)  # maml before fomaml
+    }
+    right = names_of.get(given)
+    if right is None:
+        names = ", ".join(v.model_fields["name"].default for v in MAML_VARIANTS)
+        return f"no MAML variant has {{{said}}}; each variant is one name: {names}"
+    first_order = ", first_order: true" if name == "fomaml" else ""
+    return f"{{name: {name}, {said}}} is spelled {{name: {right}{first_order}}} (one name per variant)"
 
 
 class FOMAMLConfig(MAMLConfig):
@@ -79,10 +123,15 @@ class LSLRConfig(MAMLConfig):
     Rates start at ``alpha`` and are unconstrained; the outer Adam learns them with theta.
     """
 
+    old_spelling: ClassVar[OldSpelling] = ("all", "lslr", False)
     name: Literal["lslr"] = "lslr"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
-    rate: Literal["lslr"] = "lslr"
-    """Learned per-tensor, per-step rates."""
+
+    def inner_rule(self) -> InnerRule:
+        """Identity preconditioner, LSLR rates (``inner_steps`` of them) on every parameter."""
+        from metacli.engine import inner
+
+        return inner.InnerRule(inner.every, inner.Identity(), inner.LSLR(self.alpha, self.inner_steps))
 
 
 class MetaCurvatureConfig(MAMLConfig):
@@ -92,10 +141,15 @@ class MetaCurvatureConfig(MAMLConfig):
     ``M_out (x) M_in (x) M_filter`` (identities at first), a bias's M elementwise (ones at first).
     """
 
+    old_spelling: ClassVar[OldSpelling] = ("all", "scalar", True)
     name: Literal["metacurvature"] = "metacurvature"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
-    curvature: Literal[True] = True
-    """Kronecker-factored curvature on the inner gradient."""
+
+    def inner_rule(self) -> InnerRule:
+        """Meta-Curvature's preconditioner, the scalar rate, every parameter."""
+        from metacli.engine import inner
+
+        return inner.InnerRule(inner.every, inner.MetaCurvature(), inner.ScalarRate(self.alpha))
 
 
 class MAMLEnhancedConfig(MAMLConfig):
@@ -104,12 +158,15 @@ class MAMLEnhancedConfig(MAMLConfig):
     The composition of Park & Oliva 2019 and Antoniou et al. 2019 (no paper combines them).
     """
 
+    old_spelling: ClassVar[OldSpelling] = ("all", "lslr", True)
     name: Literal["maml_enhanced"] = "maml_enhanced"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
-    curvature: Literal[True] = True
-    """Kronecker-factored curvature on the inner gradient."""
-    rate: Literal["lslr"] = "lslr"
-    """Learned per-tensor, per-step rates."""
+
+    def inner_rule(self) -> InnerRule:
+        """Meta-Curvature's preconditioner and LSLR rates, every parameter."""
+        from metacli.engine import inner
+
+        return inner.InnerRule(inner.every, inner.MetaCurvature(), inner.LSLR(self.alpha, self.inner_steps))
 
 
 class ANILConfig(MAMLConfig):
@@ -119,10 +176,15 @@ class ANILConfig(MAMLConfig):
     still reaches the body through the adapted head's dependence on its features.
     """
 
+    old_spelling: ClassVar[OldSpelling] = ("head", "scalar", False)
     name: Literal["anil"] = "anil"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
-    adapt: Literal["head"] = "head"
-    """Only the last linear layer adapts."""
+
+    def inner_rule(self) -> InnerRule:
+        """MAML's step on the last linear layer only."""
+        from metacli.engine import inner
+
+        return inner.InnerRule(inner.in_group("head"), inner.Identity(), inner.ScalarRate(self.alpha))
 
 
 class BOILConfig(MAMLConfig):
@@ -132,10 +194,15 @@ class BOILConfig(MAMLConfig):
     and head are both meta-learned by the outer Adam.
     """
 
+    old_spelling: ClassVar[OldSpelling] = ("body", "scalar", False)
     name: Literal["boil"] = "boil"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
-    adapt: Literal["body"] = "body"
-    """Everything but the head adapts."""
+
+    def inner_rule(self) -> InnerRule:
+        """MAML's step on everything but the head."""
+        from metacli.engine import inner
+
+        return inner.InnerRule(inner.in_group("body"), inner.Identity(), inner.ScalarRate(self.alpha))
 
 
 class SparseMAMLConfig(MAMLConfig):
@@ -147,14 +214,24 @@ class SparseMAMLConfig(MAMLConfig):
     meta-gradient, through the updates it multiplies. Mask logits are learned at ``extras_lr``.
     """
 
+    old_spelling: ClassVar[OldSpelling] = ("all", "mask", False)
     name: Literal["sparse_maml"] = "sparse_maml"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
-    rate: Literal["mask"] = "mask"
-    """alpha times a learned binary mask per element."""
     first_order: bool = True
     """Detach the inner gradients (the released code's default); the mask is still meta-learned."""
     extras_lr: Positive | None = 0.0075
     """Adam learning rate of the mask logits (code: 0.0075 ConvNet, 0.01 ResNet-12)."""
+    mask_init: Literal["kaiming", "uniform"] = "kaiming"
+    """Mask logits: Kaiming-uniform for weights (--kaiming_init) or U(-0.5, 0.5) everywhere."""
+    mask_init_shift: Finite = 0.0
+    """Added to the mean-centred mask logits (its --init_shift); > 0 starts less sparse."""
+
+    def inner_rule(self) -> InnerRule:
+        """alpha times a learned binary mask per element, every parameter."""
+        from metacli.engine import inner
+
+        mask = inner.SparseMask(self.alpha, self.mask_init == "kaiming", self.mask_init_shift)
+        return inner.InnerRule(inner.every, inner.Identity(), mask)
 
 
 class SparseReLUMAMLConfig(MAMLConfig):
@@ -164,14 +241,19 @@ class SparseReLUMAMLConfig(MAMLConfig):
     rates that can be exactly zero. First order in theta by default, as Sparse-MAML.
     """
 
+    old_spelling: ClassVar[OldSpelling] = ("all", "relu", False)
     name: Literal["sparse_relu_maml"] = "sparse_relu_maml"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
-    rate: Literal["relu"] = "relu"
-    """A learned non-negative rate per element."""
     first_order: bool = True
     """Detach the inner gradients (the released code's default); the rates are still meta-learned."""
     extras_lr: Positive | None = 0.0075
     """Adam learning rate of the rates m (code: 0.01 for its ResNet-12 runs)."""
+
+    def inner_rule(self) -> InnerRule:
+        """A learned non-negative rate per element, every parameter."""
+        from metacli.engine import inner
+
+        return inner.InnerRule(inner.every, inner.Identity(), inner.ReLURate(self.alpha))
 
 
 MAML_VARIANTS: tuple[type[MAMLConfig], ...] = (
