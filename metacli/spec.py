@@ -1,6 +1,8 @@
 """Run specs: YAML validated by pydantic v2 models, with presets, ``--set`` overrides and grids.
 
-Configuration flows one way: YAML (or a preset) -> dict -> ``--set a.b=value`` overrides merged
+A preset (``--algo A --dataset D``) is a YAML file too: the one ``configs/presets.yaml`` names for the pair
+(``configs/`` is shipped in the package as ``metacli/presets``); this module holds no preset values.
+Configuration flows one way: YAML (a file or a preset) -> dict -> ``--set a.b=value`` overrides merged
 into the dict -> :meth:`RunSpec.model_validate`, so every bad field is reported at once, with its
 dotted path. Components then receive only their section (``spec.algorithm``, ``spec.data``...).
 """
@@ -354,8 +356,8 @@ def preset_index() -> dict[str, DatasetPresets]:
 
 
 def preset_pairs(index: Mapping[str, DatasetPresets]) -> str:
-    """Every ``--algo A --dataset D`` that has a preset file, for error messages."""
-    return ", ".join(f"{algo}/{dataset}" for dataset, entry in sorted(index.items()) for algo in entry.files)
+    """The algorithms with a preset file, per dataset (``sinusoid: maml, fomaml; smnist: moml``)."""
+    return "; ".join(f"{dataset}: {', '.join(entry.files)}" for dataset, entry in sorted(index.items()))
 
 
 def preset_file(algo: str, dataset: str, index: Mapping[str, DatasetPresets]) -> Path | None:
@@ -366,8 +368,8 @@ def preset_file(algo: str, dataset: str, index: Mapping[str, DatasetPresets]) ->
     if dataset not in index:
         raise SpecError(
             f"Unknown dataset '{dataset}'.{closest_hint(dataset, list(index))} Presets exist for: "
-            f"{', '.join(sorted(index))} (as algorithm/dataset: {preset_pairs(index)}). Pass one of these "
-            "to --dataset, or write a spec file."
+            f"{', '.join(sorted(index))}. Pass one of these to --dataset, or write a spec file. The presets "
+            f"(--dataset: --algo), listed in {PRESET_INDEX}: {preset_pairs(index)}."
         )
     name = index[dataset].files.get(algo)
     return None if name is None else PRESETS_DIR / name
@@ -542,7 +544,7 @@ def load_spec(
     """Build a :class:`RunSpec` from a file, or a preset (``algo``, ``dataset``), or the default.
 
     Returns the validated spec and the raw dict it came from (grids are expanded from the dict).
-    With neither a path nor a preset, the embedded default is used: MAML on sinusoid, 2,000 steps.
+    With neither a path nor a preset, the default: the MAML sinusoid preset shortened by ``DEMO``.
     """
     if path is not None and (algo or dataset):
         raise SpecError(

@@ -78,7 +78,7 @@ def test_too_many_tasks_for_a_support_and_query_batch_is_an_error() -> None:
 def test_unknown_dataset_preset() -> None:
     with pytest.raises(SpecError, match="Unknown dataset 'imagenet'") as e:
         preset("maml", "imagenet")
-    assert "maml/miniimagenet" in str(e.value) and "moml/smnist" in str(e.value)  # the valid pairs
+    assert "miniimagenet: maml, fomaml" in str(e.value) and "smnist: moml" in str(e.value)  # the valid pairs
 
 
 def test_an_algorithm_without_a_preset_file_names_the_datasets_presets() -> None:
