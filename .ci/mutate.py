@@ -127,9 +127,14 @@ def copy_tracked_files(dest: Path, rev: str | None) -> None:
     ).stdout
     for name in filter(None, listing.split("\0")):
         source = REPO / name
+        target = dest / name
+        if source.is_symlink():  # metacli/presets -> ../configs: the copy links to the copied configs/
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.unlink(missing_ok=True)
+            target.symlink_to(os.readlink(source))
+            continue
         if not source.is_file():  # deleted in the working tree, or a submodule
             continue
-        target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
 

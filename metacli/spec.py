@@ -1,6 +1,8 @@
 """Run specs: YAML validated by pydantic v2 models, with presets, ``--set`` overrides and grids.
 
-Configuration flows one way: YAML (or a preset) -> dict -> ``--set a.b=value`` overrides merged
+A preset (``--algo A --dataset D``) is a YAML file too: the one ``configs/presets.yaml`` names for the pair
+(``configs/`` is shipped in the package as ``metacli/presets``); this module holds no preset values.
+Configuration flows one way: YAML (a file or a preset) -> dict -> ``--set a.b=value`` overrides merged
 into the dict -> :meth:`RunSpec.model_validate`, so every bad field is reported at once, with its
 dotted path. Components then receive only their section (``spec.algorithm``, ``spec.data``...).
 """
@@ -19,7 +21,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from metacli.engine.config.algorithms import ONLINE_ALGORITHM_NAMES, AlgorithmConfig
 from metacli.engine.config.data import ONLINE_DATASET_NAMES, DataConfig
@@ -318,177 +328,75 @@ def key_parts(key: str) -> list[str]:
     return parts
 
 
-# Per-dataset defaults; per-(algorithm, dataset) settings from the papers and their official code.
-DATASET_PRESETS: dict[str, dict[str, Any]] = {
-    # query = K points, as the MAML code draws 2K points per task (cbfinn/maml main.py)
-    "sinusoid": {
-        "model": {"name": "mlp", "hidden": [40, 40]},
-        "data": {"name": "sinusoid", "shots": 5, "queries": 5},
-    },
-    # Seed 17: θ₀ seeded as the official code does, torch.manual_seed(17) then mnist_2NN (MOML main.py).
-    "smnist": {"model": {"name": "mlp", "hidden": [200]}, "data": {"name": "smnist"}, "seed": 17},
-    # MAML's Omniglot setup: Conv4-64 with stride-2 convolutions, 28x28, rotations as new classes,
-    # the Vinyals split; query = K per class as the MAML code (cbfinn/maml main.py).
-    "omniglot": {
-        "model": {"name": "conv4", "filters": 64, "pool": "stride"},
-        "data": {"name": "omniglot", "ways": 5, "shots": 1, "queries": 1},
-        "train": {"log_every": 100, "checkpoint_every": 1000, "val_every": 1000, "val_tasks": 200},
-        "eval": {"tasks": 600},
-    },
-    # MAML's miniImageNet setup: Conv4-32 with 2x2 max-pool, 84x84, Ravi split, 15 queries per class.
-    "miniimagenet": {
-        "model": {"name": "conv4", "filters": 32, "pool": "max"},
-        "data": {"name": "miniimagenet", "ways": 5, "shots": 1, "queries": 15},
-        "train": {"log_every": 100, "checkpoint_every": 1000, "val_every": 1000, "val_tasks": 200},
-        "eval": {"tasks": 600},
-    },
-    # CIFAR-FS and FC100 at 32x32: Conv4-64 with 2x2 max-pool (Yang et al. 2025), 15 queries per class.
-    **{
-        name: {
-            "model": {"name": "conv4", "filters": 64, "pool": "max"},
-            "data": {"name": name, "ways": 5, "shots": 1, "queries": 15},
-            "train": {"log_every": 100, "checkpoint_every": 1000, "val_every": 1000, "val_tasks": 200},
-            "eval": {"tasks": 600},
-        }
-        for name in ("cifar_fs", "fc100")
-    },
-}
-PAIR_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
-    # vmap: ~10x the loop's tasks/s for the 40-40 MLP on a CPU (benchmarks/bench_executors.py).
-    # One thread: torch's intra-op threads only add overhead for a 40-40 MLP.
-    ("maml", "sinusoid"): {
-        "algorithm": {"alpha": 0.01, "inner_steps": 1},
-        "eval": {"inner_steps": [1, 10]},
-        "train": {"executor": "vmap"},
-        "threads": 1,
-    },
-    ("fomaml", "sinusoid"): {
-        "algorithm": {"alpha": 0.01, "inner_steps": 1},
-        "eval": {"inner_steps": [1, 10]},
-        "train": {"executor": "vmap"},
-        "threads": 1,
-    },
-    ("reptile", "sinusoid"): {
-        # Reptile's sine setup: MLP 64-64, 10 points, phase U[0, 2π], 32 inner steps (Nichol et al. 2018).
-        "model": {"name": "mlp", "hidden": [64, 64]},
-        "data": {"name": "sinusoid", "shots": 10, "queries": 10, "phase": [0.0, 2 * math.pi]},
-        "train": {"meta_batch": 5, "executor": "vmap"},
-        "eval": {"inner_steps": [1, 32]},
-        "threads": 1,
-    },
-    # The MAML TF code's inner loss is N x the mean cross-entropy (cbfinn/maml utils.py::xent), so its
-    # alpha = 0.4 (Omniglot 5-way) is alpha = 5 x 0.4 = 2.0 on metacli's mean loss.
-    ("maml", "omniglot"): {
-        "algorithm": {"alpha": 2.0, "inner_steps": 1, "eval_inner_steps": 3},
-        "train": {"meta_batch": 32, "meta_iters": 60_000},
-        "eval": {"inner_steps": [3, 10]},
-    },
-    ("fomaml", "omniglot"): {
-        "algorithm": {"alpha": 2.0, "inner_steps": 1, "eval_inner_steps": 3},
-        "train": {"meta_batch": 32, "meta_iters": 60_000},
-        "eval": {"inner_steps": [3, 10]},
-    },
-    # Reptile's Omniglot 5-way: Adam(beta1=0) 1e-3, inner batch 10, 5 steps on 10 images per class
-    # (train_shots 9 + the query image: Reptile pools them), meta-batch 5, 100k steps, 50 test steps.
-    ("reptile", "omniglot"): {
-        "algorithm": {"inner_lr": 1e-3, "inner_steps": 5, "inner_batch": 10, "eval_inner_steps": 50},
-        "data": {"train_shots": 9},
-        "train": {"meta_batch": 5, "meta_iters": 100_000, "val_every": 2000},
-        "eval": {"inner_steps": [50]},
-    },
-    # alpha 0.01 of the TF code on a 5-way summed loss = 0.05 on the mean; meta-gradients clipped to ±10.
-    ("maml", "miniimagenet"): {
-        "algorithm": {"alpha": 0.05, "inner_steps": 5, "eval_inner_steps": 10, "grad_clip": 10.0},
-        "train": {"meta_batch": 4, "meta_iters": 60_000},
-        "eval": {"inner_steps": [10]},
-    },
-    ("fomaml", "miniimagenet"): {
-        "algorithm": {"alpha": 0.05, "inner_steps": 5, "eval_inner_steps": 10, "grad_clip": 10.0},
-        "train": {"meta_batch": 4, "meta_iters": 60_000},
-        "eval": {"inner_steps": [10]},
-    },
-    # Reptile's miniImageNet 5-way: 8 inner steps of batch 10 on 15 images per class, 1 query per class.
-    ("reptile", "miniimagenet"): {
-        "algorithm": {"inner_lr": 1e-3, "inner_steps": 8, "inner_batch": 10, "eval_inner_steps": 50},
-        "data": {"queries": 1, "train_shots": 14},
-        "train": {"meta_batch": 5, "meta_iters": 100_000, "val_every": 2000},
-        "eval": {"inner_steps": [50]},
-    },
-}
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+"""The preset files: the repository's ``configs/`` (``metacli/presets`` links to it), as package data."""
+PRESET_INDEX = PRESETS_DIR / "presets.yaml"
+"""Which file ``--algo A --dataset D`` runs, and each dataset's sections for the other algorithms."""
+
+DEMO = ["train.meta_iters=2000", "eval.tasks=100"]
+"""`metacli train` with no arguments: the MAML sinusoid preset, shortened to a demo of a few seconds."""
 
 
-# The MAML-family variants: each paper's published settings; "SUGGESTED" where no paper gives a setting.
-_SINUSOID_MAML = PAIR_PRESETS[("maml", "sinusoid")]
-_OMNIGLOT_MAML = PAIR_PRESETS[("maml", "omniglot")]
-_MINI_MAML = PAIR_PRESETS[("maml", "miniimagenet")]
-VARIANT_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
-    # Sinusoid: MAML's settings for every variant, except where the reference code says otherwise.
-    # the PARL MAML++ regression: 5 steps; the rates (0.01) at Adam 1e-4, since at the outer 1e-3 they move
-    # by 10% a step and the 5-shot run diverged (query MSE 174 at step 10,000)
-    ("lslr", "sinusoid"): {"algorithm": {"inner_steps": 5, "extras_lr": 1e-4}},
-    ("metacurvature", "sinusoid"): {"algorithm": {"alpha": 1e-3}},  # MC code default; M learns the scale
-    ("maml_enhanced", "sinusoid"): {},
-    ("anil", "sinusoid"): {},
-    ("boil", "sinusoid"): {},
-    ("sparse_maml", "sinusoid"): {},
-    ("sparse_relu_maml", "sinusoid"): {},
-    # Omniglot 5-way: MAML's alpha 0.4 on the TF summed loss = 2.0 on the mean (pitfall 6), 1 step.
-    ("lslr", "omniglot"): {  # MAML++ Omniglot: rates start at 0.1 (its code's task_learning_rate), 5/5 steps
-        "algorithm": {"alpha": 0.1, "inner_steps": 5, "eval_inner_steps": 5},
-        "train": {"meta_batch": 8, "meta_iters": 50_000},
-        "eval": {"inner_steps": [5]},
-    },
-    ("metacurvature", "omniglot"): {},  # the MC code's Omniglot run is MAML's: alpha 0.4 (TF), 1 step, B 32
-    ("maml_enhanced", "omniglot"): {},
-    ("anil", "omniglot"): {},
-    ("boil", "omniglot"): {"algorithm": {"alpha": 0.5}},  # BOIL's Conv4-64 body rate (mean loss)
-    ("sparse_maml", "omniglot"): {},
-    ("sparse_relu_maml", "omniglot"): {},
-    # miniImageNet 5-way 1-shot with Conv4.
-    ("lslr", "miniimagenet"): {  # MAML++: 48 filters, B 2, 5/5 steps, rates start at 0.1 (pitfall 5)
-        "model": {"filters": 48},
-        "algorithm": {"alpha": 0.1, "eval_inner_steps": 5, "grad_clip": 10.0},
-        "train": {"meta_batch": 2, "meta_iters": 50_000},
-        "eval": {"inner_steps": [5]},
-    },
-    ("metacurvature", "miniimagenet"): {},  # MC's Conv4 code was never released: MAML's settings
-    ("maml_enhanced", "miniimagenet"): {},
-    ("anil", "miniimagenet"): {},  # "the same as MAML" (Raghu et al. 2020)
-    ("boil", "miniimagenet"): {  # BOIL Conv4-64: body alpha 0.5, 1/1 step, B 4, 30k meta-iterations
-        "model": {"filters": 64},
-        "algorithm": {"alpha": 0.5, "inner_steps": 1, "eval_inner_steps": 1, "grad_clip": None},
-        "train": {"meta_iters": 30_000},
-        "eval": {"inner_steps": [1]},
-    },
-    ("sparse_maml", "miniimagenet"): {  # its ConvNet 1-shot run (with 1 training shot, not pitfall 4's 5)
-        "model": {"filters": 64},
-        "algorithm": {"alpha": 0.1, "inner_steps": 35, "eval_inner_steps": 35, "grad_clip": None},
-        "train": {"meta_batch": 2, "meta_iters": 40_000},
-        "eval": {"inner_steps": [35]},
-    },
-    ("sparse_relu_maml", "miniimagenet"): {  # no ConvNet script: as Sparse-MAML, rates start at alpha
-        "model": {"filters": 64},
-        "algorithm": {"alpha": 0.1, "inner_steps": 35, "eval_inner_steps": 35, "grad_clip": None},
-        "train": {"meta_batch": 2, "meta_iters": 40_000},
-        "eval": {"inner_steps": [35]},
-    },
-}
+class DatasetPresets(BaseModel):
+    """One dataset's entry of the preset index (``configs/presets.yaml``)."""
 
-# `metacli train` with no arguments: the MAML sinusoid preset, shortened to a demo of a few seconds.
-DEMO: dict[str, Any] = {"train": {"meta_iters": 2000}, "eval": {"tasks": 100}}
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    other: dict[str, Any]
+    """The spec sections an algorithm without its own file runs with (``algorithm: {name: A}`` added)."""
+    files: dict[str, str]
+    """Algorithm name -> its preset file, relative to the index's folder."""
+
+
+def preset_index() -> dict[str, DatasetPresets]:
+    """The preset index, validated (a broken index is a SpecError naming the file)."""
+    try:
+        return TypeAdapter(dict[str, DatasetPresets]).validate_python(read_yaml(PRESET_INDEX))
+    except ValidationError as e:
+        raise SpecError(f"The preset index {PRESET_INDEX} is damaged: {e}") from None
+
+
+def preset_pairs(index: Mapping[str, DatasetPresets]) -> str:
+    """The algorithms with a preset file, per dataset (``sinusoid: maml, fomaml; smnist: moml``)."""
+    return "; ".join(f"{dataset}: {', '.join(entry.files)}" for dataset, entry in sorted(index.items()))
+
+
+def preset_file(algo: str, dataset: str, index: Mapping[str, DatasetPresets]) -> Path | None:
+    """The file ``--algo algo --dataset dataset`` runs, or None where the dataset's ``other`` sections apply.
+
+    Raises SpecError for a dataset the index does not know, listing the pairs that have presets.
+    """
+    if dataset not in index:
+        raise SpecError(
+            f"Unknown dataset '{dataset}'.{closest_hint(dataset, list(index))} Presets exist for: "
+            f"{', '.join(sorted(index))}. Pass one of these to --dataset, or write a spec file. The presets "
+            f"(--dataset: --algo), listed in {PRESET_INDEX}: {preset_pairs(index)}."
+        )
+    name = index[dataset].files.get(algo)
+    return None if name is None else PRESETS_DIR / name
+
+
+def resolve_preset(algo: str, dataset: str) -> tuple[dict[str, Any], str]:
+    """The spec dict ``--algo algo --dataset dataset`` runs, and where it came from (for messages).
+
+    The pair's preset file, read as it is; for an algorithm without one, the dataset's ``other``
+    sections of the index with ``algorithm: {name: algo}`` (an unknown or mismatched name is then
+    reported by validation, which lists the valid names).
+    """
+    index = preset_index()
+    path = preset_file(algo, dataset, index)
+    if path is not None:
+        return read_yaml(path), f"the preset --algo {algo} --dataset {dataset} ({path})"
+    names = ", ".join(index[dataset].files)
+    source = (
+        f"--algo {algo} --dataset {dataset} (no preset file: {dataset}'s model and data with the "
+        f"algorithm's defaults; {dataset} has presets for {names})"
+    )
+    return {"algorithm": {"name": algo}, **copy.deepcopy(index[dataset].other)}, source
 
 
 def preset(algo: str, dataset: str) -> dict[str, Any]:
-    """The documented preset spec (as a plain dict) for an algorithm on a dataset."""
-    if dataset not in DATASET_PRESETS:
-        raise SpecError(
-            f"Unknown dataset '{dataset}'.{closest_hint(dataset, list(DATASET_PRESETS))} Presets exist for: "
-            f"{', '.join(sorted(DATASET_PRESETS))}. Pass one of these to --dataset, or write a spec file."
-        )
-    spec: dict[str, Any] = {"algorithm": {"name": algo}}
-    deep_update(spec, copy.deepcopy(DATASET_PRESETS[dataset]))
-    deep_update(spec, copy.deepcopy(PAIR_PRESETS.get((algo, dataset), {})))
-    return spec
+    """The spec (as a plain dict) that ``--algo algo --dataset dataset`` runs (see :func:`resolve_preset`)."""
+    return resolve_preset(algo, dataset)[0]
 
 
 def deep_update(base: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -499,41 +407,6 @@ def deep_update(base: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
         else:
             base[key] = value
     return base
-
-
-# Memory-reduced meta-learning and ITD-BiO (Yang et al. 2025; code yangxiaolin9527/RM-MetaL): 5-way 5-shot
-# with 5 queries per class, K = 20 head steps, N = 20 CG steps, 32 tasks per batch, 2,000 outer iterations
-# (the paper's curves).
-_BILEVEL_MINI: dict[str, Any] = {
-    "model": {"name": "conv4", "filters": 32, "pool": "max"},
-    "data": {"shots": 5, "queries": 5},
-    "algorithm": {"inner_lr": 0.05, "inner_steps": 20, "eval_inner_steps": 20},
-    "train": {"meta_batch": 32, "meta_iters": 2000, "val_every": 100, "val_tasks": 64, "log_every": 20},
-    "eval": {"tasks": 640, "inner_steps": [20]},
-}
-_BILEVEL_OMNIGLOT: dict[str, Any] = {  # SUGGESTED: no Omniglot in the paper; its 32x32 settings (lr 0.1)
-    "data": {"shots": 5, "queries": 5},
-    "algorithm": {"inner_lr": 0.1, "inner_steps": 20, "eval_inner_steps": 20},
-    "train": {"meta_batch": 32, "meta_iters": 2000, "val_every": 100, "val_tasks": 64, "log_every": 20},
-    "eval": {"tasks": 640, "inner_steps": [20]},
-}
-_BILEVEL_CIFAR: dict[str, Any] = {  # the official code's CIFAR-FS / FC100 rows: head steps at lr 0.1
-    "data": {"shots": 5, "queries": 5},
-    "algorithm": {"inner_lr": 0.1, "inner_steps": 20, "eval_inner_steps": 20},
-    "train": {"meta_batch": 32, "meta_iters": 2000, "val_every": 100, "val_tasks": 64, "log_every": 20},
-    "eval": {"tasks": 640, "inner_steps": [20]},
-}
-for _algo in ("memory_reduced", "itd_bio"):
-    PAIR_PRESETS[(_algo, "miniimagenet")] = copy.deepcopy(_BILEVEL_MINI)
-    PAIR_PRESETS[(_algo, "omniglot")] = copy.deepcopy(_BILEVEL_OMNIGLOT)
-    PAIR_PRESETS[(_algo, "cifar_fs")] = copy.deepcopy(_BILEVEL_CIFAR)
-    PAIR_PRESETS[(_algo, "fc100")] = copy.deepcopy(_BILEVEL_CIFAR)
-
-
-# Each variant preset is MAML's preset for the dataset with the variant's own settings merged in.
-_FAMILY_BASES = {"sinusoid": _SINUSOID_MAML, "omniglot": _OMNIGLOT_MAML, "miniimagenet": _MINI_MAML}
-for (_algo, _dataset), _settings in VARIANT_PRESETS.items():
-    PAIR_PRESETS[(_algo, _dataset)] = deep_update(copy.deepcopy(_FAMILY_BASES[_dataset]), _settings)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -671,7 +544,7 @@ def load_spec(
     """Build a :class:`RunSpec` from a file, or a preset (``algo``, ``dataset``), or the default.
 
     Returns the validated spec and the raw dict it came from (grids are expanded from the dict).
-    With neither a path nor a preset, the embedded default is used: MAML on sinusoid, 2,000 steps.
+    With neither a path nor a preset, the default: the MAML sinusoid preset shortened by ``DEMO``.
     """
     if path is not None and (algo or dataset):
         raise SpecError(
@@ -680,13 +553,11 @@ def load_spec(
     if path is not None:
         data, source = read_yaml(path), str(path)
     elif algo is None and dataset is None:
-        data, source = (
-            deep_update(preset("maml", "sinusoid"), DEMO),
-            "the embedded default (MAML on sinusoid)",
-        )
+        data = apply_overrides(preset("maml", "sinusoid"), DEMO)
+        source = "the embedded default (MAML on sinusoid, shortened)"
     else:
         algo, dataset = algo or "maml", dataset or "sinusoid"
-        data, source = preset(algo, dataset), f"the preset --algo {algo} --dataset {dataset}"
+        data, source = resolve_preset(algo, dataset)
     apply_overrides(data, overrides)
     return validate(copy.deepcopy(data), source), data
 

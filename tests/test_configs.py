@@ -1,18 +1,32 @@
-"""Every file in configs/ validates, opens with its command, and the registries match their unions."""
+"""Every file in configs/ validates and opens with the command that runs it; the preset index names files
+that exist, and ``--algo A --dataset D`` runs exactly its file; the registries match their unions."""
 
 from __future__ import annotations
 
+import shlex
 import typing
 from pathlib import Path
 
 import pytest
 
 from metacli.engine.algorithms import ALGORITHMS, AlgorithmConfig
+from metacli.engine.config.algorithms import ONLINE_ALGORITHM_NAMES
+from metacli.engine.config.data import ONLINE_DATASET_NAMES
 from metacli.engine.data import DATASETS, DataConfig
 from metacli.engine.models import MODELS, ModelConfig
-from metacli.spec import load_spec
+from metacli.spec import PRESET_INDEX, PRESETS_DIR, load_spec, preset_index
+from metacli.yamlfile import read_yaml
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").glob("*/*.yaml"))
+INDEX = preset_index()
+PRESETS = [(algo, dataset, name) for dataset, entry in INDEX.items() for algo, name in entry.files.items()]
+
+
+def test_the_package_reads_the_presets_from_configs() -> None:
+    """``metacli/presets`` is the repository's ``configs/`` (one copy, shipped as package data)."""
+    assert PRESETS_DIR.resolve() == (ROOT / "configs").resolve()
+    assert PRESET_INDEX.parent == PRESETS_DIR
 
 
 def test_there_are_configs() -> None:
@@ -20,34 +34,43 @@ def test_there_are_configs() -> None:
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[f"{p.parent.name}/{p.name}" for p in CONFIGS])
-def test_config_validates_and_documents_its_command(path: Path) -> None:
-    spec, _ = load_spec(path)
+def test_config_validates_and_its_header_command_runs_it(path: Path) -> None:
+    """The first line is ``# metacli train <this file> ...``, run from the repository's root."""
+    load_spec(path)
     first = path.read_text().splitlines()[0]
-    assert first.startswith("# metacli train") and path.name in first
+    assert first.startswith("# "), first
+    command = shlex.split(first[2:])
+    train = command[: command.index("&&")] if "&&" in command else command
+    assert train[:2] == ["metacli", "train"], first
+    assert (ROOT / train[2]).resolve() == path.resolve(), first
 
 
-def preset_algorithm(path: Path) -> str | None:
-    """The preset a config must equal: ``<algo>.yaml``, or the 5-way 1-shot ``5way_1shot_<algo>.yaml``."""
-    if path.stem in ALGORITHMS:
-        return path.stem
-    prefix = "5way_1shot_"
-    return path.stem[len(prefix) :] if path.stem.startswith(prefix) else None
+def test_every_dataset_has_presets_and_every_dataset_folder_is_indexed() -> None:
+    assert set(INDEX) == set(DATASETS) == {p.parent.name for p in CONFIGS}
 
 
-PER_METHOD = [p for p in CONFIGS if preset_algorithm(p) is not None]
+@pytest.mark.parametrize(("algo", "dataset", "name"), PRESETS, ids=[f"{a}/{d}" for a, d, _ in PRESETS])
+def test_a_preset_runs_exactly_its_file(algo: str, dataset: str, name: str) -> None:
+    """``--algo A --dataset D`` is the file the index names for it, field for field, published numbers too."""
+    path = PRESETS_DIR / name
+    assert path.parent.name == dataset and path.resolve() in {p.resolve() for p in CONFIGS}
+    from_preset, raw = load_spec(algo=algo, dataset=dataset)
+    assert raw == read_yaml(path)
+    assert from_preset == load_spec(path)[0]
+    assert (from_preset.algorithm.name, from_preset.data.name) == (algo, dataset)
 
 
-def test_every_dataset_folder_has_preset_configs() -> None:
-    assert {p.parent.name for p in PER_METHOD} == {"sinusoid", "smnist", "omniglot", "miniimagenet"}
-
-
-@pytest.mark.parametrize("path", PER_METHOD, ids=[f"{p.parent.name}/{p.name}" for p in PER_METHOD])
-def test_per_method_configs_equal_their_presets(path: Path) -> None:
-    """configs/<dataset>/<algo>.yaml (or 5way_1shot_<algo>.yaml) is what --algo A --dataset D runs."""
-    from_file, _ = load_spec(path)
-    preset, _ = load_spec(algo=preset_algorithm(path), dataset=path.parent.name)
-    # a config may add the published numbers its comparison tables print; presets carry none
-    assert from_file.model_copy(update={"published": ()}) == preset
+@pytest.mark.parametrize("dataset", sorted(INDEX))
+def test_every_algorithm_of_the_datasets_protocol_has_a_spec(dataset: str) -> None:
+    """An algorithm without a preset file runs the dataset's ``other`` sections with its own defaults."""
+    online = dataset in ONLINE_DATASET_NAMES
+    for algo in sorted(ALGORITHMS):
+        if (algo in ONLINE_ALGORITHM_NAMES) != online:
+            continue
+        spec, raw = load_spec(algo=algo, dataset=dataset)
+        assert (spec.algorithm.name, spec.data.name) == (algo, dataset)
+        if algo not in INDEX[dataset].files:
+            assert raw == {"algorithm": {"name": algo}, **INDEX[dataset].other}
 
 
 def union_names(union: object) -> set[str]:

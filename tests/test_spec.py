@@ -76,8 +76,18 @@ def test_too_many_tasks_for_a_support_and_query_batch_is_an_error() -> None:
 
 
 def test_unknown_dataset_preset() -> None:
-    with pytest.raises(SpecError, match="Unknown dataset 'imagenet'"):
+    with pytest.raises(SpecError, match="Unknown dataset 'imagenet'") as e:
         preset("maml", "imagenet")
+    assert "miniimagenet: maml, fomaml" in str(e.value) and "smnist: moml" in str(e.value)  # the valid pairs
+
+
+def test_an_algorithm_without_a_preset_file_names_the_datasets_presets() -> None:
+    """``--algo itd_bio --dataset sinusoid``: the dataset's model and data, the algorithm's defaults."""
+    spec, raw = load_spec(algo="itd_bio", dataset="sinusoid")
+    assert raw["algorithm"] == {"name": "itd_bio"} and spec.model.name == "mlp"
+    with pytest.raises(SpecError, match="Input tag 'mamlx'") as e:
+        load_spec(algo="mamlx", dataset="sinusoid")
+    assert "no preset file" in str(e.value) and "sinusoid has presets for maml, fomaml" in str(e.value)
 
 
 def test_spec_is_frozen_and_round_trips_through_yaml() -> None:
