@@ -293,21 +293,21 @@ def replace_run(run_dir: Path, train: Callable[[], dict[str, Any]]) -> dict[str,
     The old run's files move to a hidden sibling folder first. If the new run fails before its first
     checkpoint, they are put back; otherwise they are deleted. The lock file and any user's files stay.
     """
+    from metacli.files import move_all, undo_moves
     from metacli.runs import LOCK_FILE, clear_run_files, is_run_file
 
     aside = run_dir.with_name(f".{run_dir.name}.replaced")
     shutil.rmtree(aside, ignore_errors=True)  # left by an earlier interrupted replacement
     aside.mkdir()
-    moved = [p.name for p in run_dir.iterdir() if is_run_file(p.name) and p.name != LOCK_FILE]
-    for name in moved:
-        (run_dir / name).rename(aside / name)
+    names = [p.name for p in run_dir.iterdir() if is_run_file(p.name) and p.name != LOCK_FILE]
+    moves = [(run_dir / name, aside / name) for name in names]
+    move_all(moves)  # as a whole: a failed rename puts the earlier ones back
     try:
         summary = train()
     except BaseException:
         if not checkpoint_path(run_dir).exists():  # the new run left nothing: the old one comes back
             clear_run_files(run_dir)
-            for name in moved:
-                (aside / name).rename(run_dir / name)
+            undo_moves(moves)
         shutil.rmtree(aside, ignore_errors=True)
         raise
     shutil.rmtree(aside, ignore_errors=True)

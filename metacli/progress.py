@@ -14,7 +14,7 @@ import math
 import os
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -105,7 +105,27 @@ class SafeTimeRemainingColumn(TimeRemainingColumn):
             return Text("-:--:--", style="progress.remaining")
 
 
-class Reporter:
+_Bars = TypeVar("_Bars", bound="_LiveBars")
+
+
+class _LiveBars:
+    """A rich ``Progress`` shown for the duration of a ``with`` block, when there is one to show."""
+
+    _progress: Progress | None
+
+    def __enter__(self: _Bars) -> _Bars:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+class Reporter(_LiveBars):
     """Progress of ``total`` units: a bar on a terminal unless ``quiet``, else plain timed lines.
 
     ``silent``: print nothing at all (the non-zero ranks of a data-parallel run).
@@ -143,17 +163,6 @@ class Reporter:
                 transient=False,
             )
             self._task = self._progress.add_task(description, total=total, completed=done, rate="", info="")
-
-    def __enter__(self) -> Reporter:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
     def rate(self) -> float:
         """Units per second in this process so far."""
@@ -203,7 +212,7 @@ def units_text(done: float, total: float | None, unit: str) -> str:
     return f"{int(done)}/{int(total)} {unit}" if total is not None else f"{int(done)} {unit}"
 
 
-class DataBars:
+class DataBars(_LiveBars):
     """Transient bars for the phases of building a dataset (downloads, decoding), on a terminal only.
 
     :meth:`opener` is what the engine's dataset builders receive (an
@@ -223,17 +232,6 @@ class DataBars:
                 console=console,
                 transient=True,
             )
-
-    def __enter__(self) -> DataBars:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
     def opener(self) -> OpenProgress | None:
         """The engine's ``OpenProgress`` drawing on these bars; None when nothing is shown."""

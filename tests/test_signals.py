@@ -13,27 +13,33 @@ from pathlib import Path
 import pytest
 import torch
 
-
-def default_sighup() -> None:
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_signal_checkpoints_at_a_step_boundary_and_the_run_resumes(signum: int, tmp_path: Path) -> None:
-    out = tmp_path / "run"
+def start_logging_run(out: Path, sighup: signal.Handlers) -> subprocess.Popen[str]:
+    """A long sinusoid run into ``out`` with SIGHUP set to ``sighup``, once it has logged two lines."""
     cmd = [sys.executable, "-m", "metacli", "train", "--algo", "maml", "--dataset", "sinusoid",
            "--set", "train.meta_iters=1000000", "--set", "train.log_every=5", "--set", "threads=1",
            "--out", str(out), "--quiet"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # as from a terminal: a test run under nohup inherits an ignored SIGHUP, which metacli keeps ignoring
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=default_sighup
-    )
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, sighup),
+    )  # fmt: skip
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 60
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
         assert proc.poll() is None and time.monotonic() < deadline, "the run never logged"
         time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_signal_checkpoints_at_a_step_boundary_and_the_run_resumes(signum: int, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = ENV
+    # as from a terminal: a test run under nohup inherits an ignored SIGHUP, which metacli keeps ignoring
+    proc = start_logging_run(out, signal.SIG_DFL)
+    metrics = out / "metrics.jsonl"
     proc.send_signal(signum)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output
@@ -55,20 +61,7 @@ def test_signal_checkpoints_at_a_step_boundary_and_the_run_resumes(signum: int, 
 
 def test_a_run_started_under_nohup_keeps_ignoring_sighup(tmp_path: Path) -> None:
     """Catches a handler installed over an inherited SIG_IGN: 'nohup metacli train' would stop at logout."""
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "metacli", "train", "--algo", "maml", "--dataset", "sinusoid",
-           "--set", "train.meta_iters=1000000", "--set", "train.log_every=5", "--set", "threads=1",
-           "--out", str(out), "--quiet"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
-    )  # fmt: skip
-    metrics = out / "metrics.jsonl"
-    deadline = time.monotonic() + 60
-    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
-        assert proc.poll() is None and time.monotonic() < deadline, "the run never logged"
-        time.sleep(0.05)
+    proc = start_logging_run(tmp_path / "run", signal.SIG_IGN)
     proc.send_signal(signal.SIGHUP)
     time.sleep(1.0)
     assert proc.poll() is None  # still training
