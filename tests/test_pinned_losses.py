@@ -28,7 +28,7 @@ def sets(*fields: str) -> list[str]:
 FEW_SHOT = sets("train.log_every=1", "eval.tasks=2")
 RUNS: dict[str, list[str]] = {
     "sinusoid maml": [
-        "--algo", "maml", "--dataset", "sinusoid", *FEW_SHOT,
+        "--algo", "maml", "--dataset", "sinusoid", *FEW_SHOT, *sets("model.init=torch"),
         *sets("train.meta_iters=4", "train.meta_batch=3"),
     ],
     "omniglot-fixture lslr": [

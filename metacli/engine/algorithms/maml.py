@@ -4,7 +4,7 @@ Update rule, for a meta-batch of B tasks with support S_i and query Q_i:
 
     phi_i^0 = theta
     phi_i^{k+1} = phi_i^k - alpha * grad L_{S_i}(phi_i^k),          k = 0 .. inner_steps - 1
-    theta <- Adam_beta( grad_theta (1/B) sum_i L_{Q_i}(phi_i^K) )
+    theta <- Adam_beta( grad_theta (1/B) sum_i L_{Q_i}(phi_i^K) )    (``meta_reduction: sum``: without 1/B)
 
 The second-order meta-gradient is ``prod_k (I - alpha H_{S_i}(phi_i^k)) grad L_{Q_i}(phi_i^K)``, obtained by
 differentiating through the inner loop (Hessian-vector products). FOMAML (``first_order=True``)
@@ -146,7 +146,7 @@ class MAML:
     def meta_step(
         self, meta: Params, tasks: Task, executor: str = "loop", parallel: DataParallel | None = None
     ) -> StepResult:
-        """Meta-gradient of the mean query loss over the stacked ``tasks`` (clamped if ``grad_clip``).
+        """Meta-gradient of the mean (or summed) query loss of the stacked ``tasks``, clamped (``grad_clip``).
 
         Args:
             meta: meta-parameters from :meth:`init_meta`.
@@ -160,7 +160,20 @@ class MAML:
             tasks,
             parallel,
         )  # the executor name is validated in meta_gradient
-        return result._replace(grads=clamp_elements(result.grads, self.cfg.grad_clip))
+        return result._replace(grads=self._reduce_and_clip(result.grads, tasks.query.x.shape[0]))
+
+    def _reduce_and_clip(self, mean_grads: Params, n_tasks: int) -> Params:
+        """The meta-gradient of the configured reduction, clamped where ``clip_scope`` says.
+
+        ``sum``: grad sum_i L_i = B grad (1/B) sum_i L_i, so the mean's gradient is scaled by B (all ranks'
+        tasks). The clamp runs after the reduction (the codes clamp the gradient they step on).
+        """
+        scale = n_tasks if self.cfg.meta_reduction == "sum" else 1
+        grads = {k: g * scale for k, g in mean_grads.items()} if scale != 1 else mean_grads
+        if self.cfg.clip_scope == "all":
+            return clamp_elements(grads, self.cfg.grad_clip)
+        clamped = clamp_elements(split_meta(grads)[0], self.cfg.grad_clip)  # the network's (theta) only
+        return {k: clamped.get(k, g) for k, g in grads.items()}
 
     def extra_metrics(self, meta: Params) -> dict[str, float]:
         """What the extras learned, per layer (:func:`metacli.engine.inner.extra_metrics`); {} for MAML."""

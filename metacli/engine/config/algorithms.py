@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 # MAML and its variants (metacli.engine.algorithms.maml)
 
+ClipScope = Literal["all", "network"]
+"""Which meta-gradients ``grad_clip`` clamps: every meta-parameter's, or the network's (theta) only."""
+MetaReduction = Literal["mean", "sum"]
+"""The meta-batch reduction of the task losses."""
 OldSpelling = tuple[str, str, bool]
 """The fields that selected a variant's inner step before issue 22: (adapt, rate, curvature)."""
 _OLD_FIELDS = ("adapt", "rate", "curvature")
@@ -57,6 +61,14 @@ class MAMLConfig(BaseModel):
     """beta: Adam learning rate of the meta-update."""
     grad_clip: Positive | None = None
     """Clamp every meta-gradient element to [-grad_clip, grad_clip] (cbfinn MiniImageNet: 10); None: off."""
+    clip_scope: ClipScope = "all"
+    """What ``grad_clip`` clamps: ``all`` meta-parameters (theta and the variant's extras: rates, curvature
+    factors, masks; as MAML++, whose clamp runs over every trainable tensor), or only the ``network``'s
+    (theta; the Sparse-MAML code, whose masks are not clamped)."""
+    meta_reduction: MetaReduction = "mean"
+    """How the B task losses combine into the meta-loss: ``mean`` (the MAML code) or ``sum`` (the Sparse-MAML
+    code). The sum's meta-gradient is B times the mean's; under Adam the two differ only through Adam's
+    eps, under a clamp they differ. The logged query loss is the mean either way."""
     extras_lr: Positive | None = None
     """Adam learning rate of the variant's extras (rates, curvature factors, masks); None: outer_lr."""
 
@@ -205,22 +217,35 @@ class BOILConfig(MAMLConfig):
         return inner.InnerRule(inner.in_group("body"), inner.Identity(), inner.ScalarRate(self.alpha))
 
 
-class SparseMAMLConfig(MAMLConfig):
+class SparseCodeConfig(MAMLConfig):
+    """The defaults Sparse-MAML and sparse-ReLU-MAML take from their released code (von Oswald et al., 2021).
+
+    theta is trained first order (the code's ``--second_order`` is off, "NOT TESTED"; the extras still get
+    a meta-gradient, through the updates they scale); the task losses are summed over the meta-batch; the
+    clamp touches the network's meta-gradients only; the extras learn at Adam 0.0075. Not a run name.
+    """
+
+    first_order: bool = True
+    """Detach the inner gradients (the released code's default); the extras are still meta-learned."""
+    extras_lr: Positive | None = 0.0075
+    """Adam learning rate of the masks / rates (code: 0.0075 ConvNet, 0.01 ResNet-12)."""
+    clip_scope: ClipScope = "network"
+    """What ``grad_clip`` clamps: the code clamps the network's meta-gradients, not the masks' or rates'."""
+    meta_reduction: MetaReduction = "sum"
+    """The code sums the task losses over the meta-batch (``sum``); ``mean``: MAML's."""
+
+
+class SparseMAMLConfig(SparseCodeConfig):
     """Sparse-MAML: ``phi_p^{k+1} = phi_p^k - alpha mask(m_p) * g_p^k``, mask = STE(1[m_p >= 0]).
 
     von Oswald, Zhao, Kobayashi, Schug, Caccia, Zucchet, Sacramento. "Learning where to learn",
-    NeurIPS 2021 (code Johswald/learning_where_to_learn). As the released code, theta is trained
-    first order by default (its ``--second_order`` is off, "NOT TESTED"); the mask still gets a
-    meta-gradient, through the updates it multiplies. Mask logits are learned at ``extras_lr``.
+    NeurIPS 2021 (code Johswald/learning_where_to_learn); the code's defaults are
+    :class:`SparseCodeConfig`'s. Mask logits are learned at ``extras_lr``.
     """
 
     old_spelling: ClassVar[OldSpelling] = ("all", "mask", False)
     name: Literal["sparse_maml"] = "sparse_maml"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
-    first_order: bool = True
-    """Detach the inner gradients (the released code's default); the mask is still meta-learned."""
-    extras_lr: Positive | None = 0.0075
-    """Adam learning rate of the mask logits (code: 0.0075 ConvNet, 0.01 ResNet-12)."""
     mask_init: Literal["kaiming", "uniform"] = "kaiming"
     """Mask logits: Kaiming-uniform for weights (--kaiming_init) or U(-0.5, 0.5) everywhere."""
     mask_init_shift: Finite = 0.0
@@ -234,20 +259,16 @@ class SparseMAMLConfig(MAMLConfig):
         return inner.InnerRule(inner.every, inner.Identity(), mask)
 
 
-class SparseReLUMAMLConfig(MAMLConfig):
+class SparseReLUMAMLConfig(SparseCodeConfig):
     """sparse-ReLU-MAML: ``phi^{k+1} = phi^k - ReLU(m) * g^k`` with a straight-through ReLU, m init alpha.
 
     von Oswald et al., NeurIPS 2021 (``--meta_relu_through --meta_constant_init``): Meta-SGD with
-    rates that can be exactly zero. First order in theta by default, as Sparse-MAML.
+    rates that can be exactly zero. The code's defaults are :class:`SparseCodeConfig`'s, as Sparse-MAML.
     """
 
     old_spelling: ClassVar[OldSpelling] = ("all", "relu", False)
     name: Literal["sparse_relu_maml"] = "sparse_relu_maml"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
-    first_order: bool = True
-    """Detach the inner gradients (the released code's default); the rates are still meta-learned."""
-    extras_lr: Positive | None = 0.0075
-    """Adam learning rate of the rates m (code: 0.01 for its ResNet-12 runs)."""
 
     def inner_rule(self) -> InnerRule:
         """A learned non-negative rate per element, every parameter."""

@@ -33,6 +33,10 @@ def dense_parameters(sizes: tuple[int, ...]) -> int:
     return sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))
 
 
+Init = Literal["torch", "maml"]
+"""A network's initialisation: PyTorch's default, or the MAML TensorFlow code's for that network."""
+
+
 # ReLU multilayer perceptrons (metacli.engine.models.mlp)
 
 
@@ -45,6 +49,10 @@ class MLPConfig(BaseModel):
     """Model name (discriminator)."""
     hidden: Annotated[tuple[Width, ...], Field(max_length=MAX_LAYERS)] = (40, 40)
     """Widths of the hidden layers (none: a linear model)."""
+    init: Init = "torch"
+    """Initialisation: ``torch`` (PyTorch's default, U(+-1/sqrt(fan_in)) for weights and biases) or ``maml``
+    (the MAML TensorFlow code's fully connected net: weights from a normal of std 0.01 truncated at two
+    std, biases zero)."""
     size_field: ClassVar[str] = "hidden"
     """The field that sets the network's size (named when it is too large)."""
 
@@ -75,6 +83,11 @@ class Conv4Config(BaseModel):
     """Channels of every conv layer: 32 miniImageNet (MAML), 48 (MAML++), 64 Omniglot; any positive width."""
     pool: Pool = "stride"
     """``max`` = 2x2 max-pool after the ReLU (miniImageNet), ``stride`` = stride-2 convs (Omniglot)."""
+    init: Init = "torch"
+    """Initialisation: ``torch`` (PyTorch's default) or ``maml`` (the MAML TensorFlow code's conv net:
+    Xavier-uniform conv weights, zero biases, batch-norm scale one and offset zero; the head Xavier-uniform
+    with ``pool: max`` (its miniImageNet net) and standard normal with ``pool: stride`` (its Omniglot net),
+    zero bias)."""
     size_field: ClassVar[str] = "filters"
     """The field that sets the network's size (named when it is too large)."""
 

@@ -17,7 +17,7 @@ in the miniImageNet ConvNets of BOIL and Sparse-MAML. The batch norm is the prim
 Parameter names: ``body.<block>.conv.{weight,bias}``, ``body.<block>.norm.{weight,bias}`` and
 ``head.{weight,bias}``; ANIL adapts ``head.*`` only, BOIL ``body.*`` only
 (:func:`metacli.engine.models.param_group`). Initialisation is PyTorch's default for conv and linear layers,
-ones and zeros for the batch-norm scale and offset.
+ones and zeros for the batch-norm scale and offset; ``init: maml``: the MAML code's (:func:`maml_init`).
 
 A block computes ``max-pool -> ReLU`` rather than ``ReLU -> max-pool``: the same function, and the same
 gradient at every order (:func:`pool_then_act`), with the ReLU and its backward on a quarter of the values.
@@ -94,5 +94,25 @@ class Conv4(nn.Module):
 
 
 def build(cfg: Conv4Config, in_shape: tuple[int, ...], out_features: int) -> Conv4:
-    """A :class:`Conv4` for images of ``in_shape`` = (channels, height, width)."""
-    return Conv4(in_shape, cfg.filters, cfg.pool, out_features)
+    """A :class:`Conv4` for images of ``in_shape`` (channels, height, width), initialised by ``cfg.init``."""
+    model = Conv4(in_shape, cfg.filters, cfg.pool, out_features)
+    if cfg.init == "maml":
+        maml_init(model, cfg.pool)
+    return model
+
+
+@torch.no_grad()
+def maml_init(model: Conv4, pool: Pool) -> None:
+    """The MAML TensorFlow code's conv net (``construct_conv_weights``): Xavier-uniform conv weights and zero
+    biases; the head Xavier-uniform on miniImageNet (max-pooling) and standard normal on Omniglot (strided
+    convolutions), zero bias. The batch-norm scale and offset keep their ones and zeros."""
+    for m in model.body.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    if pool == "max":
+        nn.init.xavier_uniform_(model.head.weight)
+    else:
+        nn.init.normal_(model.head.weight)
+    nn.init.zeros_(model.head.bias)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from metacli.engine.config.models import MLPConfig
@@ -32,8 +33,28 @@ class MLP(nn.Module):
 
 
 def build(cfg: MLPConfig, in_shape: tuple[int, ...], out_features: int) -> MLP:
-    """An :class:`MLP` for inputs of ``in_shape`` (without the batch axis)."""
+    """An :class:`MLP` for inputs of ``in_shape`` (without the batch axis), initialised as ``cfg.init``."""
     n_in = 1
     for d in in_shape:
         n_in *= d
-    return MLP(n_in, cfg.hidden, out_features)
+    model = MLP(n_in, cfg.hidden, out_features)
+    if cfg.init == "maml":
+        maml_init(model)
+    return model
+
+
+MAML_FC_STD = 0.01
+"""Standard deviation of the MAML TensorFlow code's fully connected weights (``construct_fc_weights``)."""
+
+
+@torch.no_grad()
+def maml_init(model: nn.Module) -> None:
+    """Every linear layer as the MAML code's sinusoid net: W ~ N(0, 0.01^2) truncated at +-2 std, b = 0.
+
+    TensorFlow's ``truncated_normal`` redraws values beyond two standard deviations, which is
+    ``trunc_normal_`` with bounds at +-2 std.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=MAML_FC_STD, a=-2 * MAML_FC_STD, b=2 * MAML_FC_STD)
+            nn.init.zeros_(m.bias)
