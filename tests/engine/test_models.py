@@ -343,3 +343,42 @@ def test_pool_first_in_place_blocks_give_the_textbook_meta_gradient(
             assert torch.equal(ours.grads[k], reference.grads[k]), k
         else:  # primitive-op batch norm under vmap sums its backward in a layout-dependent order: 3e-16 seen
             torch.testing.assert_close(ours.grads[k], reference.grads[k], rtol=1e-14, atol=1e-15)
+
+
+def test_mlp_maml_init_is_the_maml_codes_truncated_normal() -> None:
+    """Catches ``init: maml`` ignored or mis-scaled: weights N(0, 0.01^2) cut at +-0.02, biases zero, while
+    the default keeps PyTorch's U(+-1/sqrt(fan_in)) (40 inputs: bound 0.158)."""
+    torch.manual_seed(0)
+    maml = build_model(MLPConfig(hidden=(40, 40), init="maml"), (1,), 1)
+    torch.manual_seed(0)
+    default = build_model(MLPConfig(hidden=(40, 40)), (1,), 1)
+    for name, p in maml.named_parameters():
+        if name.endswith("bias"):
+            assert torch.count_nonzero(p) == 0, name
+        else:
+            assert float(p.abs().max()) <= 0.02 and 0.006 < float(p.std()) < 0.011, name
+    hidden = dict(default.named_parameters())["body.2.weight"]
+    assert float(hidden.abs().max()) > 0.1 and torch.count_nonzero(dict(default.named_parameters())["head.bias"])
+
+
+@pytest.mark.parametrize("pool", ["max", "stride"])
+def test_conv4_maml_init_is_xavier_with_the_codes_head(pool: Pool) -> None:
+    """Catches a wrong scheme for ``init: maml`` on Conv4: Xavier-uniform conv weights (bound
+    sqrt(6 / (fan_in + fan_out))), zero conv and head biases, BN at ones and zeros; the head Xavier-uniform
+    with max-pooling (the code's miniImageNet net) and standard normal with strided convolutions (Omniglot)."""
+    torch.manual_seed(0)
+    model = build_model(Conv4Config(filters=16, pool=pool, init="maml"), (3, 16, 16), 5)
+    params = dict(model.named_parameters())
+    for i in range(4):
+        w = params[f"body.{i}.conv.weight"]
+        bound = (6.0 / (w.shape[1] * 9 + w.shape[0] * 9)) ** 0.5
+        assert 0.9 * bound < float(w.abs().max()) <= bound
+        assert torch.count_nonzero(params[f"body.{i}.conv.bias"]) == 0
+        assert torch.equal(params[f"body.{i}.norm.weight"], torch.ones(16))
+    head = params["head.weight"]
+    assert torch.count_nonzero(params["head.bias"]) == 0
+    xavier = (6.0 / sum(head.shape)) ** 0.5
+    if pool == "max":
+        assert float(head.abs().max()) <= xavier
+    else:
+        assert 0.8 < float(head.std()) < 1.2 and float(head.abs().max()) > xavier

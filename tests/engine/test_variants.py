@@ -282,19 +282,21 @@ def test_straight_through_forms() -> None:
     assert grad.tolist() == [1.0] * 5  # identity backward: dead rates still get a gradient
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("executor", ["loop", "vmap"])
 @pytest.mark.parametrize("variant", ["sparse_maml", "sparse_relu_maml"])
-def test_sparse_variants_gradients_by_hand(variant: str, executor: str) -> None:
+def test_sparse_variants_gradients_by_hand(variant: str, executor: str, reduction: str) -> None:
     """First order, two steps: phi^{k+1} = phi^k - r * g^k with r = alpha mask(m) or ReLU(m).
 
     dL/dm = dr/dm * (-(g^0 + g^1) * g_q(phi^2)) with dr/dm = 0.5 alpha (mask) or 1 (ReLU), and the
-    theta gradient is g_q(phi^2) (FOMAML).
+    theta gradient is g_q(phi^2) (FOMAML); summed over the tasks (the code's default) or averaged.
     """
     learner, tasks = linear_learner(D_OUT), regression_tasks(D_OUT)
     alpha, steps = 0.4, 2
     cfg = (SparseMAMLConfig if variant == "sparse_maml" else SparseReLUMAMLConfig)(
-        alpha=alpha, inner_steps=steps
+        alpha=alpha, inner_steps=steps, meta_reduction=reduction
     )
+    per_task = 1.0 if reduction == "sum" else 1.0 / N_TASKS
     algo = MAML(cfg, learner, torch.Generator().manual_seed(0))
     meta = algo.init_meta(learner.init_params())
     kind = "mask" if variant == "sparse_maml" else "rate"
@@ -320,13 +322,31 @@ def test_sparse_variants_gradients_by_hand(variant: str, executor: str) -> None:
             w, b, sum_w, sum_b = w - rw * gw, b - rb * gb, sum_w + gw, sum_b + gb
         qw, qb = lsq_grads(w, b, task.query)
         torch.testing.assert_close(algo.adapt(meta, task.support)["weight"], w, rtol=1e-12, atol=1e-14)
-        expected["weight"] += qw / N_TASKS
-        expected["bias"] += qb / N_TASKS
-        expected[f"{kind}:weight"] -= slope * sum_w * qw / N_TASKS
-        expected[f"{kind}:bias"] -= slope * sum_b * qb / N_TASKS
+        expected["weight"] += qw * per_task
+        expected["bias"] += qb * per_task
+        expected[f"{kind}:weight"] -= slope * sum_w * qw * per_task
+        expected[f"{kind}:bias"] -= slope * sum_b * qb * per_task
     result = algo.meta_step(meta, tasks, executor)
     for k in expected:
         torch.testing.assert_close(result.grads[k], expected[k], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("scope", ["network", "all"])
+def test_clip_scope_clamps_the_network_or_everything(scope: str) -> None:
+    """Catches a clamp that reaches the masks under ``clip_scope: network`` (the Sparse-MAML code clamps the
+    network's meta-gradients only) or misses them under ``all``: both kinds exceed the bound here."""
+    learner, tasks = linear_learner(D_OUT), regression_tasks(D_OUT)
+    gen = torch.Generator().manual_seed(0)
+    free = MAML(SparseReLUMAMLConfig(alpha=0.4, inner_steps=2), learner, gen)
+    meta = free.init_meta(learner.init_params())
+    unclamped = free.meta_step(meta, tasks, "loop").grads
+    clip = 0.5 * min(float(unclamped["weight"].abs().max()), float(unclamped["rate:weight"].abs().max()))
+    cfg = SparseReLUMAMLConfig(alpha=0.4, inner_steps=2, grad_clip=clip, clip_scope=scope)
+    clamped = MAML(cfg, learner, gen).meta_step(meta, tasks, "loop").grads
+    for k, g in unclamped.items():
+        reached = scope == "all" or not k.startswith("rate:")
+        torch.testing.assert_close(clamped[k], g.clamp(-clip, clip) if reached else g, rtol=0, atol=0)
+    assert (float(clamped["rate:weight"].abs().max()) > clip) == (scope == "network")
 
 
 def test_sparse_mask_starts_half_sparse_and_is_logged() -> None:
