@@ -35,7 +35,7 @@ RUNS: dict[str, list[str]] = {
         "--algo", "lslr", "--dataset", "omniglot", *FEW_SHOT,
         *sets("train.meta_iters=3", "train.meta_batch=2", "train.val_every=0", "model.filters=8"),
         *sets("data.split=lake", "data.lake_val_characters=2", "data.image_size=28", "data.ways=3"),
-        *sets("data.queries=2"),
+        *sets("data.queries=2", "model.init=torch"),
     ],
     "smnist moml": ["--algo", "moml", "--dataset", "smnist", *sets("online.rounds=3", "model.hidden=[20]")],
 }  # fmt: skip

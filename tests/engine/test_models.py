@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from metacli.engine.algorithms.maml import MAML, MAMLConfig
+from metacli.engine.config.models import ConvInit
 from metacli.engine.executors import task_at
 from metacli.engine.functional import Learner
 from metacli.engine.models import MODELS, build_model, param_group
@@ -357,17 +358,20 @@ def test_mlp_maml_init_is_the_maml_codes_truncated_normal() -> None:
             assert torch.count_nonzero(p) == 0, name
         else:
             assert float(p.abs().max()) <= 0.02 and 0.006 < float(p.std()) < 0.011, name
-    hidden = dict(default.named_parameters())["body.2.weight"]
-    assert float(hidden.abs().max()) > 0.1 and torch.count_nonzero(dict(default.named_parameters())["head.bias"])
+    torch_params = dict(default.named_parameters())
+    assert float(torch_params["body.2.weight"].abs().max()) > 0.1 and torch.count_nonzero(
+        torch_params["head.bias"]
+    )
 
 
+@pytest.mark.parametrize("init", ["maml", "xavier"])
 @pytest.mark.parametrize("pool", ["max", "stride"])
-def test_conv4_maml_init_is_xavier_with_the_codes_head(pool: Pool) -> None:
-    """Catches a wrong scheme for ``init: maml`` on Conv4: Xavier-uniform conv weights (bound
-    sqrt(6 / (fan_in + fan_out))), zero conv and head biases, BN at ones and zeros; the head Xavier-uniform
-    with max-pooling (the code's miniImageNet net) and standard normal with strided convolutions (Omniglot)."""
+def test_conv4_maml_init_is_xavier_with_the_codes_head(pool: Pool, init: ConvInit) -> None:
+    """Catches a wrong scheme for ``init: maml`` / ``xavier`` on Conv4: Xavier-uniform conv weights (bound
+    sqrt(6 / (fan_in + fan_out))), zero conv and head biases, BN at ones and zeros; the head Xavier-uniform,
+    except ``maml`` with strided convolutions (the MAML code's Omniglot net): standard normal."""
     torch.manual_seed(0)
-    model = build_model(Conv4Config(filters=16, pool=pool, init="maml"), (3, 16, 16), 5)
+    model = build_model(Conv4Config(filters=16, pool=pool, init=init), (3, 16, 16), 5)
     params = dict(model.named_parameters())
     for i in range(4):
         w = params[f"body.{i}.conv.weight"]
@@ -378,7 +382,7 @@ def test_conv4_maml_init_is_xavier_with_the_codes_head(pool: Pool) -> None:
     head = params["head.weight"]
     assert torch.count_nonzero(params["head.bias"]) == 0
     xavier = (6.0 / sum(head.shape)) ** 0.5
-    if pool == "max":
+    if pool == "max" or init == "xavier":
         assert float(head.abs().max()) <= xavier
     else:
         assert 0.8 < float(head.std()) < 1.2 and float(head.abs().max()) > xavier

@@ -35,6 +35,8 @@ def dense_parameters(sizes: tuple[int, ...]) -> int:
 
 Init = Literal["torch", "maml"]
 """A network's initialisation: PyTorch's default, or the MAML TensorFlow code's for that network."""
+ConvInit = Literal["torch", "maml", "xavier"]
+"""Conv4's initialisation: PyTorch's, the MAML code's, or Xavier-uniform throughout."""
 
 
 # ReLU multilayer perceptrons (metacli.engine.models.mlp)
@@ -83,11 +85,12 @@ class Conv4Config(BaseModel):
     """Channels of every conv layer: 32 miniImageNet (MAML), 48 (MAML++), 64 Omniglot; any positive width."""
     pool: Pool = "stride"
     """``max`` = 2x2 max-pool after the ReLU (miniImageNet), ``stride`` = stride-2 convs (Omniglot)."""
-    init: Init = "torch"
-    """Initialisation: ``torch`` (PyTorch's default) or ``maml`` (the MAML TensorFlow code's conv net:
-    Xavier-uniform conv weights, zero biases, batch-norm scale one and offset zero; the head Xavier-uniform
-    with ``pool: max`` (its miniImageNet net) and standard normal with ``pool: stride`` (its Omniglot net),
-    zero bias)."""
+    init: ConvInit = "torch"
+    """Initialisation: ``torch`` (PyTorch's default); ``maml`` (the MAML TensorFlow code's conv net:
+    Xavier-uniform conv weights, zero biases, batch-norm scale one and offset zero; the head
+    Xavier-uniform with ``pool: max`` (its miniImageNet net) and standard normal with ``pool: stride`` (its
+    Omniglot net), zero bias); ``xavier`` (as ``maml`` but the head Xavier-uniform whatever the pooling: the
+    MAML++ and Reptile codes)."""
     size_field: ClassVar[str] = "filters"
     """The field that sets the network's size (named when it is too large)."""
 

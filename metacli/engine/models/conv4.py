@@ -17,7 +17,7 @@ in the miniImageNet ConvNets of BOIL and Sparse-MAML. The batch norm is the prim
 Parameter names: ``body.<block>.conv.{weight,bias}``, ``body.<block>.norm.{weight,bias}`` and
 ``head.{weight,bias}``; ANIL adapts ``head.*`` only, BOIL ``body.*`` only
 (:func:`metacli.engine.models.param_group`). Initialisation is PyTorch's default for conv and linear layers,
-ones and zeros for the batch-norm scale and offset; ``init: maml``: the MAML code's (:func:`maml_init`).
+ones and zeros for the batch-norm scale and offset; ``init: maml`` / ``xavier``: :func:`xavier_init`.
 
 A block computes ``max-pool -> ReLU`` rather than ``ReLU -> max-pool``: the same function, and the same
 gradient at every order (:func:`pool_then_act`), with the ReLU and its backward on a quarter of the values.
@@ -96,23 +96,24 @@ class Conv4(nn.Module):
 def build(cfg: Conv4Config, in_shape: tuple[int, ...], out_features: int) -> Conv4:
     """A :class:`Conv4` for images of ``in_shape`` (channels, height, width), initialised by ``cfg.init``."""
     model = Conv4(in_shape, cfg.filters, cfg.pool, out_features)
-    if cfg.init == "maml":
-        maml_init(model, cfg.pool)
+    if cfg.init != "torch":
+        # the MAML code's Omniglot net (strided convolutions) draws its head from N(0, 1)
+        xavier_init(model, normal_head=cfg.init == "maml" and cfg.pool == "stride")
     return model
 
 
 @torch.no_grad()
-def maml_init(model: Conv4, pool: Pool) -> None:
-    """The MAML TensorFlow code's conv net (``construct_conv_weights``): Xavier-uniform conv weights and zero
-    biases; the head Xavier-uniform on miniImageNet (max-pooling) and standard normal on Omniglot (strided
-    convolutions), zero bias. The batch-norm scale and offset keep their ones and zeros."""
+def xavier_init(model: Conv4, normal_head: bool) -> None:
+    """Xavier-uniform conv weights and zero biases (the MAML code's ``construct_conv_weights``, MAML++'s and
+    Reptile's layers); the head Xavier-uniform, or with ``normal_head`` standard
+    normal (the MAML code's Omniglot head), zero bias. The batch-norm scale and offset keep ones and zeros."""
     for m in model.body.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-    if pool == "max":
-        nn.init.xavier_uniform_(model.head.weight)
-    else:
+    if normal_head:
         nn.init.normal_(model.head.weight)
+    else:
+        nn.init.xavier_uniform_(model.head.weight)
     nn.init.zeros_(model.head.bias)
