@@ -366,7 +366,12 @@ class BilevelHeadConfig(BaseModel):
     inner_steps: Count = 20
     """K: head gradient steps per task in meta-training."""
     reg: NonNegative = 1e-3
-    """rho: the lower level's L2 term rho/2 |phi|^2 (the paper's R; the official code has none: 0)."""
+    """rho: strength of the lower level's L2 term on the head (its form: ``reg_form``); > 0 is the paper's R.
+    The official memory-reduced code computes such a term but never adds it to its loss: 0."""
+    reg_form: Literal["half_squared", "norm"] = "half_squared"
+    """The L2 term: ``half_squared``, rho/2 |phi|^2 summed over the head's weight and bias (the paper's R,
+    strongly convex); ``norm``, rho (|W|_2 + |b|_2), plain unsquared norms, what the official ITD-BiO code
+    adds to its head loss (with rho 1e-4). itd_bio only: the implicit hypergradient needs the first form."""
     eval_inner_steps: Steps = 20
     """Head steps at evaluation (backbone frozen; the code's protocol: 20)."""
     eval_inner_lr: Positive | None = None
@@ -390,6 +395,19 @@ class MemoryReducedConfig(BilevelHeadConfig):
     """N: conjugate-gradient steps on grad^2_phi g v = grad_phi f (Subroutine 1)."""
     cg_tol: NonNegative = 0.0
     """Stop CG updates once the residual norm is below this (0: always N steps, as the code)."""
+
+    @model_validator(mode="after")
+    def _smooth_lower_level(self) -> MemoryReducedConfig:
+        """Refuses ``reg_form: norm``: the implicit hypergradient solves with the lower level's Hessian,
+        which |W|_2 + |b|_2 does not have at 0 and which it leaves singular elsewhere (no curvature along
+        W or b)."""
+        if self.reg_form == "norm":
+            raise ValueError(
+                "reg_form: norm (the official ITD-BiO code's |W|_2 + |b|_2) has no Hessian at 0 and adds no "
+                "curvature, and the memory-reduced method's implicit hypergradient solves with that Hessian: "
+                "use reg_form: half_squared (the paper's rho/2 |phi|^2), or name: itd_bio for that term"
+            )
+        return self
 
 
 class ITDBiOConfig(BilevelHeadConfig):
