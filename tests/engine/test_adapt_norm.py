@@ -5,7 +5,8 @@
   metacurvature and maml_enhanced (their codes keep them out), found from the module types;
 - LSLR with ``adapt_norm: false`` on a tiny Conv4: batch norm stays at theta exactly, the meta-gradient equals
   a hand-unrolled reference and central differences, and differs from ``adapt_norm: true``;
-- a run's spec.yaml written before the field existed resumes with batch norm adapted, as it was trained.
+- a run's spec.yaml written before the field existed is read, and resumes, with batch norm adapted, as it was
+  trained.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from metacli.engine.models.layers import BatchNorm
 from metacli.engine.types import Batch, Params, Task
 from metacli.spec import RunSpec, load_spec, spec_to_yaml, validate
 from metacli.yamlfile import read_yaml
+from tests.engine.test_omniglot import write_tiny_archives
+from tests.resume import straight_and_resumed
+from tests.test_pinned_losses import OMNIGLOT_FIXTURE, sets
 
 F64 = torch.float64
 ROOT = Path(__file__).resolve().parents[2]
@@ -232,3 +236,22 @@ def test_an_old_run_folder_keeps_batch_norm_adapted(name: str, tmp_path: Path) -
     written = read_yaml(ROOT / "configs" / "omniglot" / f"5way_1shot_{name}.yaml")
     del written["algorithm"]["adapt_norm"]
     assert validate(written, "a spec file").algorithm.adapt_norm is False  # type: ignore[union-attr]
+
+
+def test_an_old_run_folder_resumes_as_it_was_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An LSLR run stopped with batch norm adapted, its spec.yaml stripped of ``adapt_norm`` (as written
+    before the field), resumes to the same losses as the run trained straight with ``adapt_norm: true``."""
+    monkeypatch.setenv("METACLI_TRUST_DATA", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    write_tiny_archives(tmp_path / "data" / "omniglot")
+    base = [
+        "train", "--algo", "lslr", "--dataset", "omniglot", "--data-root", str(tmp_path / "data"),
+        *OMNIGLOT_FIXTURE, *sets("train.log_every=1", "eval.tasks=2", "algorithm.adapt_norm=true"), "--quiet",
+    ]  # fmt: skip
+
+    def as_before_the_field(text: str) -> str:
+        assert "  adapt_norm: true\n" in text
+        return text.replace("  adapt_norm: true\n", "")
+
+    saved = straight_and_resumed(base, tmp_path, as_before_the_field)
+    assert "lslr:body.0.norm.weight" in saved["meta"]  # batch norm had its rates: it was adapted
