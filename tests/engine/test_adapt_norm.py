@@ -21,7 +21,8 @@ from torch import Tensor
 from metacli.commands import stored_differences
 from metacli.engine.algorithms.maml import MAML
 from metacli.engine.build import BuildSettings, episodic_parts
-from metacli.engine.config.algorithms import MAML_VARIANTS, LSLRConfig
+from metacli.engine.config.algorithms import MAML_VARIANTS, LSLRConfig, MAMLConfig
+from metacli.engine.config.data import FewShotConfig
 from metacli.engine.data.images import ClassImages, FewShotImages
 from metacli.engine.executors import task_at
 from metacli.engine.functional import Learner
@@ -69,10 +70,10 @@ def norm_parameters(learner: Learner) -> set[str]:
 def random_images(spec: RunSpec) -> FewShotImages:
     """Seeded uint8 images of the spec's shape, just enough classes and examples for one task."""
     d = spec.data
-    per_class = d.shots + d.queries  # type: ignore[union-attr]
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (d.ways, per_class, *d.input_shape()), generator=gen, dtype=torch.uint8)  # type: ignore[union-attr]
-    return FewShotImages(d, {"train": ClassImages(images, torch.device("cpu"))})  # type: ignore[arg-type]
+    assert isinstance(d, FewShotConfig)
+    shape = (d.ways, d.shots + d.queries, *d.input_shape())
+    images = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    return FewShotImages(d, {"train": ClassImages(images, torch.device("cpu"))})
 
 
 def test_the_family_has_conv_presets_of_every_kind() -> None:
@@ -97,8 +98,9 @@ def test_a_preset_adapts_its_variants_parameters(path: Path) -> None:
     norms = norm_parameters(parts.learner)
     expected = {k for k in theta if param_group(k) in group} - (norms if name in WITHOUT_NORM else set())
     assert moved == expected
-    assert spec.algorithm.adapt_norm == (name not in WITHOUT_NORM)  # type: ignore[union-attr]
-    if name not in ("anil",):  # anil's head holds no batch norm
+    assert isinstance(spec.algorithm, MAMLConfig)
+    assert spec.algorithm.adapt_norm == (name not in WITHOUT_NORM)
+    if name != "anil":  # anil's head holds no batch norm
         adapted_norms = norms & moved
         assert bool(adapted_norms) == (name not in WITHOUT_NORM)
         assert all(not torch.equal(fast[k], theta[k]) for k in adapted_norms)  # they do move when adapted
@@ -130,9 +132,8 @@ def lslr_meta(cfg: LSLRConfig, learner: Learner) -> tuple[Params, Params]:
     gen = torch.Generator().manual_seed(4)
     for k, v in meta.items():
         if k.startswith("lslr:"):  # away from alpha, so a mixed-up tensor or step cannot pass
-            meta[k] = (v.detach() * (0.5 + torch.rand(v.shape, generator=gen, dtype=F64))).requires_grad_(
-                True
-            )
+            scale = 0.5 + torch.rand(v.shape, generator=gen, dtype=F64)
+            meta[k] = (v.detach() * scale).requires_grad_(True)
     return meta, split_meta(meta)[1]
 
 
@@ -221,6 +222,12 @@ def test_lslr_without_norm_meta_gradient_matches_finite_differences() -> None:
 # ---------------------------------------------------------------- old run folders
 
 
+def as_before_the_field(spec_yaml: str) -> str:
+    """A run's spec.yaml with batch norm adapted, as metacli wrote it before ``adapt_norm`` existed."""
+    assert "  adapt_norm: true\n" in spec_yaml
+    return spec_yaml.replace("  adapt_norm: true\n", "")
+
+
 @pytest.mark.parametrize("name", sorted(WITHOUT_NORM))
 def test_an_old_run_folder_keeps_batch_norm_adapted(name: str, tmp_path: Path) -> None:
     """A run's spec.yaml records every field; one written before ``adapt_norm`` existed was trained with
@@ -228,14 +235,13 @@ def test_an_old_run_folder_keeps_batch_norm_adapted(name: str, tmp_path: Path) -
     without the field gets the variant's default."""
     spec = load_spec(algo=name, dataset="omniglot")[0]
     old = spec.model_copy(update={"algorithm": spec.algorithm.model_copy(update={"adapt_norm": True})})
-    text = spec_to_yaml(old)
-    assert "  adapt_norm: true\n" in text
-    (tmp_path / "spec.yaml").write_text(text.replace("  adapt_norm: true\n", ""))
+    (tmp_path / "spec.yaml").write_text(as_before_the_field(spec_to_yaml(old)))
     assert stored_differences(tmp_path, old) == []
     assert stored_differences(tmp_path, spec) == ["algorithm.adapt_norm: True -> False"]
     written = read_yaml(ROOT / "configs" / "omniglot" / f"5way_1shot_{name}.yaml")
     del written["algorithm"]["adapt_norm"]
-    assert validate(written, "a spec file").algorithm.adapt_norm is False  # type: ignore[union-attr]
+    algorithm = validate(written, "a spec file").algorithm
+    assert isinstance(algorithm, MAMLConfig) and algorithm.adapt_norm is False
 
 
 def test_an_old_run_folder_resumes_as_it_was_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,10 +254,5 @@ def test_an_old_run_folder_resumes_as_it_was_trained(tmp_path: Path, monkeypatch
         "train", "--algo", "lslr", "--dataset", "omniglot", "--data-root", str(tmp_path / "data"),
         *OMNIGLOT_FIXTURE, *sets("train.log_every=1", "eval.tasks=2", "algorithm.adapt_norm=true"), "--quiet",
     ]  # fmt: skip
-
-    def as_before_the_field(text: str) -> str:
-        assert "  adapt_norm: true\n" in text
-        return text.replace("  adapt_norm: true\n", "")
-
     saved = straight_and_resumed(base, tmp_path, as_before_the_field)
     assert "lslr:body.0.norm.weight" in saved["meta"]  # batch norm had its rates: it was adapted
