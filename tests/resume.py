@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,12 @@ from typer.testing import CliRunner
 from metacli.cli import app
 
 
-def straight_and_resumed(base: list[str], tmp_path: Path) -> dict[str, Any]:
+def straight_and_resumed(
+    base: list[str], tmp_path: Path, edit_spec: Callable[[str], str] = lambda text: text
+) -> dict[str, Any]:
     """Assert that ``base`` run 4 steps equals it run 2 steps then ``--resume``d to 4 (last metrics line).
+
+    ``edit_spec`` changes the stopped run's spec.yaml before the resume (e.g. into an older metacli's).
 
     Returns:
         The episodic state of the checkpoint written after 2 steps (what the resume started from).
@@ -25,7 +30,7 @@ def straight_and_resumed(base: list[str], tmp_path: Path) -> dict[str, Any]:
     assert runner.invoke(app, [*base, "--out", str(split), "--set", "train.meta_iters=2"]).exit_code == 0
     saved: dict[str, Any] = torch.load(split / "checkpoints" / "last.pt", weights_only=False)["state"]
     spec = split / "spec.yaml"
-    spec.write_text(spec.read_text().replace("meta_iters: 2", "meta_iters: 4"))
+    spec.write_text(edit_spec(spec.read_text().replace("meta_iters: 2", "meta_iters: 4")))
     result = runner.invoke(app, ["train", "--resume", str(split), "--quiet"])
     assert result.exit_code == 0, result.output
     a = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]

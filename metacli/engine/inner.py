@@ -14,7 +14,8 @@ the way optax chains gradient transformations, of three pieces:
     phi^{k+1}_p = phi^k_p - r_{p,k} * P_p(g^k_p)
 
 - which parameters adapt (the set A): :func:`every` (MAML), :func:`in_group` ``"head"`` (ANIL) or
-  ``"body"`` (BOIL);
+  ``"body"`` (BOIL), either less the batch-norm scales and shifts (:func:`except_norm`, a config's
+  ``adapt_norm: false``);
 - the preconditioner P: :class:`Identity`, or :class:`MetaCurvature`'s Kronecker factors (Park & Oliva 2019);
 - the rate r: :class:`ScalarRate` alpha; :class:`LSLR`'s alpha_{p,k} (MAML++, Antoniou et al. 2019);
   :class:`SparseMask`, alpha * mask(m_p) (Sparse-MAML, von Oswald et al. 2021); :class:`ReLURate`, ReLU(m_p)
@@ -383,6 +384,20 @@ def in_group(group: str) -> Callable[[str], bool]:
 
     def adapted(name: str) -> bool:
         return param_group(name) == group
+
+    return adapted
+
+
+def except_norm(among: Callable[[str], bool]) -> Callable[[str], bool]:
+    """The parameters of ``among`` but the batch-norm scales and shifts, which stay at theta.
+
+    MAML++'s code (``enable_inner_loop_optimizable_bn_params: false``), the Meta-Curvature code and
+    Sparse-MAML's ResNet-12 runs (``--no_bn_in_inner_loop``) meta-learn them without adapting them.
+    """
+    from metacli.engine.models import is_norm
+
+    def adapted(name: str) -> bool:
+        return among(name) and not is_norm(name)
 
     return adapted
 

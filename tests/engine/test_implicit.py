@@ -4,7 +4,10 @@
 - the implicit hypergradient, with the lower level solved to machine precision, against central
   differences of theta -> f(theta, phi*(theta)) (phi* by Newton's method) and against TorchOpt's
   ``custom_root`` implicit gradient on the same problem;
-- ITD-BiO against a hand-unrolled reference; loop == vmap; warm starts per slot, carried and resumed.
+- ITD-BiO against a hand-unrolled reference; loop == vmap; warm starts per slot, carried and resumed;
+- the lower level's L2 term: ``reg_form: norm`` (the official ITD-BiO code's) by its hand formula, and
+  ITD-BiO's hypergradient with it against central differences; why the memory-reduced method needs rho > 0
+  for CG and refuses ``norm``; what the presets set.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from metacli.engine.algorithms.implicit import (
@@ -26,6 +30,8 @@ from metacli.engine.algorithms.implicit import (
 from metacli.engine.executors import task_at
 from metacli.engine.functional import Learner
 from metacli.engine.types import Batch, Params, Task
+from metacli.errors import SpecError
+from metacli.spec import PRESETS_DIR, load_spec
 from tests.engine.test_miniimagenet import write_fixture
 from tests.resume import straight_and_resumed
 
@@ -277,3 +283,108 @@ def test_grad_clip_clamps_every_hypergradient_element(cfg: MemoryReducedConfig |
     for k, g in raw.items():
         torch.testing.assert_close(clipped[k], g.clamp(-clip, clip), rtol=0, atol=1e-12)
     assert any(bool((g.abs() > clip).any()) for g in raw.values())
+
+
+# ---------------------------------------------------------------- the lower level's L2 term
+
+
+def test_cg_needs_rho_where_the_support_does_not_span_the_features() -> None:
+    """With rho = 0 the head's Hessian is singular: along the shift of every logit (grad_phi f has no part
+    there), and along every feature direction the support does not span (grad_phi f, from the query, has).
+    9 support examples span the 5 features (+1): CG converges at rho = 0. 3 do not: CG blows up, and
+    rho > 0 (positive definite) fixes it."""
+    learner, tasks = problem()
+    task = task_at(tasks, 0)
+
+    def cg_residual(reg: float, n_support: int) -> tuple[float, float]:
+        algo = BilevelHead(MemoryReducedConfig(reg=reg), learner)
+        meta = algo.init_meta(learner.init_params())
+        zs = learner.features(meta, task.support.x[:n_support]).detach()
+        phi = algo.flat_head(meta).detach()
+        hess = head_hessian(algo, phi, zs, task.support.y[:n_support])
+        b = torch.func.grad(algo.upper)(phi, learner.features(meta, task.query.x).detach(), task.query.y)
+        v = conjugate_gradient(lambda w: hess @ w, b, torch.zeros(Q, dtype=F64), steps=3 * Q)
+        return float(torch.linalg.norm(b - hess @ v) / torch.linalg.norm(b)), float(torch.linalg.norm(v))
+
+    assert cg_residual(0.0, N_S)[0] < 1e-8
+    residual, size = cg_residual(0.0, WAYS)
+    assert residual > 0.5 and size > 1e6
+    assert cg_residual(0.05, WAYS)[0] < 1e-12
+
+
+NORM_ITD = ITDBiOConfig(reg=0.05, reg_form="norm", inner_lr=0.3, inner_steps=5)
+
+
+def test_norm_lower_level_is_the_official_itd_bio_term() -> None:
+    """g = CE(z W^T + b) + rho (|W|_2 + |b|_2): plain norms, neither squared nor halved."""
+    learner, tasks = problem()
+    algo = BilevelHead(NORM_ITD, learner)
+    meta = algo.init_meta(learner.init_params())
+    task = task_at(tasks, 0)
+    z = learner.features(meta, task.support.x).detach()
+    w, b = meta["head.weight"].detach(), meta["head.bias"].detach()
+    by_hand = F.cross_entropy(z @ w.T + b, task.support.y) + 0.05 * (
+        torch.sqrt((w * w).sum()) + torch.sqrt((b * b).sum())
+    )
+    got = algo.lower(algo.flat_head(meta).detach(), z, task.support.y)
+    assert float(got) == pytest.approx(float(by_hand), rel=1e-14)
+    squared = BilevelHead(NORM_ITD.model_copy(update={"reg_form": "half_squared"}), learner)
+    half = F.cross_entropy(z @ w.T + b, task.support.y) + 0.025 * ((w * w).sum() + (b * b).sum())
+    assert float(squared.lower(algo.flat_head(meta).detach(), z, task.support.y)) == pytest.approx(
+        float(half), rel=1e-14
+    )
+
+
+@pytest.mark.parametrize("executor", ["loop", "vmap"])
+def test_itd_bio_with_the_norm_term_against_finite_differences(executor: str) -> None:
+    """theta -> (1/B) sum_i f_i(theta, phi_i^K(theta)), phi^K by K steps on CE + rho (|W| + |b|)."""
+    learner, tasks = problem()
+    algo = BilevelHead(NORM_ITD, learner)
+    meta = algo.init_meta(learner.init_params())
+    grads = algo.meta_step(meta, tasks, executor).grads
+    gen = torch.Generator().manual_seed(9)
+    direction = {
+        k: torch.randn(v.shape, generator=gen, dtype=F64) if k.startswith("body.") else torch.zeros_like(v)
+        for k, v in meta.items()
+    }
+    eps = 1e-6
+
+    def unrolled(sign: float) -> float:
+        at = {k: (v + sign * eps * direction[k]).detach() for k, v in meta.items()}
+        total = 0.0
+        for i in range(N_TASKS):
+            task = task_at(tasks, i)
+            zs, zq = learner.features(at, task.support.x), learner.features(at, task.query.x)
+            phi = algo.head_steps(algo.flat_head(at), zs, task.support.y, 5, 0.3, create_graph=False)
+            total += float(algo.upper(phi, zq, task.query.y)) / N_TASKS
+        return total
+
+    finite = (unrolled(1.0) - unrolled(-1.0)) / (2 * eps)
+    analytic = float(sum((grads[k] * direction[k]).sum() for k in meta))
+    assert analytic == pytest.approx(finite, rel=1e-7)
+    squared = BilevelHead(NORM_ITD.model_copy(update={"reg_form": "half_squared"}), learner)
+    other = squared.meta_step(meta, tasks, executor).grads
+    assert float((other["body.0.weight"] - grads["body.0.weight"]).abs().max()) > 1e-6
+
+
+def test_memory_reduced_refuses_the_norm_term() -> None:
+    with pytest.raises(ValidationError, match="reg_form: half_squared"):
+        MemoryReducedConfig(reg_form="norm")
+    with pytest.raises(SpecError, match="reg_form: half_squared"):
+        load_spec(algo="memory_reduced", dataset="cifar_fs", overrides=["algorithm.reg_form=norm"])
+
+
+BILEVEL_PRESETS = sorted(
+    path for name in ("itd_bio", "memory_reduced") for path in PRESETS_DIR.glob(f"*/*_{name}.yaml")
+)
+
+
+@pytest.mark.parametrize("path", BILEVEL_PRESETS, ids=[f"{p.parent.name}/{p.stem}" for p in BILEVEL_PRESETS])
+def test_bilevel_presets_follow_the_official_code(path: Path) -> None:
+    """ITD-BiO: 1e-4 (|W|_2 + |b|_2); memory-reduced: no term (the code computes one and never adds it)."""
+    algo = load_spec(path)[0].algorithm
+    assert isinstance(algo, ITDBiOConfig | MemoryReducedConfig)
+    if isinstance(algo, ITDBiOConfig):
+        assert (algo.reg, algo.reg_form) == (1e-4, "norm")
+    else:
+        assert algo.reg == 0

@@ -20,7 +20,7 @@ from metacli.engine.algorithms.maml import MAML, MAMLConfig
 from metacli.engine.config.models import ConvInit
 from metacli.engine.executors import task_at
 from metacli.engine.functional import Learner
-from metacli.engine.models import MODELS, build_model, param_group
+from metacli.engine.models import MODELS, build_model, is_norm, param_group
 from metacli.engine.models.conv4 import Conv4Config, Pool
 from metacli.engine.models.layers import BatchNorm, batch_norm_primitive
 from metacli.engine.models.mlp import MLPConfig
@@ -137,6 +137,20 @@ def test_parameters_split_into_body_and_a_final_linear_head(
     assert len(captured) == 1 and torch.equal(captured[0], out)  # the head is applied last, once
     if len(groups) > 2:
         assert {n for n, g in groups.items() if g == "body"} == set(groups) - {"head.weight", "head.bias"}
+
+
+@pytest.mark.parametrize(("cfg", "in_shape"), [c[1:] for c in GROUP_CASES], ids=[c[0] for c in GROUP_CASES])
+def test_is_norm_names_exactly_the_batch_norm_parameters(cfg: AnyConfig, in_shape: tuple[int, ...]) -> None:
+    """The name contract that ``adapt_norm: false`` relies on, checked against the module types."""
+    model = build_model(cfg, in_shape, 3)
+    of_norms = {
+        f"{m_name}.{p_name}"
+        for m_name, module in model.named_modules()
+        if isinstance(module, (BatchNorm, nn.modules.batchnorm._NormBase))
+        for p_name, _ in module.named_parameters(recurse=False)
+    }
+    assert {name for name, _ in model.named_parameters() if is_norm(name)} == of_norms
+    assert bool(of_norms) == (cfg.name != "mlp")
 
 
 @pytest.mark.parametrize("name", ["weight", "headless.weight", "backbone.0.weight", "bodyx.bias"])

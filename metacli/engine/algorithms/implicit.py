@@ -4,9 +4,12 @@ Both solve the bilevel problem with the backbone theta (``body.*``) as the upper
 linear head phi (``head.*``, flattened to one vector of N (e + 1) numbers) as the lower level:
 
     min_theta  F(theta) = (1/B) sum_i f_i(theta, phi_i*(theta)),   f_i = CE on the query set
-    phi_i*(theta) = argmin_phi g_i(theta, phi),                     g_i = CE on the support + rho/2 |phi|^2
+    phi_i*(theta) = argmin_phi g_i(theta, phi),                     g_i = CE on the support + R(phi)
 
 with K gradient steps ``phi^{k+1} = phi^k - lambda grad_phi g_i(theta, phi^k)`` on the support features.
+R is the paper's ``rho/2 |phi|^2`` (``reg_form: half_squared``), or for ITD-BiO the official code's
+``rho (|W|_2 + |b|_2)`` (``reg_form: norm``, its presets: rho 1e-4); the official memory-reduced code adds
+none, but its presets keep the paper's R (rho 1e-3): with rho = 0 the system CG solves is singular (below).
 
 - **Memory-reduced** (``memory_reduced``, the paper's Algorithm 1 and Subroutine 1): the K head steps keep
   no graph; N conjugate-gradient steps on head-only Hessian-vector products solve
@@ -23,6 +26,16 @@ phi^K and v^N of the previous outer step, state that checkpoints carry; off, eve
 fixed head initialisation and v^0 = 0 (the official code). The head initialisation is not meta-learned
 (as the code): its meta-gradient is zero. Hessian-vector products and the mixed term go through
 ``torch.func`` (``grad``, ``jvp``), so both executors run the same per-task function.
+
+Why rho > 0 for the memory-reduced method: the head's cross-entropy Hessian is only positive semi-definite.
+It is zero along the shift of every class's logit by the same amount (harmless: grad_phi f has no part
+there) and along every feature direction the support set does not span; with 25 support images and 256 or
+800 features that is most of phi, and grad_phi f, made of the query features, has a part there. CG on that
+inconsistent system does not converge: with rho = 0 its iterate grows without bound (measured with random
+images through an untrained Omniglot-size Conv4-64, 5-way 5-shot: after the code's 20 steps |v| is 500 to
+2,000 times its rho = 1e-3 value and the residual hundreds of times |b|, in float32 and float64).
+rho/2 |phi|^2 makes the system positive definite (the paper's strong convexity); ``tests/engine/
+test_implicit.py`` shows both on a tiny head.
 
 References:
     Yang, Ma, Yu. "Memory-Reduced Meta-Learning with Guaranteed Convergence", AAAI 2025 (arXiv 2412.12030;
@@ -113,15 +126,29 @@ class BilevelHead:
         return torch.cat([meta[HEAD_W].reshape(-1), meta[HEAD_B].reshape(-1)])
 
     @staticmethod
-    def logits(phi: Tensor, z: Tensor) -> Tensor:
+    def unpack(phi: Tensor, features: int) -> tuple[Tensor, Tensor]:
+        """(W, b) from the flat phi of a head on ``features`` inputs."""
+        n_out = phi.shape[0] // (features + 1)
+        return phi[: n_out * features].view(n_out, features), phi[n_out * features :]
+
+    @classmethod
+    def logits(cls, phi: Tensor, z: Tensor) -> Tensor:
         """``z W^T + b`` with W and b unpacked from the flat phi."""
-        n_out = phi.shape[0] // (z.shape[-1] + 1)
-        w = phi[: n_out * z.shape[-1]].view(n_out, z.shape[-1])
-        return F.linear(z, w, phi[n_out * z.shape[-1] :])
+        w, b = cls.unpack(phi, z.shape[-1])
+        return F.linear(z, w, b)
+
+    def penalty(self, phi: Tensor, features: int) -> Tensor:
+        """The lower level's L2 term R(phi): ``rho/2 |phi|^2`` (``half_squared``, the paper's R), or
+        ``rho (|W|_2 + |b|_2)`` (``norm``: the official ITD-BiO code's ``1e-4 * (norm(W) + norm(b))``)."""
+        if self.cfg.reg_form == "norm":
+            w, b = self.unpack(phi, features)
+            norms: Tensor = torch.linalg.vector_norm(w) + torch.linalg.vector_norm(b)
+            return self.cfg.reg * norms
+        return 0.5 * self.cfg.reg * (phi * phi).sum()
 
     def lower(self, phi: Tensor, z: Tensor, y: Tensor) -> Tensor:
-        """g: the head's support loss (cross-entropy, or MSE for regression) plus ``rho/2 |phi|^2``."""
-        return self.learner.loss_of_output(self.logits(phi, z), y) + 0.5 * self.cfg.reg * (phi * phi).sum()
+        """g: the head's support loss (cross-entropy, or MSE for regression) plus R(phi) (:meth:`penalty`)."""
+        return self.learner.loss_of_output(self.logits(phi, z), y) + self.penalty(phi, z.shape[-1])
 
     def upper(self, phi: Tensor, z: Tensor, y: Tensor) -> Tensor:
         """f: the head's query loss."""

@@ -10,8 +10,10 @@ The second-order meta-gradient is ``prod_k (I - alpha H_{S_i}(phi_i^k)) grad L_{
 differentiating through the inner loop (Hessian-vector products). FOMAML (``first_order=True``)
 detaches the inner gradients, so the meta-gradient is ``grad L_{Q_i}(phi_i^K)`` applied to theta.
 
-Every parameter is adapted and meta-learned (cbfinn/maml adapts its ``weights`` dict; its batch-norm
-offsets, created by its ``utils.py::normalize`` outside that dict, are meta-learned but not adapted).
+Every parameter is meta-learned; every one adapts, but for the batch-norm scales and shifts where
+``adapt_norm`` is false (the default of LSLR, Meta-Curvature and MAML Enhanced, as their codes): those stay
+at theta in the inner loop. cbfinn/maml adapts its ``weights`` dict; its batch-norm offsets, created by its
+``utils.py::normalize`` outside that dict, are meta-learned but not adapted.
 
 The variants (FOMAML, LSLR, Meta-Curvature, MAML Enhanced, ANIL, BOIL, Sparse-MAML, sparse-ReLU-MAML)
 are subclasses of :class:`MAMLConfig` whose ``inner_rule()`` composes the inner step

@@ -11,6 +11,7 @@ and :mod:`metacli.engine.algorithms` maps each name to its class.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -31,6 +32,10 @@ OldSpelling = tuple[str, str, bool]
 """The fields that selected a variant's inner step before issue 22: (adapt, rate, curvature)."""
 _OLD_FIELDS = ("adapt", "rate", "curvature")
 _MASK_FIELDS = {"mask_init": "kaiming", "mask_init_shift": 0.0}
+_DUMPED_BEFORE_ADAPT_NORM = (
+    "name", "alpha", "inner_steps", "eval_inner_steps", "first_order", "outer_lr", "grad_clip", "extras_lr"
+)  # fmt: skip
+"""The fields a run's spec.yaml recorded for every variant before ``adapt_norm`` existed (issue 23)."""
 
 
 class MAMLConfig(BaseModel):
@@ -38,7 +43,8 @@ class MAMLConfig(BaseModel):
 
     Each variant below is a subclass whose :meth:`inner_rule` composes its inner step from the pieces of
     :mod:`metacli.engine.inner` (which parameters adapt, the preconditioner, the rate); its ``name`` is
-    its only spelling.
+    its only spelling. Which parameters adapt is the variant's set (:meth:`adapted`), less the batch-norm
+    scales and shifts unless ``adapt_norm``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
@@ -71,22 +77,43 @@ class MAMLConfig(BaseModel):
     eps, under a clamp they differ. The logged query loss is the mean either way."""
     extras_lr: Positive | None = None
     """Adam learning rate of the variant's extras (rates, curvature factors, masks); None: outer_lr."""
+    adapt_norm: bool = True
+    """Batch-norm scale and shift adapt in the inner loop. False: the outer Adam still meta-learns them, but
+    they stay at theta during adaptation and get no extras (no learned rates, curvature factors or masks).
+    False is the default of lslr, metacurvature and maml_enhanced, as MAML++'s code
+    (``enable_inner_loop_optimizable_bn_params: false``) and the Meta-Curvature code (which never puts them
+    among its adapted weights); true elsewhere: Sparse-MAML's ConvNet runs and BOIL adapt them (Sparse-MAML's
+    ResNet-12 runs do not: ``--no_bn_in_inner_loop``). cbfinn/maml meta-learns its batch-norm offsets (it has
+    no scale) without adapting them, as ``adapt_norm: false`` does. No effect on a model without batch norm
+    (the MLP)."""
+
+    def adapted(self, among: Callable[[str], bool]) -> Callable[[str], bool]:
+        """The parameters of ``among`` (the variant's set) that adapt: all, or all but the batch norm's."""
+        from metacli.engine import inner
+
+        return among if self.adapt_norm else inner.except_norm(among)
 
     def inner_rule(self) -> InnerRule:
         """``phi <- phi - alpha g`` on every parameter."""
         from metacli.engine import inner
 
-        return inner.InnerRule(inner.every, inner.Identity(), inner.ScalarRate(self.alpha))
+        return inner.InnerRule(self.adapted(inner.every), inner.Identity(), inner.ScalarRate(self.alpha))
 
     @model_validator(mode="before")
     @classmethod
     def _one_spelling(cls, data: object) -> object:
-        """Reads a spec written before issue 22, which spelled each variant's inner step in fields too.
+        """Reads a spec written before issue 22, which spelled each variant's inner step in fields too, or
+        a run's spec.yaml written before issue 23, which had no ``adapt_norm``.
 
         Fields that agree with ``name`` are dropped (with a FutureWarning), so old run folders resume;
         ``{name: maml, rate: lslr}`` and the like are refused, naming the one spelling (``{name: lslr}``).
+        A stored spec of either age gets ``adapt_norm: true``, what every variant did then
+        (:func:`_old_norm`).
         """
-        if not isinstance(data, dict) or not any(f in data for f in _OLD_FIELDS):
+        if not isinstance(data, dict):
+            return data
+        data = _old_norm(data)
+        if not any(f in data for f in _OLD_FIELDS):
             return data
         data = dict(data)
         given = tuple(data.pop(f, own) for f, own in zip(_OLD_FIELDS, cls.old_spelling, strict=True))
@@ -102,6 +129,21 @@ class MAMLConfig(BaseModel):
             stacklevel=2,
         )
         return data
+
+
+def _old_norm(data: dict[str, object]) -> dict[str, object]:
+    """``data`` with ``adapt_norm: true`` where it is a run's spec.yaml written before the field existed.
+
+    Until issue 23 every variant adapted the batch-norm scale and shift; lslr, metacurvature and
+    maml_enhanced no longer do by default, so an old run folder resumed (or compared by ``train``) would
+    silently change. A spec.yaml records every field of its section: one that names every field of that
+    time (:data:`_DUMPED_BEFORE_ADAPT_NORM`), or the fields of before issue 22, but not ``adapt_norm`` was
+    written before it. A hand-written spec rarely names them all; one that does is read the old way too.
+    """
+    if "adapt_norm" in data:
+        return data
+    dumped = all(f in data for f in _DUMPED_BEFORE_ADAPT_NORM) or any(f in data for f in _OLD_FIELDS)
+    return {**data, "adapt_norm": True} if dumped else data
 
 
 def _spelling_error(name: str, given: tuple[object, ...]) -> str:
@@ -132,53 +174,64 @@ class LSLRConfig(MAMLConfig):
     """LSLR of MAML++: ``phi_p^{k+1} = phi_p^k - alpha_{p,k} g_p^k``, one learned rate per tensor and step.
 
     Antoniou, Edwards, Storkey. "How to train your MAML", ICLR 2019 (code HowToTrainYourMAMLPytorch).
-    Rates start at ``alpha`` and are unconstrained; the outer Adam learns them with theta.
+    Rates start at ``alpha`` and are unconstrained; the outer Adam learns them with theta. As the code, the
+    batch-norm scale and shift do not adapt (and have no rates); ``adapt_norm: true`` puts them back.
     """
 
     old_spelling: ClassVar[OldSpelling] = ("all", "lslr", False)
     name: Literal["lslr"] = "lslr"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
+    adapt_norm: bool = False
+    """Batch-norm scale and shift adapt in the inner loop (MAML++'s code: no, they are only meta-learned)."""
 
     def inner_rule(self) -> InnerRule:
-        """Identity preconditioner, LSLR rates (``inner_steps`` of them) on every parameter."""
+        """Identity preconditioner, LSLR rates (``inner_steps`` of them) on every adapted parameter."""
         from metacli.engine import inner
 
-        return inner.InnerRule(inner.every, inner.Identity(), inner.LSLR(self.alpha, self.inner_steps))
+        rate = inner.LSLR(self.alpha, self.inner_steps)
+        return inner.InnerRule(self.adapted(inner.every), inner.Identity(), rate)
 
 
 class MetaCurvatureConfig(MAMLConfig):
     """Meta-Curvature: ``phi^{k+1} = phi^k - alpha M g^k``, M Kronecker-factored per tensor, meta-learned.
 
     Park & Oliva. "Meta-Curvature", NeurIPS 2019 (code silverbottlep/maml). A weight's M is
-    ``M_out (x) M_in (x) M_filter`` (identities at first), a bias's M elementwise (ones at first).
+    ``M_out (x) M_in (x) M_filter`` (identities at first), a bias's M elementwise (ones at first). As the
+    code, the batch-norm scale and shift do not adapt (and have no M); ``adapt_norm: true`` puts them back.
     """
 
     old_spelling: ClassVar[OldSpelling] = ("all", "scalar", True)
     name: Literal["metacurvature"] = "metacurvature"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
+    adapt_norm: bool = False
+    """Batch-norm scale and shift adapt in the inner loop (the Meta-Curvature code: no, only meta-learned)."""
 
     def inner_rule(self) -> InnerRule:
-        """Meta-Curvature's preconditioner, the scalar rate, every parameter."""
+        """Meta-Curvature's preconditioner, the scalar rate, every adapted parameter."""
         from metacli.engine import inner
 
-        return inner.InnerRule(inner.every, inner.MetaCurvature(), inner.ScalarRate(self.alpha))
+        return inner.InnerRule(self.adapted(inner.every), inner.MetaCurvature(), inner.ScalarRate(self.alpha))
 
 
 class MAMLEnhancedConfig(MAMLConfig):
     """MAML Enhanced: Meta-Curvature and LSLR together, ``phi_p^{k+1} = phi_p^k - alpha_{p,k} M_p g_p^k``.
 
-    The composition of Park & Oliva 2019 and Antoniou et al. 2019 (no paper combines them).
+    The composition of Park & Oliva 2019 and Antoniou et al. 2019 (no paper combines them). As both their
+    codes, the batch-norm scale and shift do not adapt; ``adapt_norm: true`` puts them back.
     """
 
     old_spelling: ClassVar[OldSpelling] = ("all", "lslr", True)
     name: Literal["maml_enhanced"] = "maml_enhanced"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
+    adapt_norm: bool = False
+    """Batch-norm scale and shift adapt in the inner loop (neither MAML++'s nor the MC code adapts them)."""
 
     def inner_rule(self) -> InnerRule:
-        """Meta-Curvature's preconditioner and LSLR rates, every parameter."""
+        """Meta-Curvature's preconditioner and LSLR rates, every adapted parameter."""
         from metacli.engine import inner
 
-        return inner.InnerRule(inner.every, inner.MetaCurvature(), inner.LSLR(self.alpha, self.inner_steps))
+        rate = inner.LSLR(self.alpha, self.inner_steps)
+        return inner.InnerRule(self.adapted(inner.every), inner.MetaCurvature(), rate)
 
 
 class ANILConfig(MAMLConfig):
@@ -196,7 +249,9 @@ class ANILConfig(MAMLConfig):
         """MAML's step on the last linear layer only."""
         from metacli.engine import inner
 
-        return inner.InnerRule(inner.in_group("head"), inner.Identity(), inner.ScalarRate(self.alpha))
+        return inner.InnerRule(
+            self.adapted(inner.in_group("head")), inner.Identity(), inner.ScalarRate(self.alpha)
+        )
 
 
 class BOILConfig(MAMLConfig):
@@ -214,7 +269,9 @@ class BOILConfig(MAMLConfig):
         """MAML's step on everything but the head."""
         from metacli.engine import inner
 
-        return inner.InnerRule(inner.in_group("body"), inner.Identity(), inner.ScalarRate(self.alpha))
+        return inner.InnerRule(
+            self.adapted(inner.in_group("body")), inner.Identity(), inner.ScalarRate(self.alpha)
+        )
 
 
 class SparseCodeConfig(MAMLConfig):
@@ -256,7 +313,7 @@ class SparseMAMLConfig(SparseCodeConfig):
         from metacli.engine import inner
 
         mask = inner.SparseMask(self.alpha, self.mask_init == "kaiming", self.mask_init_shift)
-        return inner.InnerRule(inner.every, inner.Identity(), mask)
+        return inner.InnerRule(self.adapted(inner.every), inner.Identity(), mask)
 
 
 class SparseReLUMAMLConfig(SparseCodeConfig):
@@ -274,7 +331,7 @@ class SparseReLUMAMLConfig(SparseCodeConfig):
         """A learned non-negative rate per element, every parameter."""
         from metacli.engine import inner
 
-        return inner.InnerRule(inner.every, inner.Identity(), inner.ReLURate(self.alpha))
+        return inner.InnerRule(self.adapted(inner.every), inner.Identity(), inner.ReLURate(self.alpha))
 
 
 MAML_VARIANTS: tuple[type[MAMLConfig], ...] = (
@@ -330,7 +387,12 @@ class BilevelHeadConfig(BaseModel):
     inner_steps: Count = 20
     """K: head gradient steps per task in meta-training."""
     reg: NonNegative = 1e-3
-    """rho: the lower level's L2 term rho/2 |phi|^2 (the paper's R; the official code has none: 0)."""
+    """rho: strength of the lower level's L2 term on the head (its form: ``reg_form``); > 0 is the paper's R.
+    The official memory-reduced code computes such a term but never adds it to its loss: 0."""
+    reg_form: Literal["half_squared", "norm"] = "half_squared"
+    """The L2 term: ``half_squared``, rho/2 |phi|^2 summed over the head's weight and bias (the paper's R,
+    strongly convex); ``norm``, rho (|W|_2 + |b|_2), plain unsquared norms, what the official ITD-BiO code
+    adds to its head loss (with rho 1e-4). itd_bio only: the implicit hypergradient needs the first form."""
     eval_inner_steps: Steps = 20
     """Head steps at evaluation (backbone frozen; the code's protocol: 20)."""
     eval_inner_lr: Positive | None = None
@@ -354,6 +416,19 @@ class MemoryReducedConfig(BilevelHeadConfig):
     """N: conjugate-gradient steps on grad^2_phi g v = grad_phi f (Subroutine 1)."""
     cg_tol: NonNegative = 0.0
     """Stop CG updates once the residual norm is below this (0: always N steps, as the code)."""
+
+    @model_validator(mode="after")
+    def _smooth_lower_level(self) -> MemoryReducedConfig:
+        """Refuses ``reg_form: norm``: the implicit hypergradient solves with the lower level's Hessian,
+        which |W|_2 + |b|_2 does not have at 0 and which it leaves singular elsewhere (no curvature along
+        W or b)."""
+        if self.reg_form == "norm":
+            raise ValueError(
+                "reg_form: norm (the official ITD-BiO code's |W|_2 + |b|_2) has no Hessian at 0 and adds no "
+                "curvature, and the memory-reduced method's implicit hypergradient solves with that Hessian: "
+                "use reg_form: half_squared (the paper's rho/2 |phi|^2), or name: itd_bio for that term"
+            )
+        return self
 
 
 class ITDBiOConfig(BilevelHeadConfig):

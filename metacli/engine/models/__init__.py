@@ -7,6 +7,11 @@ Every model names its parameters ``body.*`` (feature extractor) or ``head.*`` (t
 only), so that variants can select what adapts by name: ANIL adapts the head, BOIL the body
 (Raghu et al. 2020; Oh et al. 2021). :func:`param_group` maps a name to its group.
 
+Every batch-norm layer is a module whose name starts with ``norm`` (``body.0.norm``, ``body.0.norm2``,
+``body.0.shortcut.norm``), so that a variant can keep the batch-norm scale and shift out of its inner loop by
+name (MAML++, Meta-Curvature): :func:`is_norm`. ``tests/engine/test_models.py`` checks both contracts
+against the module types of every model.
+
 - ``mlp``: ReLU multilayer perceptron (:mod:`.mlp`).
 - ``conv4``: four conv blocks, MAML's Omniglot / miniImageNet backbone (:mod:`.conv4`).
 - ``resnet12``: MetaOptNet / BOIL / Sparse-MAML ResNet-12 (:mod:`.resnet12`).
@@ -22,7 +27,7 @@ from torch import nn
 from metacli.engine.config.models import Conv4Config, MLPConfig, ModelConfig, ResNet12Config
 from metacli.engine.models import conv4, mlp, resnet12
 
-__all__ = ["MODELS", "PARAM_GROUPS", "ModelConfig", "ParamGroup", "build_model", "param_group"]
+__all__ = ["MODELS", "PARAM_GROUPS", "ModelConfig", "ParamGroup", "build_model", "is_norm", "param_group"]
 
 MODELS: dict[str, Callable[[Any, tuple[int, ...], int], nn.Module]] = {
     "mlp": mlp.build,
@@ -51,3 +56,13 @@ def param_group(name: str) -> ParamGroup:
         if name.startswith(group + "."):
             return group
     raise ValueError(f"parameter {name!r} is in neither group: model parameters must be body.* or head.*")
+
+
+def is_norm(name: str) -> bool:
+    """Whether parameter ``name`` is a batch-norm scale or shift: its module's name starts with ``norm``.
+
+    ``body.0.norm.weight``, ``body.1.norm2.bias`` and ``body.2.shortcut.norm.weight`` are;
+    ``body.0.conv.weight``, ``body.0.weight`` (an MLP's) and ``head.bias`` are not.
+    """
+    module = name.rsplit(".", 2)
+    return len(module) == 3 and module[1].startswith("norm")
