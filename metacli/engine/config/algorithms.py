@@ -347,7 +347,7 @@ class ITDBiOConfig(BilevelHeadConfig):
 # MOML and B-MOML (metacli.engine.algorithms.moml)
 
 
-class MetaSGDConfig(BaseModel):
+class OnlineMetaSGDConfig(BaseModel):
     """Settings shared by the second-order online meta-learners (MOML, B-MOML, FTML, MOGD)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
@@ -381,7 +381,7 @@ class MetaSGDConfig(BaseModel):
         return {"": (self.inner_lr, self.inner_steps)}
 
 
-class MOMLConfig(MetaSGDConfig):
+class MOMLConfig(OnlineMetaSGDConfig):
     """MOML (Acar, Zhu, Saligrama, ICML 2021): regularised warm-started meta-SGD, constant-size state."""
 
     name: Literal["moml"] = "moml"
@@ -390,7 +390,7 @@ class MOMLConfig(MetaSGDConfig):
     """α of the proximal term (grid {1, 5, 10}; default 1). 0 switches the regulariser off (= MOGD)."""
 
 
-class BMOMLConfig(MetaSGDConfig):
+class BMOMLConfig(OnlineMetaSGDConfig):
     """B-MOML (Acar et al. 2021; ``train_BMOML`` in github.com/ruizhaoz/MOML): MOML whose outer steps
     sample their task from a small task buffer."""
 
@@ -410,14 +410,14 @@ class BMOMLConfig(MetaSGDConfig):
 EvalVariant = Literal["ft1", "ft5", "noft"]
 
 
-class FTMLConfig(MetaSGDConfig):
+class FTMLConfig(OnlineMetaSGDConfig):
     """FTML (Finn et al. 2019) as in the MOML code: meta-SGD on tasks drawn from all seen tasks."""
 
     name: Literal["ftml"] = "ftml"
     """Selects FTML."""
 
 
-class MOGDConfig(MetaSGDConfig):
+class MOGDConfig(OnlineMetaSGDConfig):
     """MOGD: warm-started meta-SGD on the current task (MOML without the regulariser)."""
 
     name: Literal["mogd"] = "mogd"
