@@ -5,7 +5,11 @@ One pydantic model per algorithm, selected by its ``name`` (the discriminated un
 run spec is validated from this module alone (by the spec module), so a typo in a spec is reported without
 importing torch. Each algorithm's implementation imports its config from here
 (:mod:`metacli.engine.algorithms.maml`, ``.reptile``, ``.implicit``, ``.moml``, ``.online_baselines``),
-and :mod:`metacli.engine.algorithms` maps each name to its class.
+and each config names that implementation (``factory``, :mod:`.registry`), from which
+:mod:`metacli.engine.algorithms` derives its registries.
+
+To add an algorithm, write its config here with its ``factory`` and put it in :data:`AlgorithmConfig`
+(a MAML variant, a subclass of :class:`MAMLConfig`, joins :data:`MAML_VARIANTS` by that alone).
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from metacli.engine.config.fields import Count, Finite, NonNegative, Positive, Steps
+from metacli.engine.config.registry import Named, members, online_names
 
 if TYPE_CHECKING:
     from metacli.engine.inner import InnerRule
@@ -29,7 +34,7 @@ _OLD_FIELDS = ("adapt", "rate", "curvature")
 _MASK_FIELDS = {"mask_init": "kaiming", "mask_init_shift": 0.0}
 
 
-class MAMLConfig(BaseModel):
+class MAMLConfig(Named):
     """Model-Agnostic Meta-Learning: SGD inner loop, Adam outer loop, second order by default.
 
     Each variant below is a subclass whose :meth:`inner_rule` composes its inner step from the pieces of
@@ -37,8 +42,7 @@ class MAMLConfig(BaseModel):
     its only spelling.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
+    factory: ClassVar[str] = "metacli.engine.algorithms.maml:MAML"
     old_spelling: ClassVar[OldSpelling] = ("all", "scalar", False)
     """What (adapt, rate, curvature) said for this variant before issue 22 (read from old spec files)."""
 
@@ -256,27 +260,13 @@ class SparseReLUMAMLConfig(MAMLConfig):
         return inner.InnerRule(inner.every, inner.Identity(), inner.ReLURate(self.alpha))
 
 
-MAML_VARIANTS: tuple[type[MAMLConfig], ...] = (
-    MAMLConfig,
-    FOMAMLConfig,
-    LSLRConfig,
-    MetaCurvatureConfig,
-    MAMLEnhancedConfig,
-    ANILConfig,
-    BOILConfig,
-    SparseMAMLConfig,
-    SparseReLUMAMLConfig,
-)
-"""Every config the :class:`~metacli.engine.algorithms.maml.MAML` class runs, one per registry name."""
-
-
 # Reptile (metacli.engine.algorithms.reptile)
 
 
-class ReptileConfig(BaseModel):
+class ReptileConfig(Named):
     """Reptile: first-order meta-learning by moving theta towards task-adapted weights."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    factory: ClassVar[str] = "metacli.engine.algorithms.reptile:Reptile"
 
     name: Literal["reptile"] = "reptile"
     """Algorithm name (discriminator)."""
@@ -299,10 +289,10 @@ class ReptileConfig(BaseModel):
 # Memory-reduced meta-learning, ITD-BiO (metacli.engine.algorithms.implicit)
 
 
-class BilevelHeadConfig(BaseModel):
+class BilevelHeadConfig(Named):
     """Settings shared by the backbone / head bilevel algorithms."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    factory: ClassVar[str] = "metacli.engine.algorithms.implicit:BilevelHead"
 
     inner_lr: Positive = 0.1
     """lambda_phi: step size of the K head gradient steps (code: 0.1 CIFAR-FS/FC100, 0.05 ImageNet)."""
@@ -347,10 +337,10 @@ class ITDBiOConfig(BilevelHeadConfig):
 # MOML and B-MOML (metacli.engine.algorithms.moml)
 
 
-class OnlineMetaSGDConfig(BaseModel):
+class OnlineMetaSGDConfig(Named):
     """Settings shared by the second-order online meta-learners (MOML, B-MOML, FTML, MOGD)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    online: ClassVar[bool] = True
 
     K: Count = 10
     """Outer SGD steps per round (grid {10, 20}; the released script's first value, 10)."""
@@ -384,6 +374,7 @@ class OnlineMetaSGDConfig(BaseModel):
 class MOMLConfig(OnlineMetaSGDConfig):
     """MOML (Acar, Zhu, Saligrama, ICML 2021): regularised warm-started meta-SGD, constant-size state."""
 
+    factory: ClassVar[str] = "metacli.engine.algorithms.moml:MOML"
     name: Literal["moml"] = "moml"
     """Selects MOML."""
     alpha: NonNegative = 1.0
@@ -394,6 +385,7 @@ class BMOMLConfig(OnlineMetaSGDConfig):
     """B-MOML (Acar et al. 2021; ``train_BMOML`` in github.com/ruizhaoz/MOML): MOML whose outer steps
     sample their task from a small task buffer."""
 
+    factory: ClassVar[str] = "metacli.engine.algorithms.moml:BMOML"
     name: Literal["bmoml"] = "bmoml"
     """Selects B-MOML."""
     alpha: NonNegative = 1.0
@@ -413,6 +405,7 @@ EvalVariant = Literal["ft1", "ft5", "noft"]
 class FTMLConfig(OnlineMetaSGDConfig):
     """FTML (Finn et al. 2019) as in the MOML code: meta-SGD on tasks drawn from all seen tasks."""
 
+    factory: ClassVar[str] = "metacli.engine.algorithms.online_baselines:FTML"
     name: Literal["ftml"] = "ftml"
     """Selects FTML."""
 
@@ -420,14 +413,15 @@ class FTMLConfig(OnlineMetaSGDConfig):
 class MOGDConfig(OnlineMetaSGDConfig):
     """MOGD: warm-started meta-SGD on the current task (MOML without the regulariser)."""
 
+    factory: ClassVar[str] = "metacli.engine.algorithms.moml:MOGD"
     name: Literal["mogd"] = "mogd"
     """Selects MOGD."""
 
 
-class _ScratchConfig(BaseModel):
+class _ScratchConfig(Named):
     """Evaluation settings shared by TOE and FS (``get_maml_acc_loss`` in the official MOML code)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    online: ClassVar[bool] = True
 
     eval_lr: Positive = 0.1
     """Learning rate of the evaluation fine-tune (0.1)."""
@@ -450,6 +444,7 @@ class _ScratchConfig(BaseModel):
 class TOEConfig(_ScratchConfig):
     """TOE: re-initialise to θ₀ each round and train K SGD steps on all data seen so far."""
 
+    factory: ClassVar[str] = "metacli.engine.algorithms.online_baselines:TOE"
     name: Literal["toe"] = "toe"
     """Selects TOE."""
     K: Count = 10
@@ -466,6 +461,7 @@ class TOEConfig(_ScratchConfig):
 class FSConfig(_ScratchConfig):
     """FS: no training; θ₀ fine-tuned on each task (evaluation only)."""
 
+    factory: ClassVar[str] = "metacli.engine.algorithms.online_baselines:FS"
     name: Literal["fs"] = "fs"
     """Selects FS."""
 
@@ -495,5 +491,11 @@ AlgorithmConfig = Annotated[
 ]
 """The ``algorithm:`` section: the config that ``name`` selects; a wrong name lists the valid ones."""
 
-ONLINE_ALGORITHM_NAMES: frozenset[str] = frozenset({"moml", "bmoml", "ftml", "mogd", "toe", "fs"})
+ONLINE_ALGORITHM_NAMES: frozenset[str] = online_names(AlgorithmConfig)
 """The algorithms of the online protocol (paired with a task stream); every other name is few-shot."""
+
+MAML_VARIANTS: tuple[type[MAMLConfig], ...] = tuple(
+    c for c in members(AlgorithmConfig) if issubclass(c, MAMLConfig)
+)
+"""Every config the :class:`~metacli.engine.algorithms.maml.MAML` class runs, one per registry name (MAML
+first: the union's order)."""
