@@ -43,13 +43,15 @@ class MAMLConfig(Named):
     """
 
     factory: ClassVar[str] = "metacli.engine.algorithms.maml:MAML"
-    old_spelling: ClassVar[OldSpelling] = ("all", "scalar", False)
-    """What (adapt, rate, curvature) said for this variant before issue 22 (read from old spec files)."""
+    old_spelling: ClassVar[OldSpelling | None] = ("all", "scalar", False)
+    """What (adapt, rate, curvature) said for this variant before issue 22 (read from old spec files);
+    None for a variant added since, which no old spec names."""
 
     name: Literal["maml"] = "maml"
     """Algorithm name (discriminator)."""
     alpha: Positive = 0.01
-    """Inner-loop (adaptation) SGD learning rate; the initial value of learned rates (LSLR, sparse-ReLU).
+    """Inner-loop (adaptation) SGD learning rate; the initial value of learned rates (LSLR, sparse-ReLU,
+    Meta-SGD).
     On the mean loss: the MAML TensorFlow code's alpha on N-way tasks is N x alpha here (its summed loss)."""
     inner_steps: Count = 1
     """Inner SGD steps per task during meta-training."""
@@ -80,6 +82,11 @@ class MAMLConfig(Named):
         """
         if not isinstance(data, dict) or not any(f in data for f in _OLD_FIELDS):
             return data
+        if cls.old_spelling is None:  # a variant added since issue 22: no old spec names it
+            raise ValueError(
+                f"{data.get('name')} is selected by its name alone: drop {', '.join(_OLD_FIELDS)} "
+                "(fields removed in issue 22)"
+            )
         data = dict(data)
         given = tuple(data.pop(f, own) for f, own in zip(_OLD_FIELDS, cls.old_spelling, strict=True))
         for f, default in _MASK_FIELDS.items():  # Sparse-MAML's own fields, once dumped for every variant
@@ -102,6 +109,7 @@ def _spelling_error(name: str, given: tuple[object, ...]) -> str:
     names_of: dict[tuple[object, ...], str] = {
         v.old_spelling: v.model_fields["name"].default
         for v in reversed(MAML_VARIANTS)  # maml before fomaml
+        if v.old_spelling is not None
     }
     right = names_of.get(given)
     if right is None:
@@ -127,7 +135,7 @@ class LSLRConfig(MAMLConfig):
     Rates start at ``alpha`` and are unconstrained; the outer Adam learns them with theta.
     """
 
-    old_spelling: ClassVar[OldSpelling] = ("all", "lslr", False)
+    old_spelling: ClassVar[OldSpelling | None] = ("all", "lslr", False)
     name: Literal["lslr"] = "lslr"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
 
@@ -145,7 +153,7 @@ class MetaCurvatureConfig(MAMLConfig):
     ``M_out (x) M_in (x) M_filter`` (identities at first), a bias's M elementwise (ones at first).
     """
 
-    old_spelling: ClassVar[OldSpelling] = ("all", "scalar", True)
+    old_spelling: ClassVar[OldSpelling | None] = ("all", "scalar", True)
     name: Literal["metacurvature"] = "metacurvature"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
 
@@ -162,7 +170,7 @@ class MAMLEnhancedConfig(MAMLConfig):
     The composition of Park & Oliva 2019 and Antoniou et al. 2019 (no paper combines them).
     """
 
-    old_spelling: ClassVar[OldSpelling] = ("all", "lslr", True)
+    old_spelling: ClassVar[OldSpelling | None] = ("all", "lslr", True)
     name: Literal["maml_enhanced"] = "maml_enhanced"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
 
@@ -180,7 +188,7 @@ class ANILConfig(MAMLConfig):
     still reaches the body through the adapted head's dependence on its features.
     """
 
-    old_spelling: ClassVar[OldSpelling] = ("head", "scalar", False)
+    old_spelling: ClassVar[OldSpelling | None] = ("head", "scalar", False)
     name: Literal["anil"] = "anil"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
 
@@ -198,7 +206,7 @@ class BOILConfig(MAMLConfig):
     and head are both meta-learned by the outer Adam.
     """
 
-    old_spelling: ClassVar[OldSpelling] = ("body", "scalar", False)
+    old_spelling: ClassVar[OldSpelling | None] = ("body", "scalar", False)
     name: Literal["boil"] = "boil"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
 
@@ -218,7 +226,7 @@ class SparseMAMLConfig(MAMLConfig):
     meta-gradient, through the updates it multiplies. Mask logits are learned at ``extras_lr``.
     """
 
-    old_spelling: ClassVar[OldSpelling] = ("all", "mask", False)
+    old_spelling: ClassVar[OldSpelling | None] = ("all", "mask", False)
     name: Literal["sparse_maml"] = "sparse_maml"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
     first_order: bool = True
@@ -238,6 +246,25 @@ class SparseMAMLConfig(MAMLConfig):
         return inner.InnerRule(inner.every, inner.Identity(), mask)
 
 
+class MetaSGDConfig(MAMLConfig):
+    """Meta-SGD: ``phi^{k+1} = phi^k - a (.) g^k``, a learned rate per element of theta, a starting at alpha.
+
+    Li, Zhou, Chen, Li. "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning", 2017. The rates ``a``
+    are meta-learned by the outer Adam together with theta (at ``extras_lr`` if given, else ``outer_lr``),
+    second order as MAML. The paper draws ``a`` at random in [0.005, 0.1]; here every rate starts at alpha.
+    """
+
+    old_spelling: ClassVar[OldSpelling | None] = None
+    name: Literal["meta_sgd"] = "meta_sgd"  # type: ignore[assignment]
+    """Algorithm name (discriminator)."""
+
+    def inner_rule(self) -> InnerRule:
+        """A learned, unconstrained rate per element, every parameter."""
+        from metacli.engine import inner
+
+        return inner.InnerRule(inner.every, inner.Identity(), inner.MetaSGDRate(self.alpha))
+
+
 class SparseReLUMAMLConfig(MAMLConfig):
     """sparse-ReLU-MAML: ``phi^{k+1} = phi^k - ReLU(m) * g^k`` with a straight-through ReLU, m init alpha.
 
@@ -245,7 +272,7 @@ class SparseReLUMAMLConfig(MAMLConfig):
     rates that can be exactly zero. First order in theta by default, as Sparse-MAML.
     """
 
-    old_spelling: ClassVar[OldSpelling] = ("all", "relu", False)
+    old_spelling: ClassVar[OldSpelling | None] = ("all", "relu", False)
     name: Literal["sparse_relu_maml"] = "sparse_relu_maml"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
     first_order: bool = True
@@ -478,6 +505,7 @@ AlgorithmConfig = Annotated[
     | BOILConfig
     | SparseMAMLConfig
     | SparseReLUMAMLConfig
+    | MetaSGDConfig
     | ReptileConfig
     | MemoryReducedConfig
     | ITDBiOConfig
