@@ -89,6 +89,21 @@ def with_extras(meta: Params, values: dict[str, Tensor]) -> Params:
     return {k: v.requires_grad_(True) for k, v in out.items()}
 
 
+def on_linear_tasks(cfg: MAMLConfig) -> tuple[MAML, Params, Task]:
+    """A variant on the float64 linear model, its meta-parameters at their initialisation, the tasks."""
+    learner = linear_learner(D_OUT)
+    algo = MAML(cfg, learner)
+    return algo, algo.init_meta(learner.init_params()), regression_tasks(D_OUT)
+
+
+def assert_meta_step_is(expected: Params, algo: MAML, meta: Params, tasks: Task, executor: str) -> None:
+    """The engine's meta-gradient of every meta-parameter is the oracle's, to float64 rounding."""
+    result = algo.meta_step(meta, tasks, executor)
+    assert set(result.grads) == set(expected)
+    for k in expected:
+        torch.testing.assert_close(result.grads[k], expected[k], rtol=1e-10, atol=1e-13)
+
+
 def lslr_oracle(meta: Params, tasks: Task) -> dict[str, Tensor]:
     """Mean over tasks of the LSLR meta-gradient, by the backward recursion of the linear inner map.
 
@@ -121,20 +136,14 @@ def lslr_oracle(meta: Params, tasks: Task) -> dict[str, Tensor]:
 
 @pytest.mark.parametrize("executor", ["loop", "vmap"])
 def test_lslr_meta_gradient_closed_form(executor: str) -> None:
-    learner, tasks = linear_learner(D_OUT), regression_tasks(D_OUT)
-    algo = MAML(LSLRConfig(alpha=0.1, inner_steps=3), learner)
-    meta = algo.init_meta(learner.init_params())
+    algo, meta, tasks = on_linear_tasks(LSLRConfig(alpha=0.1, inner_steps=3))
     # distinct rates per tensor and step, so a mixed-up index cannot pass
     rates = {
         "lslr:weight": torch.tensor([0.05, 0.2, 0.11], dtype=F64),
         "lslr:bias": torch.tensor([0.3, 0.02, 0.17], dtype=F64),
     }
     meta = with_extras(meta, rates)
-    result = algo.meta_step(meta, tasks, executor)
-    expected = lslr_oracle(meta, tasks)
-    assert set(result.grads) == set(expected)
-    for k in expected:
-        torch.testing.assert_close(result.grads[k], expected[k], rtol=1e-10, atol=1e-13)
+    assert_meta_step_is(lslr_oracle(meta, tasks), algo, meta, tasks, executor)
 
 
 def test_lslr_starts_as_maml_and_reuses_its_last_rate() -> None:
@@ -178,10 +187,8 @@ def mc_oracle(meta: Params, tasks: Task, alpha: float) -> dict[str, Tensor]:
 
 @pytest.mark.parametrize("executor", ["loop", "vmap"])
 def test_meta_curvature_one_step_closed_form(executor: str) -> None:
-    learner, tasks = linear_learner(D_OUT), regression_tasks(D_OUT)
     alpha = 0.3
-    algo = MAML(MetaCurvatureConfig(alpha=alpha, inner_steps=1), learner)
-    meta = algo.init_meta(learner.init_params())
+    algo, meta, tasks = on_linear_tasks(MetaCurvatureConfig(alpha=alpha, inner_steps=1))
     assert set(split_meta(meta)[1]) == {"mc:weight:out", "mc:weight:in", "mc:bias"}
     gen = torch.Generator().manual_seed(5)
     # away from the identity (and not symmetric), so M_o / M_i / transposes cannot be confused
@@ -190,10 +197,7 @@ def test_meta_curvature_one_step_closed_form(executor: str) -> None:
         for k, v in split_meta(meta)[1].items()
     }
     meta = with_extras(meta, factors)
-    result = algo.meta_step(meta, tasks, executor)
-    expected = mc_oracle(meta, tasks, alpha)
-    for k in expected:
-        torch.testing.assert_close(result.grads[k], expected[k], rtol=1e-10, atol=1e-13)
+    assert_meta_step_is(mc_oracle(meta, tasks, alpha), algo, meta, tasks, executor)
 
 
 def meta_sgd_oracle(meta: Params, tasks: Task) -> dict[str, Tensor]:
@@ -219,25 +223,18 @@ def meta_sgd_oracle(meta: Params, tasks: Task) -> dict[str, Tensor]:
 
 @pytest.mark.parametrize("executor", ["loop", "vmap"])
 def test_meta_sgd_one_step_closed_form(executor: str) -> None:
-    learner, tasks = linear_learner(D_OUT), regression_tasks(D_OUT)
-    algo = MAML(MetaSGDConfig(alpha=0.1, inner_steps=1), learner)
-    meta = algo.init_meta(learner.init_params())
+    algo, meta, tasks = on_linear_tasks(MetaSGDConfig(alpha=0.1, inner_steps=1))
     theta, extras = split_meta(meta)
     assert {k: v.shape for k, v in extras.items()} == {f"metasgd:{k}": v.shape for k, v in theta.items()}
-    assert all(
-        torch.all(v == 0.1) for v in extras.values()
-    )  # a starts at alpha (not the paper's U[0.005, 0.1])
+    assert all(torch.all(v == 0.1) for v in extras.values())  # a = alpha, not the paper's U[0.005, 0.1]
     # a different rate for every element, one of them negative, so that a swapped or summed index cannot pass
     gen = torch.Generator().manual_seed(11)
     rates = {k: 0.05 + 0.3 * torch.rand(v.shape, generator=gen, dtype=F64) for k, v in extras.items()}
     rates["metasgd:bias"][0] = -0.07
     meta = with_extras(meta, rates)
-    result = algo.meta_step(meta, tasks, executor)
     expected = meta_sgd_oracle(meta, tasks)
-    assert set(result.grads) == set(expected)
-    for k in expected:
-        assert expected[k].abs().min() > 0, k  # every element gets its own, non-zero meta-gradient
-        torch.testing.assert_close(result.grads[k], expected[k], rtol=1e-10, atol=1e-13)
+    assert all(v.abs().min() > 0 for v in expected.values())  # every element has its own meta-gradient
+    assert_meta_step_is(expected, algo, meta, tasks, executor)
     metrics = algo.extra_metrics(meta)
     assert metrics["metasgd_rate_negative/bias"] == 0.5 and metrics["metasgd_rate_negative/weight"] == 0
 
