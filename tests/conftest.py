@@ -33,6 +33,12 @@ def data_root() -> Path:
 
 
 @pytest.fixture
+def session_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One cache folder for the test session (the S-MNIST stream is built once), never the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
 def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Requests to a local test server must never go through a proxy from the environment."""
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")

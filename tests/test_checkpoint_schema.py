@@ -15,12 +15,16 @@ from metacli.runlayer import checkpoint as ckpt
 from metacli.spec import load_spec
 
 runner = CliRunner()
-BASE = ["train", "--set", "train.meta_iters=2", "--set", "train.meta_batch=2", "--set", "eval.tasks=2", "-q"]
+FEW_SHOT = ["--set", "train.meta_iters=2", "--set", "train.meta_batch=2", "--set", "eval.tasks=2"]
+"""A two-step few-shot run (MAML on sinusoid, the default preset)."""
+ONLINE = ["--algo", "moml", "--dataset", "smnist", *("--set", "online.rounds=2", "--set", "algorithm.K=1")]
+ONLINE += ["--set", "model.hidden=[8]"]
+"""A two-round online run: MOML on the real S-MNIST stream, one outer step per round, a tiny MLP."""
 
 
-def trained(tmp_path: Path, name: str, *extra: str) -> Path:
+def trained(tmp_path: Path, name: str, *extra: str, sizes: list[str] = FEW_SHOT) -> Path:
     run = tmp_path / name
-    result = runner.invoke(app, [*BASE, *extra, "--out", str(run)])
+    result = runner.invoke(app, ["train", *sizes, *extra, "-q", "--out", str(run)])
     assert result.exit_code == 0, result.output
     return run
 
@@ -30,13 +34,21 @@ def resume(run: Path) -> tuple[int, str]:
     return result.exit_code, " ".join(result.output.split())
 
 
-def test_layout_is_the_same_for_both_protocols_and_holds_every_rng_state(tmp_path: Path) -> None:
-    run = trained(tmp_path, "run")
+@pytest.mark.parametrize(("protocol", "unit"), [("episodic", "step"), ("online", "round")])
+def test_layout_is_the_same_for_both_protocols_and_holds_every_rng_state(
+    protocol: str, unit: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if protocol == "online":  # the real S-MNIST stream: skipped, with the reason, where the data is absent
+        data_root = request.getfixturevalue("data_root")
+        request.getfixturevalue("session_cache")
+        run = trained(tmp_path, "run", "--data-root", str(data_root), sizes=ONLINE)
+    else:
+        run = trained(tmp_path, "run")
     # tensors and builtins only: it loads as weights only, with no allow-list (tests/test_untrusted_files.py)
     assert torch.serialization.get_unsafe_globals_in_checkpoint(run / "checkpoints" / "last.pt") == []
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert saved["schema_version"] == ckpt.CHECKPOINT_VERSION and saved["protocol"] == "episodic"
-    assert (saved["unit"], saved["done"]) == ("step", 2) and saved["wall_time"] > 0
+    assert saved["schema_version"] == ckpt.CHECKPOINT_VERSION and saved["protocol"] == protocol
+    assert (saved["unit"], saved["done"]) == (unit, 2) and saved["wall_time"] > 0
     assert (
         set(saved["rng"]) == {"torch", "cuda", "numpy", "generators"} and "run" in saved["rng"]["generators"]
     )

@@ -8,10 +8,13 @@ import typing
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, Field
 
 from metacli.engine.algorithms import ALGORITHMS, AlgorithmConfig
 from metacli.engine.config.algorithms import ONLINE_ALGORITHM_NAMES
 from metacli.engine.config.data import ONLINE_DATASET_NAMES
+from metacli.engine.config.models import MLPConfig
+from metacli.engine.config.registry import members, name_of, resolve
 from metacli.engine.data import DATASETS, DataConfig
 from metacli.engine.models import MODELS, ModelConfig
 from metacli.spec import PRESET_INDEX, PRESETS_DIR, load_spec, preset_index
@@ -74,11 +77,29 @@ def test_every_algorithm_of_the_datasets_protocol_has_a_spec(dataset: str) -> No
 
 
 def union_names(union: object) -> set[str]:
-    members = typing.get_args(typing.get_args(union)[0])
-    return {m.model_fields["name"].default for m in members}
+    return {name_of(m) for m in members(union)}
 
 
 def test_registries_and_unions_name_the_same_things() -> None:
     assert union_names(AlgorithmConfig) == set(ALGORITHMS)
     assert union_names(DataConfig) == set(DATASETS)
     assert union_names(ModelConfig) == set(MODELS)
+
+
+@pytest.mark.parametrize("union", [AlgorithmConfig, DataConfig, ModelConfig])
+def test_each_config_names_its_implementation(union: object) -> None:
+    """The registries are the unions' ``factory`` paths resolved: each in its section's package."""
+    package = {AlgorithmConfig: "algorithms", DataConfig: "data", ModelConfig: "models"}[union]
+    registry = {**ALGORITHMS, **DATASETS, **MODELS}
+    for config in members(union):
+        module = config.factory.partition(":")[0]
+        assert module.startswith(f"metacli.engine.{package}."), config.factory
+        assert registry[name_of(config)] is resolve(config.factory)
+
+
+def test_a_union_of_configs_that_name_no_implementation_is_refused() -> None:
+    class Plain(BaseModel):
+        name: typing.Literal["plain"] = "plain"
+
+    with pytest.raises(TypeError, match="Named"):
+        members(typing.Annotated[Plain | MLPConfig, Field(discriminator="name")])

@@ -15,10 +15,7 @@ runner = CliRunner()
 SHORT = ["--set", "online.rounds=4", "--set", "algorithm.K=2", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Streams are cached per user; tests use one cache of their own (built once per session)."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+pytestmark = pytest.mark.usefixtures("session_cache")
 
 
 def train(*args: str) -> str:

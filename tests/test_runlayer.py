@@ -23,9 +23,7 @@ from metacli.spec import load_spec
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+pytestmark = pytest.mark.usefixtures("session_cache")
 
 
 def saves_of(spec_args: list[str], algo: str, dataset: str, data_root: Path | None = None) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,26 @@ def test_more_ways_than_the_smallest_split_is_refused_before_any_data(
     msg = str(e.value)
     assert f"data: ways = {ways}" in msg and "Value error" not in msg and f"has {smallest} classes" in msg
     load_spec(algo="maml", dataset=dataset, overrides=[f"data.ways={smallest}"])  # the largest that fits
+
+
+@pytest.mark.parametrize(
+    ("algo", "old_fields", "said"),
+    [
+        ("maml", ["algorithm.rate=lslr"], "is spelled {name: lslr}"),
+        ("meta_sgd", ["algorithm.rate=scalar"], "meta_sgd is selected by its name alone: drop adapt, rate"),
+    ],
+)
+def test_an_old_spelling_that_disagrees_with_the_name_is_refused(
+    algo: str, old_fields: list[str], said: str
+) -> None:
+    """Pre-issue-22 ``adapt`` / ``rate`` / ``curvature`` fields; a variant added since has no old spelling."""
+    with pytest.raises(SpecError, match=re.escape(said)):
+        load_spec(algo=algo, dataset="sinusoid", overrides=old_fields)
+
+
+def test_an_old_spelling_that_agrees_with_the_name_is_dropped_with_a_warning() -> None:
+    with pytest.warns(FutureWarning, match="agree with its name"):
+        spec, _ = load_spec(
+            algo="lslr", dataset="sinusoid", overrides=["algorithm.adapt=all", "algorithm.rate=lslr"]
+        )
+    assert spec.algorithm.name == "lslr"

@@ -28,7 +28,10 @@ from metacli.engine.config.algorithms import ONLINE_ALGORITHM_NAMES
 from metacli.runlayer import checkpoint as ckpt
 from tests.conftest import shared_data_root
 
-pytestmark = pytest.mark.filterwarnings("ignore:resuming .* with changed settings")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:resuming .* with changed settings"),
+    pytest.mark.usefixtures("session_cache"),  # the S-MNIST stream is built once, never in the user's cache
+]
 
 runner = CliRunner()
 TINY = ["--set", "train.meta_iters=2", "--set", "train.meta_batch=2", "--set", "eval.tasks=2"]
@@ -37,12 +40,6 @@ ONLINE = ["--dataset", "smnist", "--set", "online.rounds=2", "--set", "online.ch
 STABLE = {"itd_bio": ["--set", "algorithm.outer_lr=1e-4", "--set", "algorithm.inner_lr=1e-3"]}
 STABLE["memory_reduced"] = STABLE["itd_bio"]
 """Learning rates at which these two do not diverge on sinusoid within two steps."""
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One cache for the session (the S-MNIST stream is built once), never the user's."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def flat(text: str) -> str:

@@ -336,19 +336,47 @@ class SparseMask:
 
 
 @dataclass(frozen=True)
-class ReLURate:
-    """sparse-ReLU-MAML's ``r_p = ReLU(m_p)`` per element (straight-through), m starting at alpha.
+class MetaSGDRate:
+    """Meta-SGD's ``r_p = a_p``: a learned rate per element of p, unconstrained, starting at alpha.
 
-    von Oswald et al., NeurIPS 2021: Meta-SGD with rates that can be exactly zero.
+    Li, Zhou, Chen, Li. "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning", 2017: the inner step
+    ``phi <- phi - a (.) grad L_S(phi)``, with ``a`` meta-learned with theta. The paper draws ``a`` at random
+    in [0.005, 0.1]; here it starts at alpha, so that training starts as MAML (and a run is reproducible from
+    theta's seed alone). Unlike :class:`ReLURate` a rate may turn negative (the paper does not clip it).
     """
 
     alpha: float
-    kind: ClassVar[str] = "rate"
+    kind: ClassVar[str] = "metasgd"
 
     def init(self, p: Tensor, generator: torch.Generator) -> Extras:
-        """m = alpha everywhere."""
+        """a = alpha everywhere."""
         del generator
         return {"": torch.full_like(p, self.alpha)}
+
+    def __call__(self, k: int, extras: Extras) -> Tensor | float:
+        """a itself, the same at every step (the paper learns one vector for all steps)."""
+        del k
+        return extras[""]
+
+    @staticmethod
+    def summarize(layer: str, values: list[Tensor]) -> dict[str, float]:
+        """``metasgd_rate_mean/<layer>`` and ``metasgd_rate_negative/<layer>`` (fraction of rates below 0)."""
+        flat = _flat(values).double()
+        return {
+            f"metasgd_rate_mean/{layer}": float(flat.mean()),
+            f"metasgd_rate_negative/{layer}": float((flat < 0).double().mean()),
+        }
+
+
+@dataclass(frozen=True)
+class ReLURate(MetaSGDRate):
+    """sparse-ReLU-MAML's ``r_p = ReLU(m_p)`` per element (straight-through), m starting at alpha.
+
+    von Oswald et al., NeurIPS 2021: Meta-SGD with rates that can be exactly zero (:class:`MetaSGDRate`'s
+    per-element rates through a ReLU whose backward is the identity, so dead rates can revive).
+    """
+
+    kind: ClassVar[str] = "rate"
 
     def __call__(self, k: int, extras: Extras) -> Tensor | float:
         """ReLU(m)."""
@@ -365,7 +393,7 @@ class ReLURate:
         }
 
 
-PIECES: tuple[type[Piece], ...] = (MetaCurvature, LSLR, SparseMask, ReLURate)
+PIECES: tuple[type[Piece], ...] = (MetaCurvature, LSLR, SparseMask, ReLURate, MetaSGDRate)
 """Every piece with extras, by which :func:`extra_metrics` finds the summary of a kind."""
 
 

@@ -244,6 +244,25 @@ def test_an_old_run_folder_keeps_batch_norm_adapted(name: str, tmp_path: Path) -
     assert isinstance(algorithm, MAMLConfig) and algorithm.adapt_norm is False
 
 
+def test_an_old_sparse_run_folder_keeps_the_mean_and_the_clamp_on_all(tmp_path: Path) -> None:
+    """Sparse-MAML's defaults became the code's ``sum`` and ``network`` with ``adapt_norm``: a spec.yaml
+    written before the three fields existed ran with the mean and the clamp on every tensor: it reads so."""
+    spec = load_spec(algo="sparse_maml", dataset="omniglot")[0]
+    assert (spec.algorithm.meta_reduction, spec.algorithm.clip_scope) == ("sum", "network")
+    old = spec.model_copy(
+        update={
+            "algorithm": spec.algorithm.model_copy(
+                update={"adapt_norm": True, "meta_reduction": "mean", "clip_scope": "all"}
+            )
+        }
+    )
+    text = as_before_the_field(spec_to_yaml(old))
+    text = text.replace("  meta_reduction: mean\n", "").replace("  clip_scope: all\n", "")
+    assert "meta_reduction" not in text and "clip_scope" not in text
+    (tmp_path / "spec.yaml").write_text(text)
+    assert stored_differences(tmp_path, old) == []
+
+
 def test_an_old_run_folder_resumes_as_it_was_trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An LSLR run stopped with batch norm adapted, its spec.yaml stripped of ``adapt_norm`` (as written
     before the field), resumes to the same losses as the run trained straight with ``adapt_norm: true``."""

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from metacli.engine.algorithms.moml import BMOML, MOML, BMOMLConfig, MetaSGDConfig, MOMLConfig
+from metacli.engine.algorithms.moml import BMOML, MOML, BMOMLConfig, MOMLConfig, OnlineMetaSGDConfig
 from metacli.engine.algorithms.online_baselines import FTML, TOE, FTMLConfig, TOEConfig
 from metacli.engine.functional import Learner
 from metacli.engine.types import Batch, OnlineStream, Params
@@ -42,7 +42,7 @@ def _hvp(w: Tensor, b: Tensor, x: Tensor, vw: Tensor, vb: Tensor) -> tuple[Tenso
 
 
 def _hand_meta_grad(
-    w: Tensor, b: Tensor, x: Tensor, y: Tensor, s: Tensor, q: Tensor, cfg: MetaSGDConfig
+    w: Tensor, b: Tensor, x: Tensor, y: Tensor, s: Tensor, q: Tensor, cfg: OnlineMetaSGDConfig
 ) -> tuple[Tensor, Tensor]:
     """∇_θ CE(U(θ; S); Q) through ``cfg.inner_steps`` steps φ_{j+1} = φ_j − η (g_S(φ_j) + wd φ_j), φ_0 = θ.
 
@@ -71,7 +71,7 @@ def _clipped_sgd(
 
 
 def _hand_meta_sgd(
-    theta: list[Tensor], stream: OnlineStream, draw_task: Callable[[], int], cfg: MetaSGDConfig,
+    theta: list[Tensor], stream: OnlineStream, draw_task: Callable[[], int], cfg: OnlineMetaSGDConfig,
     gen: torch.Generator, reg: tuple[list[Tensor], list[Tensor], float] | None, clips: list[float],
 ) -> list[Tensor]:  # fmt: skip
     """K outer steps; each draws its task, then (S, Q) = the first 2B of a randperm of its train set."""

@@ -1,6 +1,6 @@
 """Oracles for the MAML-family variants (float64): closed forms, hand-unrolled references, executor agreement.
 
-- LSLR and Meta-Curvature: closed-form meta-gradients on linear least squares, where the support
+- LSLR, Meta-Curvature and Meta-SGD: closed-form meta-gradients on linear least squares, where the support
   gradient is affine in the parameters (constant Hessian), computed here with matrix algebra only;
 - ANIL and BOIL: a two-layer ReLU net unrolled by hand (explicit formulas, plain ``autograd.grad``);
 - Sparse-MAML and sparse-ReLU-MAML: the straight-through gradients of the mask and the rates by hand;
@@ -28,6 +28,7 @@ from metacli.engine.algorithms.maml import (
     SparseMAMLConfig,
     SparseReLUMAMLConfig,
 )
+from metacli.engine.config.algorithms import MetaSGDConfig
 from metacli.engine.executors import task_at
 from metacli.engine.functional import Learner
 from metacli.engine.inner import curvature, extra_metrics, split_meta, ste_relu, ste_sign_mask
@@ -71,6 +72,14 @@ def lsq_grads(w: Tensor, b: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
     return c * e.T @ batch.x, c * e.sum(0)
 
 
+def lsq_hessian_times(vw: Tensor, vb: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+    """The support loss's (constant) Hessian applied to (vw, vb): the Jacobian of :func:`lsq_grads`,
+    ``c (V_W X^T X + v_b 1^T X)`` and ``c (V_W X^T 1 + n v_b)``, c = 2 / (n o)."""
+    x = batch.x
+    c = 2.0 / (x.shape[0] * batch.y.shape[1])
+    return c * (vw @ x.T @ x + vb[:, None] * x.sum(0)[None, :]), c * (vw @ x.sum(0) + x.shape[0] * vb)
+
+
 def with_extras(meta: Params, values: dict[str, Tensor]) -> Params:
     """``meta`` with some extras replaced (fresh leaves), to test away from the initialisation."""
     out = {k: v.detach().clone() for k, v in meta.items()}
@@ -78,6 +87,21 @@ def with_extras(meta: Params, values: dict[str, Tensor]) -> Params:
         assert k in out and out[k].shape == v.shape, k
         out[k] = v.clone()
     return {k: v.requires_grad_(True) for k, v in out.items()}
+
+
+def on_linear_tasks(cfg: MAMLConfig) -> tuple[MAML, Params, Task]:
+    """A variant on the float64 linear model, its meta-parameters at their initialisation, the tasks."""
+    learner = linear_learner(D_OUT)
+    algo = MAML(cfg, learner)
+    return algo, algo.init_meta(learner.init_params()), regression_tasks(D_OUT)
+
+
+def assert_meta_step_is(expected: Params, algo: MAML, meta: Params, tasks: Task, executor: str) -> None:
+    """The engine's meta-gradient of every meta-parameter is the oracle's, to float64 rounding."""
+    result = algo.meta_step(meta, tasks, executor)
+    assert set(result.grads) == set(expected)
+    for k in expected:
+        torch.testing.assert_close(result.grads[k], expected[k], rtol=1e-10, atol=1e-13)
 
 
 def lslr_oracle(meta: Params, tasks: Task) -> dict[str, Tensor]:
@@ -100,16 +124,11 @@ def lslr_oracle(meta: Params, tasks: Task) -> dict[str, Tensor]:
             ws.append(ws[-1] - rw[k] * gw)
             bs.append(bs[-1] - rb[k] * gb)
         dw, db = lsq_grads(ws[-1], bs[-1], q)  # dL/dphi^K
-        c = 2.0 / (s.x.shape[0] * s.y.shape[1])
         for k in reversed(range(steps)):
             total["lslr:weight"][k] -= (dw * gs[k][0]).sum() / N_TASKS
             total["lslr:bias"][k] -= (db * gs[k][1]).sum() / N_TASKS
-            # the support gradient's Jacobian: dG_W = c (dW X^T X + db 1^T X), dG_b = c (dW X^T 1 + n db)
-            aw, ab = rw[k] * dw, rb[k] * db
-            dw, db = (
-                dw - c * (aw @ s.x.T @ s.x + ab[:, None] * s.x.sum(0)[None, :]),
-                db - c * (aw @ s.x.sum(0) + s.x.shape[0] * ab),
-            )
+            hw, hb = lsq_hessian_times(rw[k] * dw, rb[k] * db, s)
+            dw, db = dw - hw, db - hb
         total["weight"] += dw / N_TASKS
         total["bias"] += db / N_TASKS
     return total
@@ -117,20 +136,14 @@ def lslr_oracle(meta: Params, tasks: Task) -> dict[str, Tensor]:
 
 @pytest.mark.parametrize("executor", ["loop", "vmap"])
 def test_lslr_meta_gradient_closed_form(executor: str) -> None:
-    learner, tasks = linear_learner(D_OUT), regression_tasks(D_OUT)
-    algo = MAML(LSLRConfig(alpha=0.1, inner_steps=3), learner)
-    meta = algo.init_meta(learner.init_params())
+    algo, meta, tasks = on_linear_tasks(LSLRConfig(alpha=0.1, inner_steps=3))
     # distinct rates per tensor and step, so a mixed-up index cannot pass
     rates = {
         "lslr:weight": torch.tensor([0.05, 0.2, 0.11], dtype=F64),
         "lslr:bias": torch.tensor([0.3, 0.02, 0.17], dtype=F64),
     }
     meta = with_extras(meta, rates)
-    result = algo.meta_step(meta, tasks, executor)
-    expected = lslr_oracle(meta, tasks)
-    assert set(result.grads) == set(expected)
-    for k in expected:
-        torch.testing.assert_close(result.grads[k], expected[k], rtol=1e-10, atol=1e-13)
+    assert_meta_step_is(lslr_oracle(meta, tasks), algo, meta, tasks, executor)
 
 
 def test_lslr_starts_as_maml_and_reuses_its_last_rate() -> None:
@@ -161,25 +174,21 @@ def mc_oracle(meta: Params, tasks: Task, alpha: float) -> dict[str, Tensor]:
     total = {k: torch.zeros_like(v) for k, v in meta.items()}
     for i in range(N_TASKS):
         task = task_at(tasks, i)
-        x = task.support.x
         gw, gb = lsq_grads(w, b, task.support)
         rw, rb = lsq_grads(w - alpha * m_o @ gw @ m_i.T, b - alpha * m_b * gb, task.query)
-        a_mat, a_vec = m_o.T @ rw @ m_i, m_b * rb
-        c = 2.0 / (x.shape[0] * task.support.y.shape[1])
+        hw, hb = lsq_hessian_times(m_o.T @ rw @ m_i, m_b * rb, task.support)
         total["mc:weight:out"] -= alpha * rw @ m_i @ gw.T / N_TASKS
         total["mc:weight:in"] -= alpha * rw.T @ m_o @ gw / N_TASKS
         total["mc:bias"] -= alpha * rb * gb / N_TASKS
-        total["weight"] += (rw - alpha * c * (a_mat @ x.T @ x + a_vec[:, None] * x.sum(0)[None, :])) / N_TASKS
-        total["bias"] += (rb - alpha * c * (a_mat @ x.sum(0) + x.shape[0] * a_vec)) / N_TASKS
+        total["weight"] += (rw - alpha * hw) / N_TASKS
+        total["bias"] += (rb - alpha * hb) / N_TASKS
     return total
 
 
 @pytest.mark.parametrize("executor", ["loop", "vmap"])
 def test_meta_curvature_one_step_closed_form(executor: str) -> None:
-    learner, tasks = linear_learner(D_OUT), regression_tasks(D_OUT)
     alpha = 0.3
-    algo = MAML(MetaCurvatureConfig(alpha=alpha, inner_steps=1), learner)
-    meta = algo.init_meta(learner.init_params())
+    algo, meta, tasks = on_linear_tasks(MetaCurvatureConfig(alpha=alpha, inner_steps=1))
     assert set(split_meta(meta)[1]) == {"mc:weight:out", "mc:weight:in", "mc:bias"}
     gen = torch.Generator().manual_seed(5)
     # away from the identity (and not symmetric), so M_o / M_i / transposes cannot be confused
@@ -188,10 +197,46 @@ def test_meta_curvature_one_step_closed_form(executor: str) -> None:
         for k, v in split_meta(meta)[1].items()
     }
     meta = with_extras(meta, factors)
-    result = algo.meta_step(meta, tasks, executor)
-    expected = mc_oracle(meta, tasks, alpha)
-    for k in expected:
-        torch.testing.assert_close(result.grads[k], expected[k], rtol=1e-10, atol=1e-13)
+    assert_meta_step_is(mc_oracle(meta, tasks, alpha), algo, meta, tasks, executor)
+
+
+def meta_sgd_oracle(meta: Params, tasks: Task) -> dict[str, Tensor]:
+    """Meta-SGD, one step, second order: phi = theta - a * g with g = grad L_S(theta), R = grad L_Q(phi).
+
+    dL/da = -g * R (elementwise); dL/dtheta = (I - diag(a) H_S)^T R = R - H_S (a * R), H_S the support
+    loss's constant Hessian (:func:`lsq_hessian_times`); the mean over the tasks.
+    """
+    w, b = meta["weight"].detach(), meta["bias"].detach()
+    aw, ab = meta["metasgd:weight"].detach(), meta["metasgd:bias"].detach()
+    total = {k: torch.zeros_like(v) for k, v in meta.items()}
+    for i in range(N_TASKS):
+        task = task_at(tasks, i)
+        gw, gb = lsq_grads(w, b, task.support)
+        rw, rb = lsq_grads(w - aw * gw, b - ab * gb, task.query)
+        hw, hb = lsq_hessian_times(aw * rw, ab * rb, task.support)
+        total["metasgd:weight"] -= gw * rw / N_TASKS
+        total["metasgd:bias"] -= gb * rb / N_TASKS
+        total["weight"] += (rw - hw) / N_TASKS
+        total["bias"] += (rb - hb) / N_TASKS
+    return total
+
+
+@pytest.mark.parametrize("executor", ["loop", "vmap"])
+def test_meta_sgd_one_step_closed_form(executor: str) -> None:
+    algo, meta, tasks = on_linear_tasks(MetaSGDConfig(alpha=0.1, inner_steps=1))
+    theta, extras = split_meta(meta)
+    assert {k: v.shape for k, v in extras.items()} == {f"metasgd:{k}": v.shape for k, v in theta.items()}
+    assert all(torch.all(v == 0.1) for v in extras.values())  # a = alpha, not the paper's U[0.005, 0.1]
+    # a different rate for every element, one of them negative, so that a swapped or summed index cannot pass
+    gen = torch.Generator().manual_seed(11)
+    rates = {k: 0.05 + 0.3 * torch.rand(v.shape, generator=gen, dtype=F64) for k, v in extras.items()}
+    rates["metasgd:bias"][0] = -0.07
+    meta = with_extras(meta, rates)
+    expected = meta_sgd_oracle(meta, tasks)
+    assert all(v.abs().min() > 0 for v in expected.values())  # every element has its own meta-gradient
+    assert_meta_step_is(expected, algo, meta, tasks, executor)
+    metrics = algo.extra_metrics(meta)
+    assert metrics["metasgd_rate_negative/bias"] == 0.5 and metrics["metasgd_rate_negative/weight"] == 0
 
 
 def test_conv_curvature_is_the_kronecker_product() -> None:

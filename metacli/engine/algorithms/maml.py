@@ -15,8 +15,8 @@ Every parameter is meta-learned; every one adapts, but for the batch-norm scales
 at theta in the inner loop. cbfinn/maml adapts its ``weights`` dict; its batch-norm offsets, created by its
 ``utils.py::normalize`` outside that dict, are meta-learned but not adapted.
 
-The variants (FOMAML, LSLR, Meta-Curvature, MAML Enhanced, ANIL, BOIL, Sparse-MAML, sparse-ReLU-MAML)
-are subclasses of :class:`MAMLConfig` whose ``inner_rule()`` composes the inner step
+The variants (:data:`MAML_VARIANTS`: every subclass of :class:`MAMLConfig` in the algorithm union, from
+FOMAML to Meta-SGD) are the configs whose ``inner_rule()`` composes the inner step
 ``phi_p <- phi_p - r_{p,k} P_p(g_p)`` from the pieces of :mod:`metacli.engine.inner`: which parameters
 adapt, the preconditioner P, the rate r. Each config class (in :mod:`metacli.engine.config.algorithms`, which
 holds every algorithm's config without torch; re-exported here) states its rule and paper; the extra

@@ -32,7 +32,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 import torch
 from torch import Tensor
 
-from metacli.engine.config.algorithms import BMOMLConfig, MetaSGDConfig, MOGDConfig, MOMLConfig
+from metacli.engine.config.algorithms import BMOMLConfig, MOGDConfig, MOMLConfig, OnlineMetaSGDConfig
 from metacli.engine.functional import Learner, clip_by_global_norm, tensor_bytes
 from metacli.engine.inner import descend, sgd_rule
 from metacli.engine.types import Batch, OnlineStream, Params
@@ -71,7 +71,7 @@ def sample_support_query(
 
 
 def meta_gradient(
-    learner: Learner, theta: Params, support: Batch, query: Batch, cfg: MetaSGDConfig
+    learner: Learner, theta: Params, support: Batch, query: Batch, cfg: OnlineMetaSGDConfig
 ) -> tuple[Params, Tensor]:
     """∇_θ CE(U(θ; S); Q), second order through ``cfg.inner_steps`` differentiable SGD steps."""
     leaves = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
@@ -82,7 +82,7 @@ def meta_gradient(
     return dict(zip(leaves, meta_grads, strict=True)), loss.detach()
 
 
-def outer_step(theta: Params, g: Params, cfg: MetaSGDConfig) -> Params:
+def outer_step(theta: Params, g: Params, cfg: OnlineMetaSGDConfig) -> Params:
     """θ ← θ − η_out (clip(g) + wd θ): PyTorch SGD adds the decay after clipping."""
     g = clip_by_global_norm(g, cfg.clip_norm)
     return {k: (p - cfg.outer_lr * (g[k] + cfg.weight_decay * p)).detach() for k, p in theta.items()}
@@ -93,7 +93,7 @@ def meta_sgd_round(
     theta: Params,
     stream: OnlineStream,
     draw_task: Callable[[], int],
-    cfg: MetaSGDConfig,
+    cfg: OnlineMetaSGDConfig,
     generator: torch.Generator,
     reg: Regulariser | None,
 ) -> Params:

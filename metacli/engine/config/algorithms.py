@@ -5,7 +5,11 @@ One pydantic model per algorithm, selected by its ``name`` (the discriminated un
 run spec is validated from this module alone (by the spec module), so a typo in a spec is reported without
 importing torch. Each algorithm's implementation imports its config from here
 (:mod:`metacli.engine.algorithms.maml`, ``.reptile``, ``.implicit``, ``.moml``, ``.online_baselines``),
-and :mod:`metacli.engine.algorithms` maps each name to its class.
+and each config names that implementation (``factory``, :mod:`.registry`), from which
+:mod:`metacli.engine.algorithms` derives its registries.
+
+To add an algorithm, write its config here with its ``factory`` and put it in :data:`AlgorithmConfig`
+(a MAML variant, a subclass of :class:`MAMLConfig`, joins :data:`MAML_VARIANTS` by that alone).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from metacli.engine.config.fields import Count, Finite, NonNegative, Positive, Steps
+from metacli.engine.config.registry import Named, members, online_names
 
 if TYPE_CHECKING:
     from metacli.engine.inner import InnerRule
@@ -38,7 +43,7 @@ _DUMPED_BEFORE_ADAPT_NORM = (
 """The fields a run's spec.yaml recorded for every variant before ``adapt_norm`` existed (issue 23)."""
 
 
-class MAMLConfig(BaseModel):
+class MAMLConfig(Named):
     """Model-Agnostic Meta-Learning: SGD inner loop, Adam outer loop, second order by default.
 
     Each variant below is a subclass whose :meth:`inner_rule` composes its inner step from the pieces of
@@ -47,15 +52,16 @@ class MAMLConfig(BaseModel):
     scales and shifts unless ``adapt_norm``.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    old_spelling: ClassVar[OldSpelling] = ("all", "scalar", False)
-    """What (adapt, rate, curvature) said for this variant before issue 22 (read from old spec files)."""
+    factory: ClassVar[str] = "metacli.engine.algorithms.maml:MAML"
+    old_spelling: ClassVar[OldSpelling | None] = ("all", "scalar", False)
+    """What (adapt, rate, curvature) said for this variant before issue 22 (read from old spec files);
+    None for a variant added since, which no old spec names."""
 
     name: Literal["maml"] = "maml"
     """Algorithm name (discriminator)."""
     alpha: Positive = 0.01
-    """Inner-loop (adaptation) SGD learning rate; the initial value of learned rates (LSLR, sparse-ReLU).
+    """Inner-loop (adaptation) SGD learning rate; the initial value of learned rates (LSLR, sparse-ReLU,
+    Meta-SGD).
     On the mean loss: the MAML TensorFlow code's alpha on N-way tasks is N x alpha here (its summed loss)."""
     inner_steps: Count = 1
     """Inner SGD steps per task during meta-training."""
@@ -115,6 +121,11 @@ class MAMLConfig(BaseModel):
         data = _old_norm(data)
         if not any(f in data for f in _OLD_FIELDS):
             return data
+        if cls.old_spelling is None:  # a variant added since issue 22: no old spec names it
+            raise ValueError(
+                f"{data.get('name')} is selected by its name alone: drop {', '.join(_OLD_FIELDS)} "
+                "(fields removed in issue 22)"
+            )
         data = dict(data)
         given = tuple(data.pop(f, own) for f, own in zip(_OLD_FIELDS, cls.old_spelling, strict=True))
         for f, default in _MASK_FIELDS.items():  # Sparse-MAML's own fields, once dumped for every variant
@@ -132,18 +143,21 @@ class MAMLConfig(BaseModel):
 
 
 def _old_norm(data: dict[str, object]) -> dict[str, object]:
-    """``data`` with ``adapt_norm: true`` where it is a run's spec.yaml written before the field existed.
+    """``data`` as it ran where it is a run's spec.yaml written before ``adapt_norm`` existed.
 
     Until issue 23 every variant adapted the batch-norm scale and shift; lslr, metacurvature and
     maml_enhanced no longer do by default, so an old run folder resumed (or compared by ``train``) would
     silently change. A spec.yaml records every field of its section: one that names every field of that
     time (:data:`_DUMPED_BEFORE_ADAPT_NORM`), or the fields of before issue 22, but not ``adapt_norm`` was
-    written before it. A hand-written spec rarely names them all; one that does is read the old way too.
+    written before it: it gets ``adapt_norm: true``, and ``meta_reduction: mean`` and ``clip_scope: all``
+    where it does not name them (Sparse-MAML's defaults changed to ``sum`` and ``network`` at the same time).
+    A hand-written spec rarely names them all; one that does is read the old way too.
     """
     if "adapt_norm" in data:
         return data
     dumped = all(f in data for f in _DUMPED_BEFORE_ADAPT_NORM) or any(f in data for f in _OLD_FIELDS)
-    return {**data, "adapt_norm": True} if dumped else data
+    # meta_reduction and clip_scope came with adapt_norm: such a spec ran with the mean and the clamp on all
+    return {"meta_reduction": "mean", "clip_scope": "all", **data, "adapt_norm": True} if dumped else data
 
 
 def _spelling_error(name: str, given: tuple[object, ...]) -> str:
@@ -152,6 +166,7 @@ def _spelling_error(name: str, given: tuple[object, ...]) -> str:
     names_of: dict[tuple[object, ...], str] = {
         v.old_spelling: v.model_fields["name"].default
         for v in reversed(MAML_VARIANTS)  # maml before fomaml
+        if v.old_spelling is not None
     }
     right = names_of.get(given)
     if right is None:
@@ -178,7 +193,7 @@ class LSLRConfig(MAMLConfig):
     batch-norm scale and shift do not adapt (and have no rates); ``adapt_norm: true`` puts them back.
     """
 
-    old_spelling: ClassVar[OldSpelling] = ("all", "lslr", False)
+    old_spelling: ClassVar[OldSpelling | None] = ("all", "lslr", False)
     name: Literal["lslr"] = "lslr"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
     adapt_norm: bool = False
@@ -200,7 +215,7 @@ class MetaCurvatureConfig(MAMLConfig):
     code, the batch-norm scale and shift do not adapt (and have no M); ``adapt_norm: true`` puts them back.
     """
 
-    old_spelling: ClassVar[OldSpelling] = ("all", "scalar", True)
+    old_spelling: ClassVar[OldSpelling | None] = ("all", "scalar", True)
     name: Literal["metacurvature"] = "metacurvature"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
     adapt_norm: bool = False
@@ -220,7 +235,7 @@ class MAMLEnhancedConfig(MAMLConfig):
     codes, the batch-norm scale and shift do not adapt; ``adapt_norm: true`` puts them back.
     """
 
-    old_spelling: ClassVar[OldSpelling] = ("all", "lslr", True)
+    old_spelling: ClassVar[OldSpelling | None] = ("all", "lslr", True)
     name: Literal["maml_enhanced"] = "maml_enhanced"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
     adapt_norm: bool = False
@@ -241,7 +256,7 @@ class ANILConfig(MAMLConfig):
     still reaches the body through the adapted head's dependence on its features.
     """
 
-    old_spelling: ClassVar[OldSpelling] = ("head", "scalar", False)
+    old_spelling: ClassVar[OldSpelling | None] = ("head", "scalar", False)
     name: Literal["anil"] = "anil"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
 
@@ -261,7 +276,7 @@ class BOILConfig(MAMLConfig):
     and head are both meta-learned by the outer Adam.
     """
 
-    old_spelling: ClassVar[OldSpelling] = ("body", "scalar", False)
+    old_spelling: ClassVar[OldSpelling | None] = ("body", "scalar", False)
     name: Literal["boil"] = "boil"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
 
@@ -300,7 +315,7 @@ class SparseMAMLConfig(SparseCodeConfig):
     :class:`SparseCodeConfig`'s. Mask logits are learned at ``extras_lr``.
     """
 
-    old_spelling: ClassVar[OldSpelling] = ("all", "mask", False)
+    old_spelling: ClassVar[OldSpelling | None] = ("all", "mask", False)
     name: Literal["sparse_maml"] = "sparse_maml"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
     mask_init: Literal["kaiming", "uniform"] = "kaiming"
@@ -316,6 +331,25 @@ class SparseMAMLConfig(SparseCodeConfig):
         return inner.InnerRule(self.adapted(inner.every), inner.Identity(), mask)
 
 
+class MetaSGDConfig(MAMLConfig):
+    """Meta-SGD: ``phi^{k+1} = phi^k - a (.) g^k``, a learned rate per element of theta, a starting at alpha.
+
+    Li, Zhou, Chen, Li. "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning", 2017. The rates ``a``
+    are meta-learned by the outer Adam together with theta (at ``extras_lr`` if given, else ``outer_lr``),
+    second order as MAML. The paper draws ``a`` at random in [0.005, 0.1]; here every rate starts at alpha.
+    """
+
+    old_spelling: ClassVar[OldSpelling | None] = None
+    name: Literal["meta_sgd"] = "meta_sgd"  # type: ignore[assignment]
+    """Algorithm name (discriminator)."""
+
+    def inner_rule(self) -> InnerRule:
+        """A learned, unconstrained rate per element, every parameter."""
+        from metacli.engine import inner
+
+        return inner.InnerRule(self.adapted(inner.every), inner.Identity(), inner.MetaSGDRate(self.alpha))
+
+
 class SparseReLUMAMLConfig(SparseCodeConfig):
     """sparse-ReLU-MAML: ``phi^{k+1} = phi^k - ReLU(m) * g^k`` with a straight-through ReLU, m init alpha.
 
@@ -323,7 +357,7 @@ class SparseReLUMAMLConfig(SparseCodeConfig):
     rates that can be exactly zero. The code's defaults are :class:`SparseCodeConfig`'s, as Sparse-MAML.
     """
 
-    old_spelling: ClassVar[OldSpelling] = ("all", "relu", False)
+    old_spelling: ClassVar[OldSpelling | None] = ("all", "relu", False)
     name: Literal["sparse_relu_maml"] = "sparse_relu_maml"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
 
@@ -334,27 +368,13 @@ class SparseReLUMAMLConfig(SparseCodeConfig):
         return inner.InnerRule(self.adapted(inner.every), inner.Identity(), inner.ReLURate(self.alpha))
 
 
-MAML_VARIANTS: tuple[type[MAMLConfig], ...] = (
-    MAMLConfig,
-    FOMAMLConfig,
-    LSLRConfig,
-    MetaCurvatureConfig,
-    MAMLEnhancedConfig,
-    ANILConfig,
-    BOILConfig,
-    SparseMAMLConfig,
-    SparseReLUMAMLConfig,
-)
-"""Every config the :class:`~metacli.engine.algorithms.maml.MAML` class runs, one per registry name."""
-
-
 # Reptile (metacli.engine.algorithms.reptile)
 
 
-class ReptileConfig(BaseModel):
+class ReptileConfig(Named):
     """Reptile: first-order meta-learning by moving theta towards task-adapted weights."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    factory: ClassVar[str] = "metacli.engine.algorithms.reptile:Reptile"
 
     name: Literal["reptile"] = "reptile"
     """Algorithm name (discriminator)."""
@@ -377,10 +397,10 @@ class ReptileConfig(BaseModel):
 # Memory-reduced meta-learning, ITD-BiO (metacli.engine.algorithms.implicit)
 
 
-class BilevelHeadConfig(BaseModel):
+class BilevelHeadConfig(Named):
     """Settings shared by the backbone / head bilevel algorithms."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    factory: ClassVar[str] = "metacli.engine.algorithms.implicit:BilevelHead"
 
     inner_lr: Positive = 0.1
     """lambda_phi: step size of the K head gradient steps (code: 0.1 CIFAR-FS/FC100, 0.05 ImageNet)."""
@@ -443,10 +463,10 @@ class ITDBiOConfig(BilevelHeadConfig):
 # MOML and B-MOML (metacli.engine.algorithms.moml)
 
 
-class MetaSGDConfig(BaseModel):
+class OnlineMetaSGDConfig(Named):
     """Settings shared by the second-order online meta-learners (MOML, B-MOML, FTML, MOGD)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    online: ClassVar[bool] = True
 
     K: Count = 10
     """Outer SGD steps per round (grid {10, 20}; the released script's first value, 10)."""
@@ -477,19 +497,21 @@ class MetaSGDConfig(BaseModel):
         return {"": (self.inner_lr, self.inner_steps)}
 
 
-class MOMLConfig(MetaSGDConfig):
+class MOMLConfig(OnlineMetaSGDConfig):
     """MOML (Acar, Zhu, Saligrama, ICML 2021): regularised warm-started meta-SGD, constant-size state."""
 
+    factory: ClassVar[str] = "metacli.engine.algorithms.moml:MOML"
     name: Literal["moml"] = "moml"
     """Selects MOML."""
     alpha: NonNegative = 1.0
     """α of the proximal term (grid {1, 5, 10}; default 1). 0 switches the regulariser off (= MOGD)."""
 
 
-class BMOMLConfig(MetaSGDConfig):
+class BMOMLConfig(OnlineMetaSGDConfig):
     """B-MOML (Acar et al. 2021; ``train_BMOML`` in github.com/ruizhaoz/MOML): MOML whose outer steps
     sample their task from a small task buffer."""
 
+    factory: ClassVar[str] = "metacli.engine.algorithms.moml:BMOML"
     name: Literal["bmoml"] = "bmoml"
     """Selects B-MOML."""
     alpha: NonNegative = 1.0
@@ -506,24 +528,26 @@ class BMOMLConfig(MetaSGDConfig):
 EvalVariant = Literal["ft1", "ft5", "noft"]
 
 
-class FTMLConfig(MetaSGDConfig):
+class FTMLConfig(OnlineMetaSGDConfig):
     """FTML (Finn et al. 2019) as in the MOML code: meta-SGD on tasks drawn from all seen tasks."""
 
+    factory: ClassVar[str] = "metacli.engine.algorithms.online_baselines:FTML"
     name: Literal["ftml"] = "ftml"
     """Selects FTML."""
 
 
-class MOGDConfig(MetaSGDConfig):
+class MOGDConfig(OnlineMetaSGDConfig):
     """MOGD: warm-started meta-SGD on the current task (MOML without the regulariser)."""
 
+    factory: ClassVar[str] = "metacli.engine.algorithms.moml:MOGD"
     name: Literal["mogd"] = "mogd"
     """Selects MOGD."""
 
 
-class _ScratchConfig(BaseModel):
+class _ScratchConfig(Named):
     """Evaluation settings shared by TOE and FS (``get_maml_acc_loss`` in the official MOML code)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    online: ClassVar[bool] = True
 
     eval_lr: Positive = 0.1
     """Learning rate of the evaluation fine-tune (0.1)."""
@@ -546,6 +570,7 @@ class _ScratchConfig(BaseModel):
 class TOEConfig(_ScratchConfig):
     """TOE: re-initialise to θ₀ each round and train K SGD steps on all data seen so far."""
 
+    factory: ClassVar[str] = "metacli.engine.algorithms.online_baselines:TOE"
     name: Literal["toe"] = "toe"
     """Selects TOE."""
     K: Count = 10
@@ -562,6 +587,7 @@ class TOEConfig(_ScratchConfig):
 class FSConfig(_ScratchConfig):
     """FS: no training; θ₀ fine-tuned on each task (evaluation only)."""
 
+    factory: ClassVar[str] = "metacli.engine.algorithms.online_baselines:FS"
     name: Literal["fs"] = "fs"
     """Selects FS."""
 
@@ -578,6 +604,7 @@ AlgorithmConfig = Annotated[
     | BOILConfig
     | SparseMAMLConfig
     | SparseReLUMAMLConfig
+    | MetaSGDConfig
     | ReptileConfig
     | MemoryReducedConfig
     | ITDBiOConfig
@@ -591,5 +618,11 @@ AlgorithmConfig = Annotated[
 ]
 """The ``algorithm:`` section: the config that ``name`` selects; a wrong name lists the valid ones."""
 
-ONLINE_ALGORITHM_NAMES: frozenset[str] = frozenset({"moml", "bmoml", "ftml", "mogd", "toe", "fs"})
+ONLINE_ALGORITHM_NAMES: frozenset[str] = online_names(AlgorithmConfig)
 """The algorithms of the online protocol (paired with a task stream); every other name is few-shot."""
+
+MAML_VARIANTS: tuple[type[MAMLConfig], ...] = tuple(
+    c for c in members(AlgorithmConfig) if issubclass(c, MAMLConfig)
+)
+"""Every config the :class:`~metacli.engine.algorithms.maml.MAML` class runs, one per registry name (MAML
+first: the union's order)."""

@@ -6,18 +6,19 @@ sizes), and :data:`ONLINE_DATASET_NAMES`, the task streams of the online protoco
 validated from this module alone (by the spec module), so a bad ``data:`` field is reported without
 importing torch or decoding anything. Each dataset's builder imports its config from here
 (:mod:`metacli.engine.data.sinusoid`, ``.omniglot``, ``.miniimagenet``, ``.cifar``, ``.smnist``; the
-shared N-way K-shot fields from :mod:`metacli.engine.data.images`), and :mod:`metacli.engine.data` maps
-each name to its builder.
+shared N-way K-shot fields from :mod:`metacli.engine.data.images`), and each config names its builder
+(``factory``, :mod:`.registry`), from which :mod:`metacli.engine.data` derives its registries.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from metacli.engine.config.fields import Bounded, Count, Seed
+from metacli.engine.config.registry import Named, online_names
 
 Split = Literal["train", "val", "test"]
 """A class split of an episodic dataset: meta-training, validation, meta-test."""
@@ -26,10 +27,10 @@ Split = Literal["train", "val", "test"]
 # Sinusoid regression (metacli.engine.data.sinusoid)
 
 
-class SinusoidConfig(BaseModel):
+class SinusoidConfig(Named):
     """Sinusoid regression tasks with random amplitude and phase."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    factory: ClassVar[str] = "metacli.engine.data.sinusoid:build"
 
     name: Literal["sinusoid"] = "sinusoid"
     """Dataset name (discriminator)."""
@@ -68,10 +69,8 @@ class SinusoidConfig(BaseModel):
 # N-way K-shot image tasks (metacli.engine.data.images)
 
 
-class FewShotConfig(BaseModel):
+class FewShotConfig(Named):
     """Fields shared by every N-way K-shot image dataset (subclassed per dataset with its ``name``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     ways: Annotated[Count, Field(ge=2)] = 5
     """N: classes per task."""
@@ -134,6 +133,7 @@ DRAWERS = 20
 class OmniglotConfig(FewShotConfig):
     """Omniglot N-way K-shot tasks (Vinyals or Lake split, optional rotation classes)."""
 
+    factory: ClassVar[str] = "metacli.engine.data.omniglot:build"
     name: Literal["omniglot"] = "omniglot"
     """Dataset name (discriminator)."""
     queries: Count = 5
@@ -182,6 +182,7 @@ MINIIMAGENET_SPLIT_CLASSES: dict[Split, int] = {"train": 64, "val": 16, "test": 
 class MiniImageNetConfig(FewShotConfig):
     """N-way K-shot tasks from miniImageNet (Ravi & Larochelle split, 600 images of 84×84 per class)."""
 
+    factory: ClassVar[str] = "metacli.engine.data.miniimagenet:build"
     name: Literal["miniimagenet"] = "miniimagenet"
     """Dataset name (discriminator)."""
     format: Literal["auto", "pickle", "folder"] = "auto"
@@ -239,6 +240,7 @@ class CIFARFewShotConfig(FewShotConfig):
 class CIFARFSConfig(CIFARFewShotConfig):
     """N-way K-shot tasks from CIFAR-FS (Bertinetto et al. 2019: 64 / 16 / 20 CIFAR-100 classes)."""
 
+    factory: ClassVar[str] = "metacli.engine.data.cifar:build_cifar_fs"
     name: Literal["cifar_fs"] = "cifar_fs"
     """Dataset name (discriminator)."""
 
@@ -250,6 +252,7 @@ class CIFARFSConfig(CIFARFewShotConfig):
 class FC100Config(CIFARFewShotConfig):
     """N-way K-shot tasks from FC100 (Oreshkin et al. 2018: 12 / 4 / 4 superclasses, 60 / 20 / 20 classes)."""
 
+    factory: ClassVar[str] = "metacli.engine.data.cifar:build_fc100"
     name: Literal["fc100"] = "fc100"
     """Dataset name (discriminator)."""
 
@@ -274,10 +277,11 @@ MNIST_CLASSES = 10
 """Digits: the classes of every S-MNIST task."""
 
 
-class SMNISTConfig(BaseModel):
+class SMNISTConfig(Named):
     """The S-MNIST stream of MOML: MNIST chunked into tasks, each class of each task transformed."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    factory: ClassVar[str] = "metacli.engine.data.smnist:build"
+    online: ClassVar[bool] = True
 
     name: Literal["smnist"] = "smnist"
     """Dataset name (discriminator)."""
@@ -335,5 +339,5 @@ DataConfig = Annotated[
 ]
 """The ``data:`` section: the config that ``name`` selects; a wrong name lists the valid ones."""
 
-ONLINE_DATASET_NAMES: frozenset[str] = frozenset({"smnist"})
+ONLINE_DATASET_NAMES: frozenset[str] = online_names(DataConfig)
 """The task streams of the online protocol; every other dataset is episodic (few-shot tasks)."""

@@ -3,8 +3,8 @@
 One pydantic model per network, selected by its ``name`` (the discriminated union :data:`ModelConfig`).
 A run spec is validated from this module alone (by the spec module), so a bad ``model:`` field is reported
 without importing torch. Each network's module imports its config from here
-(:mod:`metacli.engine.models.mlp`, ``.conv4``, ``.resnet12``), and :mod:`metacli.engine.models` maps
-each name to its builder.
+(:mod:`metacli.engine.models.mlp`, ``.conv4``, ``.resnet12``), and each config names its builder
+(``factory``, :mod:`.registry`), from which :mod:`metacli.engine.models` derives its registry.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from metacli.engine.config.fields import MAX_LAYERS, NonNegative, Width
+from metacli.engine.config.registry import Named
 
 
 def image_shape(in_shape: tuple[int, ...], model: str) -> tuple[int, int, int]:
@@ -42,10 +43,10 @@ ConvInit = Literal["torch", "maml", "xavier"]
 # ReLU multilayer perceptrons (metacli.engine.models.mlp)
 
 
-class MLPConfig(BaseModel):
+class MLPConfig(Named):
     """A ReLU multilayer perceptron; inputs are flattened."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    factory: ClassVar[str] = "metacli.engine.models.mlp:build"
 
     name: Literal["mlp"] = "mlp"
     """Model name (discriminator)."""
@@ -74,10 +75,10 @@ Pool = Literal["max", "stride"]
 """Downsampling of every Conv4 block: 2x2 max-pool, or a stride-2 convolution."""
 
 
-class Conv4Config(BaseModel):
+class Conv4Config(Named):
     """Four conv blocks (``conv3x3 -> batch norm -> ReLU -> downsample``) and a linear head."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    factory: ClassVar[str] = "metacli.engine.models.conv4:build"
 
     name: Literal["conv4"] = "conv4"
     """Model name (discriminator)."""
@@ -133,10 +134,10 @@ RESNET12_POOL_PADDINGS: dict[str, tuple[int | None, ...]] = {
 """Padding of the 2x2 max-pool after each block; None: no pool (as :mod:`metacli.engine.models.resnet12`)."""
 
 
-class ResNet12Config(BaseModel):
+class ResNet12Config(Named):
     """Four residual blocks (3 x conv3x3-BN-LeakyReLU, 1x1-conv shortcut, max-pool), average pool, linear."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    factory: ClassVar[str] = "metacli.engine.models.resnet12:build"
 
     name: Literal["resnet12"] = "resnet12"
     """Model name (discriminator)."""

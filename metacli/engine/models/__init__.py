@@ -24,24 +24,19 @@ from typing import Any, Literal
 
 from torch import nn
 
-from metacli.engine.config.models import Conv4Config, MLPConfig, ModelConfig, ResNet12Config
-from metacli.engine.models import conv4, mlp, resnet12
+from metacli.engine.config.models import ModelConfig
+from metacli.engine.config.registry import factories
 
 __all__ = ["MODELS", "PARAM_GROUPS", "ModelConfig", "ParamGroup", "build_model", "is_norm", "param_group"]
 
-MODELS: dict[str, Callable[[Any, tuple[int, ...], int], nn.Module]] = {
-    "mlp": mlp.build,
-    "conv4": conv4.build,
-    "resnet12": resnet12.build,
-}
+MODELS: dict[str, Callable[[Any, tuple[int, ...], int], nn.Module]] = factories(ModelConfig, online=False)
+"""Every model's builder by name, derived from the union (each config names its builder, ``factory``)."""
 
 ParamGroup = Literal["body", "head"]
 PARAM_GROUPS: tuple[ParamGroup, ...] = ("body", "head")
 
 
-def build_model(
-    cfg: MLPConfig | Conv4Config | ResNet12Config, in_shape: tuple[int, ...], out_features: int
-) -> nn.Module:
+def build_model(cfg: ModelConfig, in_shape: tuple[int, ...], out_features: int) -> nn.Module:
     """Build the model named by ``cfg.name`` for the given input shape and output size."""
     return MODELS[cfg.name](cfg, in_shape, out_features)
 
