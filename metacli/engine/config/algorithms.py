@@ -34,7 +34,7 @@ class MAMLConfig(BaseModel):
 
     Each variant below is a subclass whose :meth:`inner_rule` composes its inner step from the pieces of
     :mod:`metacli.engine.inner` (which parameters adapt, the preconditioner, the rate); its ``name`` is
-    its only spelling.
+    its only spelling. The reference codes' choices and faults, per variant: docs/maml_family.md.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
@@ -108,7 +108,10 @@ def _spelling_error(name: str, given: tuple[object, ...]) -> str:
 
 
 class FOMAMLConfig(MAMLConfig):
-    """First-order MAML: a preset of MAML with ``first_order=True`` (Finn et al., 2017)."""
+    """First-order MAML: a preset of MAML with ``first_order=True`` (Finn et al., 2017).
+
+    See docs/maml_family.md.
+    """
 
     name: Literal["fomaml"] = "fomaml"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
@@ -117,10 +120,13 @@ class FOMAMLConfig(MAMLConfig):
 
 
 class LSLRConfig(MAMLConfig):
-    """LSLR of MAML++: ``phi_p^{k+1} = phi_p^k - alpha_{p,k} g_p^k``, one learned rate per tensor and step.
+    """LSLR: ``phi_p^{k+1} = phi_p^k - alpha_{p,k} g_p^k``, one learned rate per tensor and step.
 
     Antoniou, Edwards, Storkey. "How to train your MAML", ICLR 2019 (code HowToTrainYourMAMLPytorch).
-    Rates start at ``alpha`` and are unconstrained; the outer Adam learns them with theta.
+    MAML++'s learned per-layer per-step rates alone: none of its other changes (multi-step loss, per-step
+    batch norm, cosine annealing, derivative-order annealing). Rates start at ``alpha`` and are
+    unconstrained; the outer Adam learns them with theta. Evaluated with more steps than trained, the
+    extra steps reuse the last learned rate. See docs/maml_family.md.
     """
 
     old_spelling: ClassVar[OldSpelling] = ("all", "lslr", False)
@@ -139,6 +145,7 @@ class MetaCurvatureConfig(MAMLConfig):
 
     Park & Oliva. "Meta-Curvature", NeurIPS 2019 (code silverbottlep/maml). A weight's M is
     ``M_out (x) M_in (x) M_filter`` (identities at first), a bias's M elementwise (ones at first).
+    See docs/maml_family.md.
     """
 
     old_spelling: ClassVar[OldSpelling] = ("all", "scalar", True)
@@ -156,6 +163,7 @@ class MAMLEnhancedConfig(MAMLConfig):
     """MAML Enhanced: Meta-Curvature and LSLR together, ``phi_p^{k+1} = phi_p^k - alpha_{p,k} M_p g_p^k``.
 
     The composition of Park & Oliva 2019 and Antoniou et al. 2019 (no paper combines them).
+    See docs/maml_family.md.
     """
 
     old_spelling: ClassVar[OldSpelling] = ("all", "lslr", True)
@@ -173,7 +181,8 @@ class ANILConfig(MAMLConfig):
     """ANIL: only the head adapts, ``head^{k+1} = head^k - alpha grad_head L_S(body, head^k)``; body frozen.
 
     Raghu, Raghu, Bengio, Vinyals. "Rapid Learning or Feature Reuse?", ICLR 2020. The outer step
-    still reaches the body through the adapted head's dependence on its features.
+    still reaches the body through the adapted head's dependence on its features. Support and query go
+    through the body as separate batches (learn2learn's example: one batch). See docs/maml_family.md.
     """
 
     old_spelling: ClassVar[OldSpelling] = ("head", "scalar", False)
@@ -191,7 +200,7 @@ class BOILConfig(MAMLConfig):
     """BOIL: only the body adapts, the head stays at its initialisation in the inner loop (head rate 0).
 
     Oh, Yoo, Kim, Yun. "BOIL: Towards Representation Change for Few-shot Learning", ICLR 2021. Body
-    and head are both meta-learned by the outer Adam.
+    and head are both meta-learned by the outer Adam. See docs/maml_family.md.
     """
 
     old_spelling: ClassVar[OldSpelling] = ("body", "scalar", False)
@@ -206,12 +215,14 @@ class BOILConfig(MAMLConfig):
 
 
 class SparseMAMLConfig(MAMLConfig):
-    """Sparse-MAML: ``phi_p^{k+1} = phi_p^k - alpha mask(m_p) * g_p^k``, mask = STE(1[m_p >= 0]).
+    """Sparse-MAML: ``phi_p^{k+1} = phi_p^k - alpha mask(m_p) * g_p^k``, mask = STE(1[m_p > 0]).
 
     von Oswald, Zhao, Kobayashi, Schug, Caccia, Zucchet, Sacramento. "Learning where to learn",
     NeurIPS 2021 (code Johswald/learning_where_to_learn). As the released code, theta is trained
     first order by default (its ``--second_order`` is off, "NOT TESTED"); the mask still gets a
-    meta-gradient, through the updates it multiplies. Mask logits are learned at ``extras_lr``.
+    meta-gradient, through the updates it multiplies. Mask logits are learned at ``extras_lr``. The
+    mask is the code's ``0.5 (sign(m) + 1)``: 1 where m > 0, 0 where m < 0, 0.5 at m = 0; its backward is
+    the identity times 0.5 (straight-through). See docs/maml_family.md.
     """
 
     old_spelling: ClassVar[OldSpelling] = ("all", "mask", False)
@@ -239,6 +250,7 @@ class SparseReLUMAMLConfig(MAMLConfig):
 
     von Oswald et al., NeurIPS 2021 (``--meta_relu_through --meta_constant_init``): Meta-SGD with
     rates that can be exactly zero. First order in theta by default, as Sparse-MAML.
+    See docs/maml_family.md.
     """
 
     old_spelling: ClassVar[OldSpelling] = ("all", "relu", False)
@@ -274,7 +286,10 @@ MAML_VARIANTS: tuple[type[MAMLConfig], ...] = (
 
 
 class ReptileConfig(BaseModel):
-    """Reptile: first-order meta-learning by moving theta towards task-adapted weights."""
+    """Reptile: first-order meta-learning by moving theta towards task-adapted weights.
+
+    See docs/maml_family.md.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
@@ -300,7 +315,10 @@ class ReptileConfig(BaseModel):
 
 
 class BilevelHeadConfig(BaseModel):
-    """Settings shared by the backbone / head bilevel algorithms."""
+    """Settings shared by the backbone / head bilevel algorithms.
+
+    Paper against official code, and which option gives which: docs/bilevel.md.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
@@ -348,7 +366,10 @@ class ITDBiOConfig(BilevelHeadConfig):
 
 
 class MetaSGDConfig(BaseModel):
-    """Settings shared by the second-order online meta-learners (MOML, B-MOML, FTML, MOGD)."""
+    """Settings shared by the second-order online meta-learners (MOML, B-MOML, FTML, MOGD).
+
+    The official code's settings and the faults metacli does not reproduce: docs/online.md.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
