@@ -10,7 +10,7 @@ before t, which is what makes Hedge an online algorithm; its regret against the 
 expert in hindsight is at most ln(N)/eta + eta*T/8.
 
 The official ``hedge.py`` of the MOML paper (github.com/ruizhaoz/MOML) has faults that this module
-deliberately does **not** reproduce:
+deliberately does **not** reproduce (all of that code's faults: docs/online.md):
 
 1. look-ahead: it updates the weights with round-t losses *before* computing h_t (available here
    only behind ``reference_quirks=True``, to measure how much the look-ahead flatters Hedge);
@@ -18,8 +18,8 @@ deliberately does **not** reproduce:
 3. it saves the CTM and LTM results to the same file, so one overwrites the other (here: one
    ``hedge.json`` with a section per metric, and one run directory ``hedge/``).
 
-Following DESIGN.md G9 this module reads only ``spec.yaml`` and ``metrics.jsonl`` and imports
-neither torch nor the engine. Outputs, under the folder that holds the experts::
+The run directory being the only interface between commands, this module reads only ``spec.yaml`` and
+``metrics.jsonl`` and imports neither torch nor the engine. Outputs, under the folder that holds the experts::
 
     hedge.json              eta, experts, per-metric summary (final averages, best expert, regret)
     hedge/spec.yaml         algorithm: {name: hedge}; the hedged curve is itself a run directory,

@@ -1,7 +1,8 @@
 """Figures of online runs: CTM and LTM running averages and held memory against the round.
 
-Reads only ``spec.yaml`` and ``metrics.jsonl`` of every run under a folder (DESIGN.md G9), including
-the ``hedge/`` run written by :mod:`metacli.hedge`, and writes, under ``out``::
+Reads only ``spec.yaml`` and ``metrics.jsonl`` of every run under a folder (the run directory is the only
+interface between commands), including the ``hedge/`` run written by :mod:`metacli.hedge`, and writes,
+under ``out``::
 
     ctm_avg.png/.svg   running-average CTM accuracy vs round, one line per run
     ltm_avg.png/.svg   running-average LTM accuracy vs round

@@ -2,7 +2,7 @@
 
 Per meta-step: sample B tasks from the training split with the run's generator, ask the algorithm
 for its meta-gradient (``meta_step``), hand it to the outer optimiser. The loop owns logging and
-checkpoints; algorithms own no loop (DESIGN.md G1).
+checkpoints; algorithms own no loop.
 """
 
 from __future__ import annotations

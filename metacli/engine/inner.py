@@ -21,6 +21,9 @@ the way optax chains gradient transformations, of three pieces:
   :class:`SparseMask`, alpha * mask(m_p) (Sparse-MAML, von Oswald et al. 2021); :class:`ReLURate`, ReLU(m_p)
   (sparse-ReLU-MAML, same paper); :class:`MetaSGDRate`, a learned rate per element (Li et al. 2017).
 
+Each variant's paper, reference code and the choices of that code that metacli follows or not:
+docs/maml_family.md.
+
 Each variant's config (:mod:`metacli.engine.config.algorithms`) returns its composition. A piece that
 learns (rates, curvature factors, masks) declares its extra meta-parameters per network tensor
 (:meth:`Piece.init`) under its own ``kind``, receives exactly those back when it runs, and summarises

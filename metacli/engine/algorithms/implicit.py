@@ -40,7 +40,8 @@ test_implicit.py`` shows both on a tiny head.
 References:
     Yang, Ma, Yu. "Memory-Reduced Meta-Learning with Guaranteed Convergence", AAAI 2025 (arXiv 2412.12030;
     code yangxiaolin9527/RM-MetaL). Ji, Yang, Liang. "Bilevel Optimization: Convergence Analysis and
-    Enhanced Design", ICML 2021. Where the paper and its code differ, metacli's choice is stated above.
+    Enhanced Design", ICML 2021. Where the paper and its code differ, metacli's choice is stated above;
+    the options that select either, and the settings per dataset: docs/bilevel.md.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ outer Adam, at ``extras_lr`` where a paper gives them their own rate.
 References:
     Finn, Abbeel, Levine. "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks", ICML 2017.
     Code: cbfinn/maml (meta-gradient clipping to [-10, 10] on MiniImageNet).
-    The variants' papers, settings and pitfalls: see each config class.
+    The variants' papers, settings and the reference codes' pitfalls: docs/maml_family.md.
 
 Example:
     >>> algo = MAML(MAMLConfig(alpha=0.01), learner)

@@ -21,7 +21,8 @@ uniformly random slot; 'last': sliding window). α = 0 switches the regulariser 
 
 Training and evaluation adaptation differ on purpose (as in the code): training adapts on 10-image support
 batches with weight decay and no clipping; the CTM/LTM evaluation (:mod:`metacli.engine.online`)
-adapts full-batch on all train images with clipping and no weight decay.
+adapts full-batch on all train images with clipping and no weight decay. The released code's settings and
+the faults metacli does not reproduce: docs/online.md.
 """
 
 from __future__ import annotations

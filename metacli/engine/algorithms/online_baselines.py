@@ -14,7 +14,7 @@
 TOE and FS measure CTM **after** the round's training (``ctm_after_update``; the reference's
 "Evaluation of TOE is a bit different") and are evaluated three ways (as the reference): fine-tuned
 (lr 0.1, 1 step), fine-tuned (lr 0.1, 5 steps) and not fine-tuned. ``eval_variant`` picks the primary
-one; the others are logged under suffixed keys (``_ft1``, ``_ft5``, ``_noft``).
+one; the others are logged under suffixed keys (``_ft1``, ``_ft5``, ``_noft``). See docs/online.md.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ Differences from openai/supervised-reptile, stated so results are read correctly
 References:
     Nichol, Achiam, Schulman. "On First-Order Meta-Learning Algorithms", arXiv:1803.02999, 2018.
     Code: openai/supervised-reptile (``reptile.py``: ``_mini_batches``, meta-step annealing).
+    Its settings per dataset: docs/maml_family.md.
 
 Example:
     >>> algo = Reptile(ReptileConfig(inner_steps=5), learner, generator=torch.Generator().manual_seed(0))

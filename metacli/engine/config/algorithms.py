@@ -49,7 +49,8 @@ class MAMLConfig(Named):
     Each variant below is a subclass whose :meth:`inner_rule` composes its inner step from the pieces of
     :mod:`metacli.engine.inner` (which parameters adapt, the preconditioner, the rate); its ``name`` is
     its only spelling. Which parameters adapt is the variant's set (:meth:`adapted`), less the batch-norm
-    scales and shifts unless ``adapt_norm``.
+    scales and shifts unless ``adapt_norm``. The reference codes' choices and faults, per variant:
+    docs/maml_family.md.
     """
 
     factory: ClassVar[str] = "metacli.engine.algorithms.maml:MAML"
@@ -177,7 +178,10 @@ def _spelling_error(name: str, given: tuple[object, ...]) -> str:
 
 
 class FOMAMLConfig(MAMLConfig):
-    """First-order MAML: a preset of MAML with ``first_order=True`` (Finn et al., 2017)."""
+    """First-order MAML: a preset of MAML with ``first_order=True`` (Finn et al., 2017).
+
+    See docs/maml_family.md.
+    """
 
     name: Literal["fomaml"] = "fomaml"  # type: ignore[assignment]
     """Algorithm name (discriminator)."""
@@ -186,11 +190,14 @@ class FOMAMLConfig(MAMLConfig):
 
 
 class LSLRConfig(MAMLConfig):
-    """LSLR of MAML++: ``phi_p^{k+1} = phi_p^k - alpha_{p,k} g_p^k``, one learned rate per tensor and step.
+    """LSLR: ``phi_p^{k+1} = phi_p^k - alpha_{p,k} g_p^k``, one learned rate per tensor and step.
 
     Antoniou, Edwards, Storkey. "How to train your MAML", ICLR 2019 (code HowToTrainYourMAMLPytorch).
-    Rates start at ``alpha`` and are unconstrained; the outer Adam learns them with theta. As the code, the
-    batch-norm scale and shift do not adapt (and have no rates); ``adapt_norm: true`` puts them back.
+    MAML++'s learned per-layer per-step rates alone: none of its other changes (multi-step loss, per-step
+    batch norm, cosine annealing, derivative-order annealing). Rates start at ``alpha`` and are
+    unconstrained; the outer Adam learns them with theta. Evaluated with more steps than trained, the
+    extra steps reuse the last learned rate. As the code, the batch-norm scale and shift do not adapt (and
+    have no rates); ``adapt_norm: true`` puts them back. See docs/maml_family.md.
     """
 
     old_spelling: ClassVar[OldSpelling | None] = ("all", "lslr", False)
@@ -213,6 +220,7 @@ class MetaCurvatureConfig(MAMLConfig):
     Park & Oliva. "Meta-Curvature", NeurIPS 2019 (code silverbottlep/maml). A weight's M is
     ``M_out (x) M_in (x) M_filter`` (identities at first), a bias's M elementwise (ones at first). As the
     code, the batch-norm scale and shift do not adapt (and have no M); ``adapt_norm: true`` puts them back.
+    See docs/maml_family.md.
     """
 
     old_spelling: ClassVar[OldSpelling | None] = ("all", "scalar", True)
@@ -233,6 +241,7 @@ class MAMLEnhancedConfig(MAMLConfig):
 
     The composition of Park & Oliva 2019 and Antoniou et al. 2019 (no paper combines them). As both their
     codes, the batch-norm scale and shift do not adapt; ``adapt_norm: true`` puts them back.
+    See docs/maml_family.md.
     """
 
     old_spelling: ClassVar[OldSpelling | None] = ("all", "lslr", True)
@@ -253,7 +262,8 @@ class ANILConfig(MAMLConfig):
     """ANIL: only the head adapts, ``head^{k+1} = head^k - alpha grad_head L_S(body, head^k)``; body frozen.
 
     Raghu, Raghu, Bengio, Vinyals. "Rapid Learning or Feature Reuse?", ICLR 2020. The outer step
-    still reaches the body through the adapted head's dependence on its features.
+    still reaches the body through the adapted head's dependence on its features. Support and query go
+    through the body as separate batches (learn2learn's example: one batch). See docs/maml_family.md.
     """
 
     old_spelling: ClassVar[OldSpelling | None] = ("head", "scalar", False)
@@ -273,7 +283,7 @@ class BOILConfig(MAMLConfig):
     """BOIL: only the body adapts, the head stays at its initialisation in the inner loop (head rate 0).
 
     Oh, Yoo, Kim, Yun. "BOIL: Towards Representation Change for Few-shot Learning", ICLR 2021. Body
-    and head are both meta-learned by the outer Adam.
+    and head are both meta-learned by the outer Adam. See docs/maml_family.md.
     """
 
     old_spelling: ClassVar[OldSpelling | None] = ("body", "scalar", False)
@@ -308,11 +318,13 @@ class SparseCodeConfig(MAMLConfig):
 
 
 class SparseMAMLConfig(SparseCodeConfig):
-    """Sparse-MAML: ``phi_p^{k+1} = phi_p^k - alpha mask(m_p) * g_p^k``, mask = STE(1[m_p >= 0]).
+    """Sparse-MAML: ``phi_p^{k+1} = phi_p^k - alpha mask(m_p) * g_p^k``, mask = STE(1[m_p > 0]).
 
     von Oswald, Zhao, Kobayashi, Schug, Caccia, Zucchet, Sacramento. "Learning where to learn",
     NeurIPS 2021 (code Johswald/learning_where_to_learn); the code's defaults are
-    :class:`SparseCodeConfig`'s. Mask logits are learned at ``extras_lr``.
+    :class:`SparseCodeConfig`'s. Mask logits are learned at ``extras_lr``. The mask is the code's
+    ``0.5 (sign(m) + 1)``: 1 where m > 0, 0 where m < 0, 0.5 at m = 0; its backward is the identity times
+    0.5 (straight-through). See docs/maml_family.md.
     """
 
     old_spelling: ClassVar[OldSpelling | None] = ("all", "mask", False)
@@ -355,6 +367,7 @@ class SparseReLUMAMLConfig(SparseCodeConfig):
 
     von Oswald et al., NeurIPS 2021 (``--meta_relu_through --meta_constant_init``): Meta-SGD with
     rates that can be exactly zero. The code's defaults are :class:`SparseCodeConfig`'s, as Sparse-MAML.
+    See docs/maml_family.md.
     """
 
     old_spelling: ClassVar[OldSpelling | None] = ("all", "relu", False)
@@ -372,7 +385,10 @@ class SparseReLUMAMLConfig(SparseCodeConfig):
 
 
 class ReptileConfig(Named):
-    """Reptile: first-order meta-learning by moving theta towards task-adapted weights."""
+    """Reptile: first-order meta-learning by moving theta towards task-adapted weights.
+
+    See docs/maml_family.md.
+    """
 
     factory: ClassVar[str] = "metacli.engine.algorithms.reptile:Reptile"
 
@@ -398,7 +414,10 @@ class ReptileConfig(Named):
 
 
 class BilevelHeadConfig(Named):
-    """Settings shared by the backbone / head bilevel algorithms."""
+    """Settings shared by the backbone / head bilevel algorithms.
+
+    Paper against official code, and which option gives which: docs/bilevel.md.
+    """
 
     factory: ClassVar[str] = "metacli.engine.algorithms.implicit:BilevelHead"
 
@@ -464,7 +483,10 @@ class ITDBiOConfig(BilevelHeadConfig):
 
 
 class OnlineMetaSGDConfig(Named):
-    """Settings shared by the second-order online meta-learners (MOML, B-MOML, FTML, MOGD)."""
+    """Settings shared by the second-order online meta-learners (MOML, B-MOML, FTML, MOGD).
+
+    The official code's settings and the faults metacli does not reproduce: docs/online.md.
+    """
 
     online: ClassVar[bool] = True
 

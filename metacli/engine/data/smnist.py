@@ -1,5 +1,7 @@
 """S-MNIST: the online task stream of MOML (Acar et al., 2021), built exactly as its official code does.
 
+Sources and checksums of every dataset: docs/datasets.md.
+
 The official code (``utils_dataset.py::DatasetObject``, rule ``'mnist_rotations_flips_crop_scale'``):
 
 1. normalises MNIST with ``ToTensor`` + ``Normalize(0.1307, 0.3081)``; everything below happens in
