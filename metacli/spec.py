@@ -74,7 +74,8 @@ class TrainSettings(BaseModel):
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """A meta-step with a non-finite loss or meta-gradient: stop the run (exit 1, the last good checkpoint
     kept), or skip it (no update; counted in metrics.jsonl as skipped_steps). A non-finite parameter
-    after an update always stops."""
+    or outer optimiser moment (Adam's, overflowed by a huge finite meta-gradient) after an update always
+    stops."""
 
 
 class EvalSettings(BaseModel):

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
 from metacli.cli import app
+from metacli.engine.episodic import check_update, outer_update
+from metacli.engine.guards import Diverged
 
 runner = CliRunner()
 # Adam at 1e30: step 1 is finite (computed at the initialisation) and moves every parameter by about
@@ -60,3 +64,22 @@ def test_divergence_before_any_checkpoint_says_to_train_again(tmp_path: Path) ->
     assert result.exit_code == 1, result.output
     msg = " ".join(result.output.split())
     assert "at step 1" in msg and "No checkpoint had been written yet" in msg and "train again" in msg
+
+
+def test_an_overflowed_adam_moment_is_divergence() -> None:
+    """A finite meta-gradient of 1e30 in float32 overflows Adam's second moment ((1 - beta2) g^2 = 1e57 >
+    3.4e38) to inf; the update m / sqrt(inf) is 0, so the parameter stays finite, frozen for good, and only
+    the moment shows the run is dead."""
+    meta = {"w": torch.zeros(3, requires_grad=True)}
+    state = SimpleNamespace(meta=meta, optimizer=torch.optim.Adam(meta.values(), lr=1e-3), scheduler=None)
+    outer_update(state, {"w": torch.tensor([1.0, 1e30, 1.0])})  # type: ignore[arg-type]
+    assert torch.isfinite(meta["w"]).all() and meta["w"][1] == 0  # the parameter check alone passes
+    with pytest.raises(Diverged) as raised:
+        check_update(state, 7)  # type: ignore[arg-type]
+    assert (raised.value.step, raised.value.what) == (7, "outer optimiser state")
+    healthy = {"w": torch.zeros(3, requires_grad=True)}
+    fine = SimpleNamespace(
+        meta=healthy, optimizer=torch.optim.Adam(healthy.values(), lr=1e-3), scheduler=None
+    )
+    outer_update(fine, {"w": torch.tensor([1.0, 1e20, 1.0])})  # type: ignore[arg-type]
+    check_update(fine, 1)  # type: ignore[arg-type]  # huge but representable: not divergence by itself

@@ -91,6 +91,29 @@ class TrainState:
         }
 
 
+def check_update(state: TrainState, step: int) -> None:
+    """Raise :class:`Diverged` when the outer update left a non-finite parameter or optimiser moment.
+
+    The moments are checked too because a finite but huge meta-gradient (above about 1.8e19 in float32)
+    overflows Adam's second moment to inf while the parameters stay finite: every later update is then
+    m / inf = 0 for those entries, and the run would go on to its last step learning nothing there.
+    """
+    if not all_finite(state.meta.values()):
+        raise Diverged(step, "parameter")
+    if not all_finite(optimizer_tensors(state.optimizer)):
+        raise Diverged(step, "outer optimiser state")
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The floating-point tensors of ``optimizer``'s per-parameter state (Adam's moments, SGD's momentum)."""
+    return [
+        v
+        for s in optimizer.state.values()
+        for v in s.values()
+        if torch.is_tensor(v) and v.is_floating_point()
+    ]
+
+
 def outer_update(state: TrainState, grads: Params) -> None:
     """Hand the meta-gradient to the outer optimiser and take one step."""
     for k, p in state.meta.items():
@@ -197,7 +220,7 @@ def meta_train_step(
     Raises:
         Diverged: a non-finite loss or meta-gradient (unless ``cfg.on_nonfinite`` is ``skip``: the step
             then changes nothing and is counted in ``state.skipped``), or a non-finite parameter after
-            the update.
+            the update, or a non-finite moment of the outer optimiser (:func:`check_update`).
     """
     out: list[StepResult] = []
 
@@ -213,8 +236,7 @@ def meta_train_step(
                 return
             raise Diverged(state.step + 1, bad)
         outer_update(state, result.grads)
-        if not all_finite(state.meta.values()):
-            raise Diverged(state.step + 1, "parameter")
+        check_update(state, state.step + 1)
 
     if not measure:
         step()

@@ -13,7 +13,8 @@ from torch import Tensor
 
 
 class Diverged(Exception):
-    """Step (or online round) ``step`` produced a non-finite ``what`` (loss, meta-gradient or parameter).
+    """Step (or online round) ``step`` produced a non-finite ``what``: loss, meta-gradient, parameter or
+    outer optimiser state.
 
     Raised before anything of that step is checkpointed; the run layer names the last good checkpoint.
     """
