@@ -94,9 +94,10 @@ class TrainState:
 def check_update(state: TrainState, step: int) -> None:
     """Raise :class:`Diverged` when the outer update left a non-finite parameter or optimiser moment.
 
-    The moments are checked too because a finite but huge meta-gradient (above about 1.8e19 in float32)
-    overflows Adam's second moment to inf while the parameters stay finite: every later update is then
-    m / inf = 0 for those entries, and the run would go on to its last step learning nothing there.
+    The moments are checked too because a finite but huge meta-gradient (above about 6e20 in float32, where
+    (1 - beta2) g^2 passes 3.4e38) overflows Adam's second moment to inf while the parameters stay finite:
+    every later update is then m / inf = 0 for those entries, and the run would go on to its last step
+    learning nothing there.
     """
     if not all_finite(state.meta.values()):
         raise Diverged(step, "parameter")
