@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from metacli.cli import app
 from metacli.engine.episodic import check_update, outer_update
 from metacli.engine.guards import Diverged
+from metacli.runlayer.guard import diverged_message
 
 runner = CliRunner()
 # Adam at 1e30: step 1 is finite (computed at the initialisation) and moves every parameter by about
@@ -83,3 +84,18 @@ def test_an_overflowed_adam_moment_is_divergence() -> None:
     )
     outer_update(fine, {"w": torch.tensor([1.0, 1e20, 1.0])})  # type: ignore[arg-type]
     check_update(fine, 1)  # type: ignore[arg-type]  # huge but representable: not divergence by itself
+
+
+def test_skip_is_offered_only_where_it_can_help(tmp_path: Path) -> None:
+    """``on_nonfinite: skip`` skips a step whose loss or meta-gradient is non-finite; an overflowed optimiser
+    moment or parameter comes from an update already taken, so the message must not offer it."""
+    offered = {
+        what: "on_nonfinite" in diverged_message(tmp_path, Diverged(3, what), 2)
+        for what in ("loss", "meta-gradient", "parameter", "outer optimiser state")
+    }
+    assert offered == {
+        "loss": True,
+        "meta-gradient": True,
+        "parameter": False,
+        "outer optimiser state": False,
+    }

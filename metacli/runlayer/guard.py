@@ -96,8 +96,10 @@ def diverged_message(run_dir: Path, error: Diverged, saved_step: int | None, uni
     else:
         kept = "No checkpoint had been written yet"
         how = f"and train again ({run_dir} was removed: it held no checkpoint to resume)"
+    # on_nonfinite: skip skips a step whose loss or meta-gradient is non-finite; it cannot undo an update
+    skippable = unit == "step" and error.what in ("loss", "meta-gradient")
     return (
         f"the run diverged: the {error.what} became non-finite at {unit} {error.step}. {kept}. Fix: lower "
         f"the learning rates{' (or set algorithm.grad_clip)' if unit == 'step' else ''} {how}"
-        + (", or set train.on_nonfinite: skip to skip such steps." if unit == "step" else ".")
+        + (", or set train.on_nonfinite: skip to skip such steps." if skippable else ".")
     )
