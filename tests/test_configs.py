@@ -103,3 +103,32 @@ def test_a_union_of_configs_that_name_no_implementation_is_refused() -> None:
 
     with pytest.raises(TypeError, match="Named"):
         members(typing.Annotated[Plain | MLPConfig, Field(discriminator="name")])
+
+
+# The initialisation of each reference code (issue 23): the MAML TensorFlow code's for MAML and the methods
+# built on its code (Meta-Curvature's fork, learn2learn's ANIL); Xavier-uniform throughout for MAML++ and
+# Reptile (TF's default); PyTorch's for the torchmeta-based codes (BOIL, Sparse-MAML).
+REFERENCE_INIT = {
+    **dict.fromkeys(("maml", "fomaml", "metacurvature", "maml_enhanced", "anil"), "maml"),
+    **dict.fromkeys(("lslr", "reptile"), "xavier"),
+    **dict.fromkeys(("boil", "sparse_maml", "sparse_relu_maml"), "torch"),
+}
+IMAGE_FAMILY = [
+    p
+    for p in CONFIGS
+    if p.parent.name in ("omniglot", "miniimagenet") and read_yaml(p)["algorithm"]["name"] in REFERENCE_INIT
+]
+
+
+@pytest.mark.parametrize("path", IMAGE_FAMILY, ids=[f"{p.parent.name}/{p.name}" for p in IMAGE_FAMILY])
+def test_an_image_preset_names_its_reference_codes_initialisation(path: Path) -> None:
+    """Written in the file (not left to the default), and the scheme of the algorithm's reference code."""
+    raw = read_yaml(path)
+    assert raw["model"].get("init") == REFERENCE_INIT[raw["algorithm"]["name"]], path.name
+
+
+def test_every_sinusoid_preset_takes_the_maml_codes_initialisation() -> None:
+    """The MAML code's fully connected init (std 0.01, truncated) for every sinusoid run and the table."""
+    files = sorted((ROOT / "configs" / "sinusoid").glob("*.yaml"))
+    assert len(files) >= 10
+    assert {p.name: read_yaml(p)["model"].get("init") for p in files} == {p.name: "maml" for p in files}
