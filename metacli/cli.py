@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
-from rich.console import Console
 
 from metacli import __version__
 from metacli.errors import (
@@ -28,6 +27,7 @@ from metacli.errors import (
     os_problem,
     symlink_loop,
 )
+from metacli.progress import make_console
 
 app = typer.Typer(
     name="metacli",
@@ -38,8 +38,8 @@ app = typer.Typer(
     # click's plain help: option names are never cut and no type markers (<bool>) at any width
     rich_markup_mode=None,
 )
-err_console = Console(stderr=True, soft_wrap=True)  # a path in a message stays whole, to copy
-console = Console()
+err_console = make_console(stderr=True)  # soft-wrapped: a path in a message stays whole, to copy
+console = make_console()
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -185,7 +185,9 @@ def train(
     from metacli.commands import describe_fields, resume_command, train_command
 
     if fields:
-        console.print(describe_fields(spec_file, algo, dataset, list(overrides or [])))
+        table = describe_fields(spec_file, algo, dataset, list(overrides or []))
+        table.expand = console.has_width  # piped: as wide as its content, not padded to PIPED_WIDTH
+        console.print(table)
         return
 
     def announce(line: str) -> None:
