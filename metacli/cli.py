@@ -376,19 +376,25 @@ def plot(
         ),
     ] = Path("runs"),
     out: Annotated[
-        Path, typer.Option(metavar="DIR", help="Where figures (PNG, SVG) and TensorBoard files go.")
-    ] = Path("figures"),
+        Path | None,
+        typer.Option(
+            metavar="DIR", help="Where figures (PNG, SVG) and TensorBoard files go (default: FOLDER/figures)."
+        ),
+    ] = None,
 ) -> None:
-    """Figures of every run in FOLDER, PNG and SVG.
+    """Figures of every run in FOLDER, PNG and SVG, into FOLDER/figures/ unless --out says otherwise.
 
     Online runs: CTM and LTM running averages and held memory against the round. Few-shot runs:
     meta-training and validation curves against the step, and Sparse-MAML's per-layer sparsity.
     """
-    from metacli.plot import plot_runs
+    from metacli.plot import FIGURES_DIR, plot_runs
     from metacli.plot_fewshot import plot_episodic
     from metacli.runs import check_folder_path
 
-    check_folder_path(out, "plot --out")
+    if out is None:
+        out = folder / FIGURES_DIR  # beside the runs it shows, so plotting another folder replaces nothing
+    else:
+        check_folder_path(out, "plot --out")
     written = plot_episodic(folder, out) if folder.is_dir() else []
     try:
         written += plot_runs(folder, out)

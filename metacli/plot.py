@@ -1,7 +1,8 @@
 """Figures of online runs: CTM and LTM running averages and held memory against the round.
 
 Reads only ``spec.yaml`` and ``metrics.jsonl`` of every run under a folder (DESIGN.md G9), including
-the ``hedge/`` run written by :mod:`metacli.hedge`, and writes, under ``out``::
+the ``hedge/`` run written by :mod:`metacli.hedge`, and writes, under ``out`` (``metacli plot FOLDER``:
+``FOLDER/figures/`` by default)::
 
     ctm_avg.png/.svg   running-average CTM accuracy vs round, one line per run
     ltm_avg.png/.svg   running-average LTM accuracy vs round
@@ -62,6 +63,8 @@ from metacli.runread import (  # noqa: E402
 )
 from metacli.tb import ScalarWriter  # noqa: E402
 
+FIGURES_DIR = "figures"
+"""The sub-folder of a plotted folder that ``metacli plot`` writes into unless given ``--out``."""
 MAX_LABELLED = 8
 """Above this many runs, only Hedge and the best and worst run are labelled (the rest grey)."""
 LOG_RANGE = 30.0

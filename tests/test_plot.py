@@ -144,3 +144,30 @@ def test_a_single_run_folder_is_plotted_under_its_own_name(runs_folder: Path, tm
     written = plot_runs(runs_folder / "ftml", tmp_path / "out")
     assert len(written) == 6
     assert [p.name for p in (tmp_path / "out" / "tensorboard").iterdir()] == ["ftml"]
+
+
+def test_plot_writes_into_each_folders_own_figures(
+    runs_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches a shared default output folder: a second folder's figures would replace the first's."""
+    from typer.testing import CliRunner
+
+    from metacli.cli import app
+
+    other = tmp_path / "other"
+    shutil.copytree(runs_folder / "ftml", other / "ftml")  # one run only: different figures, same names
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(app, ["plot", "runs"]).exit_code == 0
+    first = {p.name: p.read_bytes() for p in (runs_folder / "figures").glob("*.png")}
+    assert sorted(first) == ["ctm_avg.png", "ltm_avg.png", "memory.png"]
+    result = runner.invoke(app, ["plot", "other"])
+    assert result.exit_code == 0, result.output
+    assert "wrote other/figures/ctm_avg.png" in result.output
+    assert {p.name: p.read_bytes() for p in (runs_folder / "figures").glob("*.png")} == first
+    assert (other / "figures" / "ctm_avg.png").read_bytes() != first["ctm_avg.png"]
+    assert not (tmp_path / "figures").exists()
+    assert [p.name for p in (other / "figures" / "tensorboard").iterdir()] == ["ftml"]
+    # an explicit --out is still honoured
+    assert runner.invoke(app, ["plot", "other", "--out", "shared"]).exit_code == 0
+    assert (tmp_path / "shared" / "memory.png").is_file()
