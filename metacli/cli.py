@@ -315,14 +315,20 @@ def compare_folder(
 
 
 def eval_table(out: dict[str, Any]) -> Any:
-    """A rich table of eval.json: one row per metric and adaptation-step count."""
+    """A rich table of eval.json: one row per metric and adaptation-step count, in the units of the folder
+    table (accuracy in %; eval.json keeps fractions)."""
     from rich.table import Table
+
+    from metacli.compare import display_scale
 
     table = Table()
     for col in ("metric", "mean", "95% CI", "n"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for name, m in out["metrics"].items():
-        table.add_row(name, f"{m['mean']:.4f}", f"± {m['ci95']:.4f}", str(m["n"]))
+        scale, digits = display_scale(name)
+        unit = " (%)" if scale == 100.0 else ""
+        mean, ci = m["mean"] * scale, m["ci95"] * scale
+        table.add_row(name + unit, f"{mean:.{digits}f}", f"± {ci:.{digits}f}", str(m["n"]))
     return table
 
 
