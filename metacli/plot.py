@@ -83,7 +83,13 @@ METHOD_COLOURS = {
     HEDGE_ALGORITHM: "#000000",
 }
 SPARE_COLOURS = ("#8c564b", "#e377c2", "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78")
-METHOD_NAMES = {"moml": "MOML", "bmoml": "B-MOML", "ftml": "FTML", "mogd": "MOGD", "toe": "TOE", "fs": "FS"}
+METHOD_NAMES = {
+    "moml": "MOML", "bmoml": "B-MOML", "ftml": "FTML", "mogd": "MOGD", "toe": "TOE", "fs": "FS",
+    "maml": "MAML", "fomaml": "FOMAML", "reptile": "Reptile", "lslr": "LSLR", "anil": "ANIL", "boil": "BOIL",
+    "metacurvature": "Meta-Curvature", "maml_enhanced": "MAML Enhanced", "sparse_maml": "Sparse-MAML",
+    "sparse_relu_maml": "sparse-ReLU-MAML", "memory_reduced": "memory-reduced", "itd_bio": "ITD-BiO",
+}  # fmt: skip
+"""How legends name each algorithm (``algorithm.name`` itself for any other)."""
 LINESTYLES = ("-", "--", "-.", ":")
 OTHER_COLOUR = "#b0b0b0"
 
@@ -413,19 +419,29 @@ def _finish_axes(fig: Figure, ax: Axes, spec: FigureSpec, drawn: Sequence[RunCur
     ax.set_ylabel(spec.ylabel)
     ax.set_title(spec.title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if spec.key == "held_mb":
-        values = np.concatenate([r.series[spec.key].values for r in drawn])
-        positive = values[values > 0]
-        if positive.size and positive.max() / positive.min() > LOG_RANGE:
-            ax.set_yscale("log")
-            # 0.5, 1, 2, 5, 10 MB reads better than 10^0, 10^1.
-            ax.yaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
-            ax.yaxis.set_minor_formatter(NullFormatter())
-        else:
-            ax.set_ylim(bottom=0.0)
+    if spec.key == "held_mb" and not log_axis_if_wide(ax, [r.series[spec.key].values for r in drawn]):
+        ax.set_ylim(bottom=0.0)
+    place_legend(fig, ax, len(drawn))
+
+
+def log_axis_if_wide(ax: Axes, series: Sequence[np.ndarray]) -> bool:
+    """Put the y axis on a log scale when the positive values span more than :data:`LOG_RANGE`."""
+    values = np.concatenate([np.asarray(v, dtype=np.float64) for v in series])
+    positive = values[np.isfinite(values) & (values > 0)]
+    if not positive.size or positive.max() / positive.min() <= LOG_RANGE:
+        return False
+    ax.set_yscale("log")
+    # 0.5, 1, 2, 5, 10 reads better than 10^0, 10^1.
+    ax.yaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    return True
+
+
+def place_legend(fig: Figure, ax: Axes, curves: int) -> None:
+    """A legend where it hides nothing: inside for a few entries over a few curves, else outside."""
     handles, _ = ax.get_legend_handles_labels()
-    if len(handles) <= 4 and len(drawn) <= 4:
+    if len(handles) <= 4 and curves <= 4:
         ax.legend(loc="best", frameon=True, framealpha=0.9)
         fig.tight_layout()
     elif len(handles) <= 4:
