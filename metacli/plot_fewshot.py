@@ -12,13 +12,13 @@ Readable at one run and at a 24-run grid:
 
 * A run is named by its algorithm and, where the runs differ, by the few spec values that tell it apart
   (``MAML, alpha=0.001, shots=10``), not by its folder: a grid point's folder name spells out every field
-  of its grid sections (:func:`run_labels`).
+  of its grid sections (:func:`metacli.labels.run_labels`).
 * Up to :data:`MAX_FEW` runs, each has its own colour (matplotlib's ten-colour cycle) and legend entry.
   Beyond, the figure switches to the many-runs view of the online figures (:mod:`metacli.plot`): the best
   and the worst run by final value in colour and named, every other run a thin grey line under one entry
   "other runs (k)", the legend under the axes; of several adaptation-step counts only the largest is drawn.
-* A curve of at most :data:`FEW_POINTS` logged points has a marker at each, so that the single point of a
-  run shorter than ``train.log_every`` is visible.
+* A curve of at most :data:`metacli.plot.FEW_POINTS` logged points has a marker at each, so that the
+  single point of a run shorter than ``train.log_every`` is visible.
 * Losses spanning more than :data:`metacli.plot.LOG_RANGE` (a diverging run) are drawn on a log axis.
 
 Accuracies are in percent. Built on :class:`matplotlib.figure.Figure` with the styling of
@@ -29,7 +29,7 @@ file (:func:`metacli.plot.read_indexed`); damage to a whole run is reported by t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,35 +40,28 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from metacli import runs
+from metacli.labels import run_labels
 from metacli.plot import (
     LINESTYLES,
-    METHOD_NAMES,
     OTHER_COLOUR,
     STYLE,
     Curve,
     curve_of,
     log_axis_if_wide,
     make_out_dir,
+    marker_style,
     place_legend,
     read_indexed,
     save_figures,
 )
-from metacli.runread import named_runs
+from metacli.runread import algorithm_name, named_runs
 
 SPARSITY = "mask_sparsity/"
 MAX_FEW = 10
 """Above this many runs a figure shows the many-runs view (ten colours tell at most ten lines apart)."""
-FEW_POINTS = 20
-"""A curve with at most this many logged points is drawn with a marker at each."""
 RUN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
 """matplotlib's ten-colour cycle ("tab10"), spelled out: a run keeps its colour in every figure."""
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
-MAX_LABEL_FIELDS = 3
-"""At most this many distinguishing spec values in a legend label (runs that differ in more are rare)."""
-UNLABELLED_FIELDS = ("name", "published", "grid")
-"""Top-level spec keys that describe a run without changing it: never part of a label."""
 
 
 @dataclass(frozen=True)
@@ -88,12 +81,12 @@ def read_episodic(run_dir: Path, name: str) -> EpisodicCurves | None:
     read = read_indexed(run_dir, "step", lambda key: True, owner=False)  # every value is drawn
     if read is None or not read[1]:
         return None
-    method, rows = read
+    spec, rows = read
     # the rows' "step" key plays the part of the online "round" for the shared reader
     renamed = [{**r, "round": r["step"]} for r in rows]
     keys = {k for r in rows for k in r if k != "step"}
     series = {k: c for k in sorted(keys) if (c := curve_of(renamed, k)) is not None}
-    return EpisodicCurves(name, method, series, runs.read_spec_dict(run_dir))
+    return EpisodicCurves(name, algorithm_name(spec), series, spec)
 
 
 def load_episodic(folder: Path) -> list[EpisodicCurves]:
@@ -101,93 +94,7 @@ def load_episodic(folder: Path) -> list[EpisodicCurves]:
     return [c for name, run_dir in named_runs(folder) if (c := read_episodic(run_dir, name)) is not None]
 
 
-# --------------------------------------------------------------------------- legend labels
-
-
-def shown(value: Any) -> str:
-    """A spec value as a user writes it in YAML or ``--set``: ``0.01``, ``true``, ``[40, 40]``."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(shown(v) for v in value) + "]"
-    return str(value)
-
-
-def flat_fields(spec: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Every setting of a spec, dotted field -> shown value (``data.shots`` -> ``5``), in the spec's order."""
-    out: dict[str, str] = {}
-    for key, value in spec.items():
-        if not prefix and key in UNLABELLED_FIELDS:
-            continue
-        if isinstance(value, dict):
-            out.update(flat_fields(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = shown(value)
-    return out
-
-
-def _split(values: Sequence[str | None]) -> tuple[int, ...]:
-    """How a field's values group the runs: ``(0, 0, 1)`` for ``(5, 5, 10)``."""
-    first: dict[str | None, int] = {}
-    return tuple(first.setdefault(v, len(first)) for v in values)
-
-
-def varying(fields: Sequence[dict[str, str]], wanted: Callable[[str], bool]) -> list[str]:
-    """The wanted fields whose value differs between runs, in the spec's order; a field that groups the
-    runs exactly as an earlier one does is left out (``data.queries`` beside ``data.shots``)."""
-    chosen, splits = [], set()
-    for key in dict.fromkeys(k for f in fields for k in f if wanted(k)):
-        split = _split([f.get(key) for f in fields])
-        if max(split) > 0 and split not in splits:
-            splits.add(split)
-            chosen.append(key)
-    return chosen
-
-
-def short_names(keys: Sequence[str]) -> dict[str, str]:
-    """Each dotted field by its last part (``alpha``), or whole where two chosen fields share that part."""
-    last = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: (tail if last.count(tail) == 1 else k) for k, tail in zip(keys, last, strict=True)}
-
-
-def label_fields(all_runs: Sequence[EpisodicCurves]) -> dict[str, list[str]]:
-    """The fields named in each run's label: those of its algorithm section that differ between runs of
-    that algorithm, and those of the other sections that differ between any runs."""
-    flats = {r.name: flat_fields(r.spec) for r in all_runs}
-    shared = varying(list(flats.values()), lambda k: not k.startswith("algorithm."))
-    by_method: dict[str, list[str]] = {}
-    for r in all_runs:
-        by_method.setdefault(r.method, []).append(r.name)
-    chosen = {}
-    for names in by_method.values():
-        own = varying(
-            [flats[n] for n in names], lambda k: k.startswith("algorithm.") and k != "algorithm.name"
-        )
-        chosen.update({n: [k for k in own + shared if k in flats[n]][:MAX_LABEL_FIELDS] for n in names})
-    return chosen
-
-
-def run_labels(all_runs: Sequence[EpisodicCurves]) -> dict[str, str]:
-    """Each run's legend label: ``ALGORITHM, field=value, ...``; its folder name added where two are equal."""
-    chosen = label_fields(all_runs)
-    short = short_names(list(dict.fromkeys(k for keys in chosen.values() for k in keys)))
-    labels = {}
-    for r in all_runs:
-        values = flat_fields(r.spec)
-        parts = [f"{short[k]}={values[k]}" for k in chosen[r.name]]
-        labels[r.name] = ", ".join([METHOD_NAMES.get(r.method, r.method), *parts])
-    texts = list(labels.values())
-    return {n: (f"{t} ({n})" if texts.count(t) > 1 else t) for n, t in labels.items()}
-
-
 # --------------------------------------------------------------------------- drawing
-
-
-def marker_style(c: Curve, i: int, size: float = 4.5) -> dict[str, Any]:
-    """A marker at every point of a curve with few of them (the i-th run's shape), else none."""
-    return {"marker": MARKERS[i % len(MARKERS)], "markersize": size} if c.rounds.size <= FEW_POINTS else {}
 
 
 def steps_of(key: str) -> str:
@@ -350,7 +257,7 @@ def plot_episodic(folder: Path, out: Path) -> list[Path]:
     if not all_runs:
         return []
     make_out_dir(out)
-    labels = run_labels(all_runs)
+    labels = run_labels([(r.name, r.method, r.spec) for r in all_runs])
     with matplotlib.rc_context(STYLE), np.errstate(over="ignore", invalid="ignore"):  # inf, NaN: gaps
         figures = [(stem, line_figure(all_runs, spec, labels)) for stem, spec in figure_specs(all_runs)]
         for r in all_runs:

@@ -99,8 +99,9 @@ def test_many_runs_label_only_best_worst_and_hedge(runs_folder: Path) -> None:
     assert legend is not None
     labels = [t.get_text() for t in legend.get_texts()]
     assert "other runs (10)" in labels
-    assert "MOML (moml_a), best" in labels
-    assert "MOML (grid/k9), worst" in labels
+    # the grid copies moml_a's spec: labels that would be equal name the run's folder too
+    assert "MOML, alpha=1.0 (moml_a), best" in labels
+    assert "MOML, alpha=1.0 (grid/k9), worst" in labels
     assert "FTML" in labels and "Hedge" in labels
     assert len(labels) == 5
     memory = draw_figure(FIGURES[2], all_runs, style)
@@ -171,3 +172,17 @@ def test_plot_writes_into_each_folders_own_figures(
     # an explicit --out is still honoured
     assert runner.invoke(app, ["plot", "other", "--out", "shared"]).exit_code == 0
     assert (tmp_path / "shared" / "memory.png").is_file()
+
+
+def test_online_legends_name_the_algorithm_and_short_runs_have_markers(runs_folder: Path) -> None:
+    """Catches folder names in the legend (``MOML (moml_b)``) and five-round curves drawn without markers:
+    moml_a and moml_b differ in alpha and lr_ft together, so alpha alone tells them apart."""
+    all_runs = load_runs(runs_folder)
+    fig = draw_figure(FIGURES[0], all_runs, make_style(all_runs))
+    assert fig is not None
+    legend = fig.axes[0].get_legend()
+    assert legend is not None
+    assert [t.get_text() for t in legend.get_texts()] == ["FTML", "MOML, alpha=1.0", "MOML, alpha=10.0"]
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 3 and all(len(line.get_xdata()) == 5 for line in lines)
+    assert all(line.get_marker() not in (None, "None", "", " ") for line in lines)

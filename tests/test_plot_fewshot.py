@@ -16,15 +16,9 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from metacli.labels import run_labels
 from metacli.plot import OTHER_COLOUR
-from metacli.plot_fewshot import (
-    figure_specs,
-    line_figure,
-    load_episodic,
-    plot_episodic,
-    run_labels,
-    sparsity_figure,
-)
+from metacli.plot_fewshot import figure_specs, line_figure, load_episodic, plot_episodic, sparsity_figure
 
 
 def write_run(run: Path, algorithm: dict[str, Any], data: dict[str, Any], rows: list[dict[str, Any]]) -> None:
@@ -57,7 +51,7 @@ def legend_texts(fig: Figure) -> list[str]:
 def figures(folder: Path) -> dict[str, Figure | None]:
     """The meta-training and validation figures of every run under ``folder``."""
     all_runs = load_episodic(folder)
-    labels = run_labels(all_runs)
+    labels = run_labels([(r.name, r.method, r.spec) for r in all_runs])
     return {stem: line_figure(all_runs, spec, labels) for stem, spec in figure_specs(all_runs)}
 
 
@@ -115,7 +109,7 @@ def test_a_grid_is_labelled_by_the_values_that_differ(tmp_path: Path) -> None:
         row = {"step": 5, "query_loss": 1.0, "mask_sparsity/head": 0.3}
         write_run(tmp_path / "grid" / f"sparse_{shots}", {"name": "sparse_maml"}, data, [row])
     all_runs = load_episodic(tmp_path / "grid")
-    labels = run_labels(all_runs)
+    labels = run_labels([(r.name, r.method, r.spec) for r in all_runs])
     assert sorted(labels.values()) == sorted(
         ["ANIL, shots=5", "ANIL, shots=10", "MAML, alpha=0.01, shots=5", "MAML, alpha=0.001, shots=5",
          "MAML, alpha=0.01, shots=10", "MAML, alpha=0.001, shots=10", "Sparse-MAML, shots=5",
