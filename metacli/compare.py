@@ -4,7 +4,10 @@ Every run is meta-tested on the same fixed test tasks (its spec's ``eval`` secti
 reusing its ``eval.json`` when that file was written for the same checkpoint, task set and step
 counts. The table has one row per run and one column per metric and adaptation-step count
 (accuracy in %, or MSE), each ``mean +- 95% CI``, with the published numbers the run's spec names
-(``published:``) beside it. It is printed and written as ``comparison.md`` and ``comparison.csv``.
+(``published:``) beside it. It is printed and written as ``comparison.md``, where a column sets the
+meta-steps each run trained beside those behind its published numbers and a note under the table flags
+a run trained for fewer; and as ``comparison.csv``, one number per cell (mean, CI and n in separate
+columns, an empty cell for a missing value) for pandas or a spreadsheet.
 
 Where the runs logged them, three columns come from each run's metrics.jsonl: its best validation
 accuracy, the wall time at which it first reached 0.9 of the best validation accuracy of any run in the
@@ -312,6 +315,7 @@ def short_of_budget(r: Row) -> bool:
 
 
 BUDGET_COLUMN = "steps: trained / published"
+"""The markdown column that sets a run's training length beside that of its published numbers."""
 
 
 def budget_note(rows: list[Row]) -> str | None:

@@ -89,6 +89,7 @@ class Output(Console):
 
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
+        """Rich's own setter: redefining the getter alone would make ``size`` read-only."""
         Console.size.fset(self, new_size)  # type: ignore[attr-defined]
 
 
