@@ -419,10 +419,20 @@ def _finish_axes(fig: Figure, ax: Axes, spec: FigureSpec, drawn: Sequence[RunCur
     ax.set_xlabel("Round $t$")
     ax.set_ylabel(spec.ylabel)
     ax.set_title(spec.title)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    whole_step_axis(ax)
     if spec.key == "held_mb" and not log_axis_if_wide(ax, [r.series[spec.key].values for r in drawn]):
         ax.set_ylim(bottom=0.0)
     place_legend(fig, ax, len(drawn))
+
+
+def whole_step_axis(ax: Axes) -> None:
+    """Whole steps (rounds, meta-steps) at round intervals on the x axis, which spans at least two, so that
+    the one point of a very short run sits between labelled ticks instead of on a fractional axis."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+    low, high = ax.get_xlim()
+    if high - low < 2.0:
+        middle = (low + high) / 2.0
+        ax.set_xlim(middle - 1.0, middle + 1.0)
 
 
 def log_axis_if_wide(ax: Axes, series: Sequence[np.ndarray]) -> bool:

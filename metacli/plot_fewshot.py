@@ -38,7 +38,6 @@ import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from metacli.labels import run_labels
 from metacli.plot import (
@@ -53,6 +52,7 @@ from metacli.plot import (
     place_legend,
     read_indexed,
     save_figures,
+    whole_step_axis,
 )
 from metacli.runread import algorithm_name, named_runs
 
@@ -99,8 +99,8 @@ def load_episodic(folder: Path) -> list[EpisodicCurves]:
 
 def steps_of(key: str) -> str:
     """``val_acc@10`` -> ``10 steps``; ``val_acc@1`` -> ``1 step``."""
-    steps = key.rpartition("@")[2]
-    return f"{steps} step{'' if steps == '1' else 's'}"
+    steps = step_count(key)
+    return f"{steps} step{'' if steps == 1 else 's'}"
 
 
 def _draw_few(
@@ -179,28 +179,18 @@ def line_figure(
     ax.set_xlabel("meta-step")
     ax.set_ylabel(spec.ylabel)
     ax.set_title(title)
-    step_axis(ax)
+    whole_step_axis(ax)
     if not spec.percent:
         log_axis_if_wide(ax, [r.series[k].values for r in drawn for k in spec.keys if k in r.series])
     place_legend(fig, ax, len(drawn))
     return fig
 
 
-def step_axis(ax: Axes) -> None:
-    """Whole meta-steps at round intervals on the x axis, which spans at least two steps, so that the one
-    point of a very short run sits between labelled ticks instead of on a fractional axis."""
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
-    low, high = ax.get_xlim()
-    if high - low < 2.0:
-        middle = (low + high) / 2.0
-        ax.set_xlim(middle - 1.0, middle + 1.0)
-
-
 def many_steps_note(drawn: set[str], logged: int) -> str:
     """What the many-runs view drew of several step counts: `` (10 steps)``, or each run's largest."""
     if logged < 2:
         return ""
-    return f" ({steps_of(drawn.pop())})" if len(drawn) == 1 else " (each at its most adaptation steps)"
+    return f" ({steps_of(next(iter(drawn)))})" if len(drawn) == 1 else " (each at its most adaptation steps)"
 
 
 def sparsity_figure(run: EpisodicCurves, label: str) -> Figure | None:
@@ -220,7 +210,7 @@ def sparsity_figure(run: EpisodicCurves, label: str) -> Figure | None:
     ax.set_xlabel("meta-step")
     ax.set_ylabel("parameters not adapted (mask = 0), %")
     ax.set_ylim(0, 100)
-    step_axis(ax)
+    whole_step_axis(ax)
     ax.set_title(f"{label}: per-layer sparsity")
     ax.legend(frameon=False, loc="best", ncol=2)
     fig.tight_layout()

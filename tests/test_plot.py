@@ -186,3 +186,16 @@ def test_online_legends_name_the_algorithm_and_short_runs_have_markers(runs_fold
     lines = fig.axes[0].get_lines()
     assert len(lines) == 3 and all(len(line.get_xdata()) == 5 for line in lines)
     assert all(line.get_marker() not in (None, "None", "", " ") for line in lines)
+
+
+def test_a_one_round_online_run_is_a_visible_point_on_whole_rounds(runs_folder: Path) -> None:
+    """Catches a single round drawn as a line of one point (nothing visible) over fractional round ticks."""
+    metrics = runs_folder / "ftml" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
+    all_runs = load_runs(runs_folder / "ftml")
+    fig = draw_figure(FIGURES[0], all_runs, make_style(all_runs))
+    assert fig is not None
+    (line,) = fig.axes[0].get_lines()
+    assert list(line.get_xdata()) == [1] and line.get_marker() not in (None, "None", "", " ")
+    low, high = fig.axes[0].get_xlim()
+    assert high - low >= 2 and all(float(t).is_integer() for t in fig.axes[0].get_xticks())
