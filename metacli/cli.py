@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
-from rich.console import Console
 
 from metacli import __version__
 from metacli.errors import (
@@ -28,6 +27,7 @@ from metacli.errors import (
     os_problem,
     symlink_loop,
 )
+from metacli.progress import make_console
 
 app = typer.Typer(
     name="metacli",
@@ -38,8 +38,8 @@ app = typer.Typer(
     # click's plain help: option names are never cut and no type markers (<bool>) at any width
     rich_markup_mode=None,
 )
-err_console = Console(stderr=True, soft_wrap=True)  # a path in a message stays whole, to copy
-console = Console()
+err_console = make_console(stderr=True)  # soft-wrapped: a path in a message stays whole, to copy
+console = make_console()
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -185,7 +185,9 @@ def train(
     from metacli.commands import describe_fields, resume_command, train_command
 
     if fields:
-        console.print(describe_fields(spec_file, algo, dataset, list(overrides or [])))
+        table = describe_fields(spec_file, algo, dataset, list(overrides or []))
+        table.expand = console.has_width  # piped: as wide as its content, not padded to PIPED_WIDTH
+        console.print(table)
         return
 
     def announce(line: str) -> None:
@@ -313,14 +315,20 @@ def compare_folder(
 
 
 def eval_table(out: dict[str, Any]) -> Any:
-    """A rich table of eval.json: one row per metric and adaptation-step count."""
+    """A rich table of eval.json: one row per metric and adaptation-step count, in the units of the folder
+    table (accuracy in %; eval.json keeps fractions)."""
     from rich.table import Table
+
+    from metacli.compare import display_scale
 
     table = Table()
     for col in ("metric", "mean", "95% CI", "n"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for name, m in out["metrics"].items():
-        table.add_row(name, f"{m['mean']:.4f}", f"± {m['ci95']:.4f}", str(m["n"]))
+        scale, digits = display_scale(name)
+        unit = " (%)" if scale == 100.0 else ""
+        mean, ci = m["mean"] * scale, m["ci95"] * scale
+        table.add_row(name + unit, f"{mean:.{digits}f}", f"± {ci:.{digits}f}", str(m["n"]))
     return table
 
 
@@ -374,19 +382,25 @@ def plot(
         ),
     ] = Path("runs"),
     out: Annotated[
-        Path, typer.Option(metavar="DIR", help="Where figures (PNG, SVG) and TensorBoard files go.")
-    ] = Path("figures"),
+        Path | None,
+        typer.Option(
+            metavar="DIR", help="Where figures (PNG, SVG) and TensorBoard files go (default: FOLDER/figures)."
+        ),
+    ] = None,
 ) -> None:
-    """Figures of every run in FOLDER, PNG and SVG.
+    """Figures of every run in FOLDER, PNG and SVG, into FOLDER/figures/ unless --out says otherwise.
 
     Online runs: CTM and LTM running averages and held memory against the round. Few-shot runs:
     meta-training and validation curves against the step, and Sparse-MAML's per-layer sparsity.
     """
-    from metacli.plot import plot_runs
+    from metacli.plot import FIGURES_DIR, plot_runs
     from metacli.plot_fewshot import plot_episodic
     from metacli.runs import check_folder_path
 
-    check_folder_path(out, "plot --out")
+    if out is None:
+        out = folder / FIGURES_DIR  # beside the runs it shows, so plotting another folder replaces nothing
+    else:
+        check_folder_path(out, "plot --out")
     written = plot_episodic(folder, out) if folder.is_dir() else []
     try:
         written += plot_runs(folder, out)

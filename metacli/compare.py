@@ -4,7 +4,10 @@ Every run is meta-tested on the same fixed test tasks (its spec's ``eval`` secti
 reusing its ``eval.json`` when that file was written for the same checkpoint, task set and step
 counts. The table has one row per run and one column per metric and adaptation-step count
 (accuracy in %, or MSE), each ``mean +- 95% CI``, with the published numbers the run's spec names
-(``published:``) beside it. It is printed and written as ``comparison.md`` and ``comparison.csv``.
+(``published:``) beside it. It is printed and written as ``comparison.md``, where a column sets the
+meta-steps each run trained beside those behind its published numbers and a note under the table flags
+a run trained for fewer; and as ``comparison.csv``, one number per cell (mean, CI and n in separate
+columns, an empty cell for a missing value) for pandas or a spreadsheet.
 
 Where the runs logged them, three columns come from each run's metrics.jsonl: its best validation
 accuracy, the wall time at which it first reached 0.9 of the best validation accuracy of any run in the
@@ -58,6 +61,8 @@ class Training:
     """(wall time in s, validation accuracy) of every validation, in order; empty for regression runs."""
     peak_mb: float | None
     """The largest ``peak_step_mb`` logged, None when the run logged none."""
+    steps: int | None = None
+    """The last meta-step logged (the loop logs the final one): how long the run trained; None: no step."""
 
     @property
     def best(self) -> float | None:
@@ -73,7 +78,7 @@ TIME_TO_FRACTION = 0.9
 """The fraction of the best validation accuracy whose first reach is timed (Yang et al. 2025, Table 2)."""
 
 
-TRAINING_KEYS = ("wall_time", "peak_step_mb")
+TRAINING_KEYS = ("step", "wall_time", "peak_step_mb")
 """Besides ``val_acc@K``, the values of metrics.jsonl that the training columns use."""
 
 
@@ -100,14 +105,16 @@ def _training_lines(run_dir: Path) -> list[dict[str, Any]]:
 
 def training_of(run_dir: Path) -> Training:
     """Validation accuracies with their wall times, and the peak step memory, from metrics.jsonl."""
-    validation, peaks = [], []
+    validation, peaks, steps = [], [], []
     for line in _training_lines(run_dir):
         accs = [v for k, v in line.items() if k.startswith("val_acc@")]
         if accs and "wall_time" in line:
             validation.append((float(line["wall_time"]), float(accs[0])))
         if "peak_step_mb" in line:
             peaks.append(float(line["peak_step_mb"]))
-    return Training(tuple(validation), max(peaks, default=None))
+        if isinstance(line.get("step"), int):
+            steps.append(line["step"])
+    return Training(tuple(validation), max(peaks, default=None), max(steps, default=None))
 
 
 Evaluate = Callable[[Path], dict[str, Any]]
@@ -251,13 +258,18 @@ def metric_order(rows: list[Row]) -> list[str]:
     return sorted({m for r in rows for m in r.metrics}, key=key)
 
 
+def display_scale(metric: str) -> tuple[float, int]:
+    """Multiplier and decimals of a metric in every table metacli prints: accuracy in %, a loss as is."""
+    return (100.0, 2) if "acc" in metric else (1.0, 3)
+
+
 def cell(metric: str, m: dict[str, float] | None) -> str:
     """``mean +- ci`` in % for accuracies, as is for losses; ``diverged`` when the mean is not finite."""
     if m is None:
         return "-"
     if not math.isfinite(m["mean"]):  # some task's adaptation blew up (e.g. rates used past their steps)
         return "diverged"
-    scale, digits = (100.0, 2) if "acc" in metric else (1.0, 3)
+    scale, digits = display_scale(metric)
     mean, ci = m["mean"] * scale, m["ci95"] * scale
     if abs(mean) >= 1e4:  # a blow-up on some tasks: keep the magnitude readable
         return f"{mean:.2e} ± {ci:.2e}"
@@ -266,23 +278,67 @@ def cell(metric: str, m: dict[str, float] | None) -> str:
 
 def published_cell(metric: str, entries: list[dict[str, Any]]) -> str:
     """The published numbers for one metric of one run, joined; empty when the spec names none."""
-    scale, digits = (100.0, 2) if "acc" in metric else (1.0, 2)
+    scale, _ = display_scale(metric)
     parts = []
     for e in entries:
-        text = f"{e['value'] * scale:.{digits}f}"
+        text = f"{e['value'] * scale:.2f}"
         if e.get("ci95") is not None:
-            text += f" ± {e['ci95'] * scale:.{digits}f}"
+            text += f" ± {e['ci95'] * scale:.2f}"
         parts.append(f"{text} ({e['source']})")
     return "; ".join(parts)
 
 
+def trained_steps(r: Row) -> int:
+    """How long a run trained: its last logged meta-step, else its checkpoint's step."""
+    return r.training.steps if r.training.steps is not None else r.step
+
+
+def published_budgets(r: Row) -> list[int | None]:
+    """The meta-iterations behind each published number beside a run (None: its spec does not say)."""
+    return [e.get("meta_iters") for entries in r.published.values() for e in entries]
+
+
+def budget_cell(r: Row) -> str:
+    """``trained / published`` meta-steps, e.g. ``200 / 70,000``; empty without published numbers."""
+    budgets = published_budgets(r)
+    if not budgets:
+        return ""
+    named = [f"{b:,}" for b in sorted({b for b in budgets if b is not None})]
+    if None in budgets:
+        named.append("not stated")
+    return f"{trained_steps(r):,} / {', '.join(named)}"
+
+
+def short_of_budget(r: Row) -> bool:
+    """Whether a run trained fewer meta-steps than a published number beside it was trained for."""
+    return any(b is not None and trained_steps(r) < b for b in published_budgets(r))
+
+
+BUDGET_COLUMN = "steps: trained / published"
+"""The markdown column that sets a run's training length beside that of its published numbers."""
+
+
+def budget_note(rows: list[Row]) -> str | None:
+    """The warning under a table where runs stopped short of the training behind their published numbers."""
+    short = sum(short_of_budget(r) for r in rows)
+    if not short:
+        return None
+    return (
+        f"**Budget mismatch:** {short} of {len(rows)} run(s) trained fewer meta-steps than the published "
+        f"numbers beside them (column '{BUDGET_COLUMN}'); a shorter run is expected to fall short of them. "
+        "Train to the published length (--set train.meta_iters=N) before comparing."
+    )
+
+
 def table_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells: run, algorithm, then per metric its value and the published one."""
+    """Header and cells of the printed table: run, algorithm, then per metric its value and the published
+    one, with the meta-steps trained beside those of the published numbers."""
     metrics = metric_order(rows)
-    header = ["run", "algorithm", "checkpoint"]
+    budgets = any(r.published for r in rows)
+    header = ["run", "algorithm", "checkpoint"] + ([BUDGET_COLUMN] if budgets else [])
     for m in metrics:
         header += [label(m), f"published {label(m)}"]
-    best = max((b for r in rows if (b := r.training.best) is not None), default=None)
+    best = best_validation(rows)
     peaks = any(r.training.peak_mb is not None for r in rows)
     if best is not None:
         header += ["best val acc %", f"time to {TIME_TO_FRACTION:g} x {fixed(100 * best, 2)} % (s)"]
@@ -290,7 +346,7 @@ def table_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
         header.append("peak step MB")
     body = []
     for r in rows:
-        line = [r.name, r.algorithm, f"{r.checkpoint} @ {r.step}"]
+        line = [r.name, r.algorithm, f"{r.checkpoint} @ {r.step}"] + ([budget_cell(r)] if budgets else [])
         for m in metrics:
             line += [cell(m, r.metrics.get(m)), published_cell(m, r.published.get(m, []))]
         if best is not None:
@@ -305,6 +361,11 @@ def table_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+def best_validation(rows: list[Row]) -> float | None:
+    """The best validation accuracy of any run in the table (the time-to target is a fraction of it)."""
+    return max((b for r in rows if (b := r.training.best) is not None), default=None)
+
+
 def label(metric: str) -> str:
     """``query_acc@3`` -> ``acc % (3 steps)``; ``query_loss@1`` -> ``MSE/loss (1 step)``."""
     base, _, steps = metric.partition("@")
@@ -312,15 +373,79 @@ def label(metric: str) -> str:
     return f"{name} ({steps} step{'s' if steps != '1' else ''})"
 
 
-def to_markdown(header: list[str], body: list[list[str]]) -> str:
-    """A GitHub markdown table."""
+def to_markdown(header: list[str], body: list[list[str]], note: str | None = None) -> str:
+    """A GitHub markdown table, and the note under it, if any."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in body]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
+
+
+# --------------------------------------------------------------------------- comparison.csv
+
+
+def number(x: float | None) -> str:
+    """A CSV cell that ``float()`` reads: empty for None, ``nan`` and ``inf`` for those, else the value."""
+    return "" if x is None else format(float(x), ".10g")
+
+
+def csv_metric_columns(metric: str) -> list[str]:
+    """The CSV columns of one metric: mean, ci95, n, and its published mean, ci95, meta-steps, source."""
+    unit = "_pct" if "acc" in metric else ""
+    own = [f"{metric}_mean{unit}", f"{metric}_ci95{unit}", f"{metric}_n"]
+    published = [f"published_{metric}_mean{unit}", f"published_{metric}_ci95{unit}"]
+    return own + published + [f"published_{metric}_meta_iters", f"published_{metric}_source"]
+
+
+def csv_metric_cells(metric: str, r: Row) -> list[str]:
+    """One run's cells under :func:`csv_metric_columns` (the first published entry, where several apply)."""
+    scale, _ = display_scale(metric)
+    m = r.metrics.get(metric)
+    own = (
+        ["", "", ""]
+        if m is None
+        else [number(m["mean"] * scale), number(m["ci95"] * scale), number(m.get("n"))]
+    )
+    entries = r.published.get(metric)
+    if not entries:
+        return own + ["", "", "", ""]
+    e = entries[0]
+    ci = e.get("ci95")
+    published = [number(e["value"] * scale), number(None if ci is None else ci * scale)]
+    return own + published + [number(e.get("meta_iters")), str(e["source"])]
+
+
+def csv_rows(rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """comparison.csv: the printed table with one number per cell, for pandas and spreadsheets.
+
+    Accuracies in percent (columns ending ``_pct``), losses as they are; an empty cell where a value is
+    missing (a metric not evaluated, a target validation accuracy never reached).
+    """
+    metrics = metric_order(rows)
+    header = ["run", "algorithm", "checkpoint", "checkpoint_step", "trained_steps"]
+    for m in metrics:
+        header += csv_metric_columns(m)
+    best = best_validation(rows)
+    if best is not None:
+        header += ["best_val_acc_pct", f"time_to_{TIME_TO_FRACTION:g}_of_best_val_s"]
+    header.append("peak_step_mb")
+    body = []
+    for r in rows:
+        line = [r.name, r.algorithm, r.checkpoint, str(r.step), str(trained_steps(r))]
+        for m in metrics:
+            line += csv_metric_cells(m, r)
+        if best is not None:
+            own = r.training.best
+            line += [
+                number(None if own is None else 100 * own),
+                number(r.training.time_to(TIME_TO_FRACTION * best)),
+            ]
+        line.append(number(r.training.peak_mb))
+        body.append(line)
+    return header, body
 
 
 def to_csv(header: list[str], body: list[list[str]]) -> str:
-    """The same table as CSV."""
+    """A table as CSV."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)
@@ -330,9 +455,8 @@ def to_csv(header: list[str], body: list[list[str]]) -> str:
 
 def write_tables(folder: Path, rows: list[Row]) -> tuple[str, list[Path]]:
     """Write comparison.md and comparison.csv into ``folder``; return the markdown and the paths."""
-    header, body = table_rows(rows)
-    markdown = to_markdown(header, body)
+    markdown = to_markdown(*table_rows(rows), budget_note(rows))
     paths = [folder / COMPARISON_MD, folder / COMPARISON_CSV]
     atomic_write(paths[0], markdown)
-    atomic_write(paths[1], to_csv(header, body))
+    atomic_write(paths[1], to_csv(*csv_rows(rows)))
     return markdown, paths

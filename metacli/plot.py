@@ -2,7 +2,7 @@
 
 Reads only ``spec.yaml`` and ``metrics.jsonl`` of every run under a folder (the run directory is the only
 interface between commands), including the ``hedge/`` run written by :mod:`metacli.hedge`, and writes,
-under ``out``::
+under ``out`` (``metacli plot FOLDER``: ``FOLDER/figures/`` by default)::
 
     ctm_avg.png/.svg   running-average CTM accuracy vs round, one line per run
     ltm_avg.png/.svg   running-average LTM accuracy vs round
@@ -12,8 +12,9 @@ under ``out``::
 Design choices:
 
 * Each method keeps one colour in every figure (MOML blue, FTML orange, ..., Hedge black, drawn on
-  top and thicker); several runs of one method differ by line style and are labelled
-  ``METHOD (run dir)``.
+  top and thicker); several runs of one method differ by line style and are labelled by the spec values
+  that tell them apart, ``MOML, alpha=10.0`` (:func:`metacli.labels.run_labels`), not by their folders.
+* A curve of at most :data:`FEW_POINTS` rounds has a marker at each, so a one-round run is visible.
 * With many runs (more than :data:`MAX_LABELLED`, e.g. a 24-run Hedge grid) a legend of every run is
   unreadable: each accuracy figure then labels only Hedge and the best and worst run *of that
   figure's metric* (highest and lowest final running average), and draws the others as thin grey
@@ -52,6 +53,7 @@ from metacli import runs  # noqa: E402
 from metacli.errors import RunDirError  # noqa: E402
 from metacli.files import atomic_write  # noqa: E402
 from metacli.hedge import HEDGE_ALGORITHM  # noqa: E402
+from metacli.labels import METHOD_NAMES, run_labels  # noqa: E402
 from metacli.runread import (  # noqa: E402
     algorithm_name,
     last_per_index,
@@ -63,6 +65,8 @@ from metacli.runread import (  # noqa: E402
 )
 from metacli.tb import ScalarWriter  # noqa: E402
 
+FIGURES_DIR = "figures"
+"""The sub-folder of a plotted folder that ``metacli plot`` writes into unless given ``--out``."""
 MAX_LABELLED = 8
 """Above this many runs, only Hedge and the best and worst run are labelled (the rest grey)."""
 LOG_RANGE = 30.0
@@ -81,9 +85,11 @@ METHOD_COLOURS = {
     HEDGE_ALGORITHM: "#000000",
 }
 SPARE_COLOURS = ("#8c564b", "#e377c2", "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78")
-METHOD_NAMES = {"moml": "MOML", "bmoml": "B-MOML", "ftml": "FTML", "mogd": "MOGD", "toe": "TOE", "fs": "FS"}
 LINESTYLES = ("-", "--", "-.", ":")
 OTHER_COLOUR = "#b0b0b0"
+FEW_POINTS = 20
+"""A curve of at most this many points has a marker at each: one point alone draws no line at all."""
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 
 STYLE: dict[Any, Any] = {  # Any: matplotlib types keys as a Literal of every rc name
     "font.size": 10,
@@ -117,6 +123,8 @@ class RunCurves:
     """``algorithm.name`` from its spec."""
     series: dict[str, Curve] = field(default_factory=dict)
     """``ctm_avg``, ``ltm_avg``, ``held_mb`` and, for Hedge, ``<metric>_weight/<expert>``."""
+    spec: dict[str, Any] = field(default_factory=dict)
+    """Its spec.yaml, from which its legend label is made."""
 
     @property
     def is_hedge(self) -> bool:
@@ -169,8 +177,8 @@ def _line_problem(row: dict[str, Any], index: str, plotted: Callable[[str], bool
 
 def read_indexed(
     run_dir: Path, index: str, plotted: Callable[[str], bool], owner: bool
-) -> tuple[str, list[dict[str, Any]]] | None:
-    """A run's method and its metric lines holding ``index`` (``round`` or ``step``), one per index value in
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """A run's spec and its metric lines holding ``index`` (``round`` or ``step``), one per index value in
     order (a resumed run's repeated one: its last line); None when the run cannot be read.
 
     Damage is left out with one warning per file: a line whose ``index``, or a value the figures draw
@@ -197,7 +205,7 @@ def read_indexed(
     reported = [(line, problem) for line, problem, own in problems if owner or own]
     if reported:
         warn_lines(path, reported, "Those lines are left out of the figures.")
-    return algorithm_name(spec), list(last_per_index(lines, index).values())
+    return spec, list(last_per_index(lines, index).values())
 
 
 def _is_online_value(key: str) -> bool:
@@ -226,7 +234,7 @@ def curve_of(rows: Sequence[dict[str, Any]], key: str) -> Curve | None:
     return Curve(np.array([int(r["round"]) for r in have]), np.array([float(r[key]) for r in have]))
 
 
-def run_curves(name: str, method: str, rows: list[dict[str, Any]]) -> RunCurves | None:
+def run_curves(name: str, spec: dict[str, Any], rows: list[dict[str, Any]]) -> RunCurves | None:
     """The online series of one run from its per-round lines, or ``None`` if it has none (an episodic run)."""
     series: dict[str, Curve] = {}
     for m in ("ctm", "ltm"):
@@ -248,7 +256,7 @@ def run_curves(name: str, method: str, rows: list[dict[str, Any]]) -> RunCurves 
             series[key] = c
     if not any(k in series for k in ("ctm_avg", "ltm_avg", "held_mb")):
         return None
-    return RunCurves(name=name, method=method, series=series)
+    return RunCurves(name=name, method=algorithm_name(spec), series=series, spec=spec)
 
 
 def load_runs(folder: Path) -> list[RunCurves]:
@@ -289,16 +297,11 @@ def method_colours(all_runs: Sequence[RunCurves]) -> dict[str, str]:
     return colours
 
 
-def run_labels(all_runs: Sequence[RunCurves]) -> dict[str, str]:
-    """``METHOD``, or ``METHOD (run dir)`` when several runs share the method."""
-    counts: dict[str, int] = {}
-    for r in all_runs:
-        counts[r.method] = counts.get(r.method, 0) + 1
-    labels = {}
-    for r in all_runs:
-        pretty = "Hedge" if r.is_hedge else METHOD_NAMES.get(r.method, r.method)
-        labels[r.name] = f"{pretty} ({r.name})" if counts[r.method] > 1 else pretty
-    return labels
+def online_labels(all_runs: Sequence[RunCurves]) -> dict[str, str]:
+    """``METHOD`` and the spec values that tell its runs apart (:func:`metacli.labels.run_labels`);
+    Hedge's run is ``Hedge`` (its spec is not a training spec, so it takes no part in the comparison)."""
+    labels = run_labels([(r.name, r.method, r.spec) for r in all_runs if not r.is_hedge])
+    return {r.name: labels.get(r.name, "Hedge") for r in all_runs}
 
 
 def run_linestyles(all_runs: Sequence[RunCurves]) -> dict[str, str]:
@@ -315,6 +318,11 @@ def run_linestyles(all_runs: Sequence[RunCurves]) -> dict[str, str]:
 # --------------------------------------------------------------------------- drawing
 
 
+def marker_style(c: Curve, i: int = 0, size: float = 4.5) -> dict[str, Any]:
+    """A marker at every point of a curve with few of them (the i-th run's shape), else none."""
+    return {"marker": MARKERS[i % len(MARKERS)], "markersize": size} if c.rounds.size <= FEW_POINTS else {}
+
+
 @dataclass(frozen=True)
 class Style:
     """Colours, labels and line styles shared by every figure."""
@@ -329,7 +337,7 @@ def make_style(all_runs: Sequence[RunCurves]) -> Style:
     """The shared style; the many-runs view is used above :data:`MAX_LABELLED` runs besides Hedge."""
     return Style(
         colours=method_colours(all_runs),
-        labels=run_labels(all_runs),
+        labels=online_labels(all_runs),
         linestyles=run_linestyles(all_runs),
         many=sum(not r.is_hedge for r in all_runs) > MAX_LABELLED,
     )
@@ -337,12 +345,12 @@ def make_style(all_runs: Sequence[RunCurves]) -> Style:
 
 def _draw_few(ax: Axes, spec: FigureSpec, drawn: Sequence[RunCurves], style: Style) -> None:
     """Every run labelled, in its method's colour."""
-    for r in drawn:
+    for i, r in enumerate(drawn):
         c = r.series[spec.key]
         ax.plot(
             c.rounds, c.values * spec.scale, label=style.labels[r.name], color=style.colours[r.method],
             linestyle=style.linestyles[r.name], linewidth=2.2 if r.is_hedge else 1.5,
-            zorder=3 if r.is_hedge else 2,
+            zorder=3 if r.is_hedge else 2, **marker_style(c, i),
         )  # fmt: skip
 
 
@@ -362,17 +370,18 @@ def _draw_per_method(ax: Axes, spec: FigureSpec, drawn: Sequence[RunCurves], sty
         n = counts[r.method]
         label = None if r.method in labelled else (f"{pretty} ({n} runs)" if n > 1 else pretty)
         labelled.add(r.method)
-        ax.plot(c.rounds, c.values * spec.scale, color=style.colours[r.method], linewidth=1.5, label=label)
+        ax.plot(c.rounds, c.values * spec.scale, color=style.colours[r.method], linewidth=1.5, label=label,
+                **marker_style(c))  # fmt: skip
 
 
 GRID_MIN_RUNS = 3
 """In the many-runs view, a method with at least this many runs is a grid: best and worst shown."""
 
 
-def _plot(ax: Axes, spec: FigureSpec, r: RunCurves, **kwargs: Any) -> None:
-    """Draw one run's curve of this figure."""
+def _plot(ax: Axes, spec: FigureSpec, r: RunCurves, marker_size: float = 4.5, **kwargs: Any) -> None:
+    """Draw one run's curve of this figure (markers of ``marker_size`` where it has few points)."""
     c = r.series[spec.key]
-    ax.plot(c.rounds, c.values * spec.scale, **kwargs)
+    ax.plot(c.rounds, c.values * spec.scale, **marker_style(c, size=marker_size), **kwargs)
 
 
 def _draw_many(ax: Axes, spec: FigureSpec, drawn: Sequence[RunCurves], style: Style) -> None:
@@ -399,7 +408,7 @@ def _draw_many(ax: Axes, spec: FigureSpec, drawn: Sequence[RunCurves], style: St
         grey += ranked[1:-1]
     for i, r in enumerate(grey):
         label = f"other runs ({len(grey)})" if i == 0 else None
-        _plot(ax, spec, r, color=OTHER_COLOUR, linewidth=0.7, alpha=0.8, label=label, zorder=1)
+        _plot(ax, spec, r, 2.5, color=OTHER_COLOUR, linewidth=0.7, alpha=0.8, label=label, zorder=1)
     for r, label, ls in sorted(coloured, key=lambda x: x[0].is_hedge):
         _plot(ax, spec, r, color=style.colours[r.method], linestyle=ls, label=label,
               linewidth=2.2 if r.is_hedge else 1.6, zorder=3 if r.is_hedge else 2)  # fmt: skip
@@ -410,20 +419,40 @@ def _finish_axes(fig: Figure, ax: Axes, spec: FigureSpec, drawn: Sequence[RunCur
     ax.set_xlabel("Round $t$")
     ax.set_ylabel(spec.ylabel)
     ax.set_title(spec.title)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if spec.key == "held_mb":
-        values = np.concatenate([r.series[spec.key].values for r in drawn])
-        positive = values[values > 0]
-        if positive.size and positive.max() / positive.min() > LOG_RANGE:
-            ax.set_yscale("log")
-            # 0.5, 1, 2, 5, 10 MB reads better than 10^0, 10^1.
-            ax.yaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
-            ax.yaxis.set_minor_formatter(NullFormatter())
-        else:
-            ax.set_ylim(bottom=0.0)
+    whole_step_axis(ax)
+    if spec.key == "held_mb" and not log_axis_if_wide(ax, [r.series[spec.key].values for r in drawn]):
+        ax.set_ylim(bottom=0.0)
+    place_legend(fig, ax, len(drawn))
+
+
+def whole_step_axis(ax: Axes) -> None:
+    """Whole steps (rounds, meta-steps) at round intervals on the x axis, which spans at least two, so that
+    the one point of a very short run sits between labelled ticks instead of on a fractional axis."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+    low, high = ax.get_xlim()
+    if high - low < 2.0:
+        middle = (low + high) / 2.0
+        ax.set_xlim(middle - 1.0, middle + 1.0)
+
+
+def log_axis_if_wide(ax: Axes, series: Sequence[np.ndarray]) -> bool:
+    """Put the y axis on a log scale when the positive values span more than :data:`LOG_RANGE`."""
+    values = np.concatenate([np.asarray(v, dtype=np.float64) for v in series])
+    positive = values[np.isfinite(values) & (values > 0)]
+    if not positive.size or positive.max() / positive.min() <= LOG_RANGE:
+        return False
+    ax.set_yscale("log")
+    # 0.5, 1, 2, 5, 10 reads better than 10^0, 10^1.
+    ax.yaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    return True
+
+
+def place_legend(fig: Figure, ax: Axes, curves: int) -> None:
+    """A legend where it hides nothing: inside for a few entries over a few curves, else outside."""
     handles, _ = ax.get_legend_handles_labels()
-    if len(handles) <= 4 and len(drawn) <= 4:
+    if len(handles) <= 4 and curves <= 4:
         ax.legend(loc="best", frameon=True, framealpha=0.9)
         fig.tight_layout()
     elif len(handles) <= 4:

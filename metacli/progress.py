@@ -16,7 +16,7 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -60,6 +60,42 @@ def line_interval() -> float:
             f"e.g. {EVERY_ENV}=30, or unset it."
         )
     return value
+
+
+PIPED_WIDTH = 10_000
+"""Columns of a console whose output is not a terminal: wide enough that nothing printed is wrapped."""
+
+
+class Output(Console):
+    """A rich console that wraps at the terminal's width, and not at all when its output is piped.
+
+    Rich lays out for 80 columns (or the width of a terminal on stdin) when it writes to a pipe or a file,
+    which splits table cells and long lines mid-value (``alpha=1.`` / ``0``). A reader of piped output, a
+    pager, an editor or ``grep``, wraps for itself, so such output gets lines as long as their content,
+    unless ``$COLUMNS`` names a width. Checked at every print, since a test runner or a caller may swap
+    ``sys.stdout`` after construction.
+    """
+
+    @property
+    def has_width(self) -> bool:
+        """Whether lines end at a width: a terminal's, or $COLUMNS. Else a table that expands would pad."""
+        return self.is_terminal or os.environ.get("COLUMNS", "").isdigit()
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        """The terminal's size; :data:`PIPED_WIDTH` columns when the output is piped and $COLUMNS unset."""
+        size = super().size
+        return size if self.has_width else ConsoleDimensions(PIPED_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        """Rich's own setter: redefining the getter alone would make ``size`` read-only."""
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+def make_console(stderr: bool = False) -> Output:
+    """The console every command prints through (stdout, or stderr for messages and progress)."""
+    return Output(stderr=stderr, soft_wrap=stderr)
 
 
 MAX_CLOCK = 1e9
@@ -141,7 +177,7 @@ class Reporter(_LiveBars):
         console: Console | None = None,
         silent: bool = False,
     ) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
         self.total, self.done, self.unit, self.silent = total, done, unit, silent
         self.description = description
         self._start_done = done
@@ -221,7 +257,7 @@ class DataBars(_LiveBars):
     """
 
     def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
-        console = console or Console(stderr=True)
+        console = console or make_console(stderr=True)
         self._progress: Progress | None = None
         if not quiet and console.is_terminal:
             self._progress = Progress(

@@ -119,6 +119,8 @@ class Published(BaseModel):
     """Its published 95% confidence half-width (same units), where given."""
     source: str
     """Where it comes from (paper and table)."""
+    meta_iters: Count | None = None
+    """The meta-iterations it was trained for, where its source says: tables flag a run trained for fewer."""
     when: dict[str, Any] = {}
     """Only for runs whose spec has these dotted fields at these values, e.g. {data.shots: 5}."""
 

@@ -17,7 +17,8 @@ from metacli.spec import grid_points, point_label
 runner = CliRunner()
 TINY = ["--set", "train.meta_iters=4", "--set", "train.meta_batch=2", "--set", "train.log_every=2", "--quiet"]
 PUBLISHED = (
-    "published=[{metric: query_loss@1, value: 0.67, source: MAML appendix, when: {algorithm.name: maml}},"
+    "published=[{metric: query_loss@1, value: 0.67, source: MAML appendix, meta_iters: 70000,"
+    " when: {algorithm.name: maml}},"
     " {metric: query_loss@1, value: 9.0, source: wrong shots, when: {data.shots: 10}}]"
 )
 
@@ -40,27 +41,40 @@ def folder(tmp_path: Path) -> Path:
     return runs
 
 
-def test_folder_comparison_table(folder: Path) -> None:
+def test_folder_comparison_table(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)  # output piped with no width asked for
     code, out = invoke("evaluate", str(folder), "--quiet")
     assert code == 0, out
     with (folder / "comparison.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == ["anil", "maml"]
-    assert list(rows[0])[:3] == ["run", "algorithm", "checkpoint"]
+    assert list(rows[0])[:5] == ["run", "algorithm", "checkpoint", "checkpoint_step", "trained_steps"]
     for row in rows:
         evaluated = json.loads((folder / row["run"] / "eval.json").read_text())
         for steps in (1, 3):
             m = evaluated["metrics"][f"query_loss@{steps}"]
-            assert (
-                row[f"loss ({steps} step{'s' if steps > 1 else ''})"] == f"{m['mean']:.3f} ± {m['ci95']:.3f}"
-            )
-            assert m["n"] == 6
+            assert float(row[f"query_loss@{steps}_mean"]) == pytest.approx(m["mean"], rel=1e-9)
+            assert float(row[f"query_loss@{steps}_ci95"]) == pytest.approx(m["ci95"], rel=1e-9)
+            assert float(row[f"query_loss@{steps}_n"]) == m["n"] == 6
+        assert float(row["checkpoint_step"]) == float(row["trained_steps"]) == 4
+        assert float(row["peak_step_mb"]) > 0
+        assert not any("±" in v or "never" in v for v in row.values()), row
     # the published number applies to MAML only; the 10-shot one to neither (both are 5-shot)
-    assert rows[1]["published loss (1 step)"] == "0.67 (MAML appendix)"
-    assert rows[0]["published loss (1 step)"] == ""
+    maml, anil = rows[1], rows[0]
+    assert float(maml["published_query_loss@1_mean"]) == 0.67 and maml["published_query_loss@1_ci95"] == ""
+    assert float(maml["published_query_loss@1_meta_iters"]) == 70000
+    assert maml["published_query_loss@1_source"] == "MAML appendix"
+    assert anil["published_query_loss@1_mean"] == anil["published_query_loss@1_source"] == ""
     markdown = (folder / "comparison.md").read_text()
-    assert markdown.startswith("| run | algorithm |") and "0.67 (MAML appendix)" in markdown
-    assert "| maml |" in markdown and "| anil |" in markdown and "0.67" in out
+    assert markdown.startswith("| run | algorithm | checkpoint | steps: trained / published |")
+    assert (
+        "| maml | maml | last @ 4 | 4 / 70,000 |" in markdown and "| anil | anil | last @ 4 |  |" in markdown
+    )
+    assert "0.67 (MAML appendix)" in markdown
+    assert "**Budget mismatch:** 1 of 2 run(s) trained fewer meta-steps" in " ".join(markdown.split())
+    # printed whole: every line of the table is one line of the output, however long
+    table = [line for line in markdown.splitlines() if line]
+    assert max(map(len, table)) > 80 and set(table) <= set(out.splitlines()), out
 
 
 def test_folder_comparison_reuses_matching_evaluations(folder: Path) -> None:
@@ -130,7 +144,7 @@ def test_few_shot_figures(tmp_path: Path) -> None:
 
 
 def test_time_to_a_fraction_of_the_best_validation_and_peak_memory(tmp_path: Path) -> None:
-    from metacli.compare import Row, table_rows, training_of
+    from metacli.compare import Row, csv_rows, table_rows, training_of
 
     logs = {  # wall time, validation accuracy (None: a step without validation), peak MB
         "fast": [(5.0, 0.70, 10.0), (12.0, None, 12.5), (30.0, 0.90, 11.0)],
@@ -152,6 +166,11 @@ def test_time_to_a_fraction_of_the_best_validation_and_peak_memory(tmp_path: Pat
     # 0.9 x 0.90 = 0.81: "fast" first reaches it at 30 s; "slow" peaks at 0.80 and never does
     assert body[0][-3:] == ["90.00", "30", "12.5"]
     assert body[1][-3:] == ["80.00", "never", "41.0"]
+    header, body = csv_rows(rows)  # the same in comparison.csv: numbers, an empty cell for "never"
+    assert header[-3:] == ["best_val_acc_pct", "time_to_0.9_of_best_val_s", "peak_step_mb"]
+    assert [float(c) for c in body[0][-3:]] == [90.0, 30.0, 12.5]
+    assert body[1][-2] == "" and float(body[1][-3]) == 80.0 and float(body[1][-1]) == 41.0
+    assert float(body[0][header.index("trained_steps")]) == 2  # the last step logged, not the checkpoint's 1
 
 
 def test_regression_runs_get_no_validation_columns(folder: Path) -> None:
@@ -169,6 +188,22 @@ def _fake(run: Path) -> dict[str, Any]:
         "checkpoint": "last",
         "checkpoint_step": 4,
     }
+
+
+def test_single_run_and_folder_tables_show_accuracy_in_percent() -> None:
+    """Catches the single-run table printing a fraction (0.6350) where the folder table prints 63.50."""
+    from rich.console import Console
+
+    from metacli.cli import eval_table
+    from metacli.compare import cell
+
+    m = {"mean": 0.635, "ci95": 0.0187, "n": 600}
+    console = Console(record=True, width=120)
+    console.print(eval_table({"metrics": {"query_acc@3": m, "query_loss@3": {**m, "mean": 1.25}}}))
+    text = console.export_text()
+    assert "query_acc@3 (%)" in text and "63.50" in text and "± 1.87" in text and "0.6350" not in text
+    assert "query_loss@3 " in text and "1.250" in text  # a loss as it is
+    assert cell("query_acc@3", m) == "63.50 ± 1.87"
 
 
 def test_non_finite_results_read_diverged() -> None:

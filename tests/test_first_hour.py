@@ -72,7 +72,7 @@ def test_plot_and_hedge_without_a_folder_look_where_train_writes(tmp_path: Path)
         assert last == f"next: metacli evaluate runs/{run.name}; metacli plot runs/{run.name}"
         plotted = runner.invoke(app, ["plot"])
         assert plotted.exit_code == 0, plotted.output
-        assert "wrote figures/" in plotted.output and plotted.output.strip().splitlines()[-1].startswith(
+        assert "wrote runs/figures/" in plotted.output and plotted.output.strip().splitlines()[-1].startswith(
             "next:"
         )
         hedged = runner.invoke(app, ["hedge"])  # a few-shot run only: the message says so, about runs/

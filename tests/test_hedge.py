@@ -410,3 +410,20 @@ def test_two_hedges_never_write_one_folder_at_once(runs_folder: Path) -> None:
         with pytest.raises(RunDirError, match=rf"pid {pid}\), which is writing Hedge's results"):
             run_hedge(runs_folder, eta=1.0)
         assert _result_set(runs_folder) == before
+
+
+def test_piped_table_keeps_every_run_name_whole(runs_folder: Path) -> None:
+    """Catches piped output laid out for 80 columns: a long grid-point name must stay on one line, whole.
+
+    Rich would fold the run column at 80 columns (``alpha=1.`` / ``0``) when stdout is a pipe."""
+    long_name = "algorithm=moml_alpha=1.0_lr_ft=0.01_buffer=64_seed=0_rounds=5_ltm=true"
+    (runs_folder / "moml_a").rename(runs_folder / long_name)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # no width asked for: as a shell pipes
+    proc = subprocess.run(
+        [sys.executable, "-m", "metacli", "hedge", str(runs_folder), "--metric", "ctm"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(f"{long_name} (best)" in line and "74.00" in line for line in lines), proc.stdout
+    assert max(len(line) for line in lines) > 80  # the table is wider than a default terminal

@@ -99,8 +99,9 @@ def test_many_runs_label_only_best_worst_and_hedge(runs_folder: Path) -> None:
     assert legend is not None
     labels = [t.get_text() for t in legend.get_texts()]
     assert "other runs (10)" in labels
-    assert "MOML (moml_a), best" in labels
-    assert "MOML (grid/k9), worst" in labels
+    # the grid copies moml_a's spec: labels that would be equal name the run's folder too
+    assert "MOML, alpha=1.0 (moml_a), best" in labels
+    assert "MOML, alpha=1.0 (grid/k9), worst" in labels
     assert "FTML" in labels and "Hedge" in labels
     assert len(labels) == 5
     memory = draw_figure(FIGURES[2], all_runs, style)
@@ -144,3 +145,57 @@ def test_a_single_run_folder_is_plotted_under_its_own_name(runs_folder: Path, tm
     written = plot_runs(runs_folder / "ftml", tmp_path / "out")
     assert len(written) == 6
     assert [p.name for p in (tmp_path / "out" / "tensorboard").iterdir()] == ["ftml"]
+
+
+def test_plot_writes_into_each_folders_own_figures(
+    runs_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches a shared default output folder: a second folder's figures would replace the first's."""
+    from typer.testing import CliRunner
+
+    from metacli.cli import app
+
+    other = tmp_path / "other"
+    shutil.copytree(runs_folder / "ftml", other / "ftml")  # one run only: different figures, same names
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(app, ["plot", "runs"]).exit_code == 0
+    first = {p.name: p.read_bytes() for p in (runs_folder / "figures").glob("*.png")}
+    assert sorted(first) == ["ctm_avg.png", "ltm_avg.png", "memory.png"]
+    result = runner.invoke(app, ["plot", "other"])
+    assert result.exit_code == 0, result.output
+    assert "wrote other/figures/ctm_avg.png" in result.output
+    assert {p.name: p.read_bytes() for p in (runs_folder / "figures").glob("*.png")} == first
+    assert (other / "figures" / "ctm_avg.png").read_bytes() != first["ctm_avg.png"]
+    assert not (tmp_path / "figures").exists()
+    assert [p.name for p in (other / "figures" / "tensorboard").iterdir()] == ["ftml"]
+    # an explicit --out is still honoured
+    assert runner.invoke(app, ["plot", "other", "--out", "shared"]).exit_code == 0
+    assert (tmp_path / "shared" / "memory.png").is_file()
+
+
+def test_online_legends_name_the_algorithm_and_short_runs_have_markers(runs_folder: Path) -> None:
+    """Catches folder names in the legend (``MOML (moml_b)``) and five-round curves drawn without markers:
+    moml_a and moml_b differ in alpha and lr_ft together, so alpha alone tells them apart."""
+    all_runs = load_runs(runs_folder)
+    fig = draw_figure(FIGURES[0], all_runs, make_style(all_runs))
+    assert fig is not None
+    legend = fig.axes[0].get_legend()
+    assert legend is not None
+    assert [t.get_text() for t in legend.get_texts()] == ["FTML", "MOML, alpha=1.0", "MOML, alpha=10.0"]
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 3 and all(len(line.get_xdata()) == 5 for line in lines)
+    assert all(line.get_marker() not in (None, "None", "", " ") for line in lines)
+
+
+def test_a_one_round_online_run_is_a_visible_point_on_whole_rounds(runs_folder: Path) -> None:
+    """Catches a single round drawn as a line of one point (nothing visible) over fractional round ticks."""
+    metrics = runs_folder / "ftml" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
+    all_runs = load_runs(runs_folder / "ftml")
+    fig = draw_figure(FIGURES[0], all_runs, make_style(all_runs))
+    assert fig is not None
+    (line,) = fig.axes[0].get_lines()
+    assert list(line.get_xdata()) == [1] and line.get_marker() not in (None, "None", "", " ")
+    low, high = fig.axes[0].get_xlim()
+    assert high - low >= 2 and all(float(t).is_integer() for t in fig.axes[0].get_xticks())
