@@ -360,17 +360,54 @@ def preset_pairs(index: Mapping[str, DatasetPresets]) -> str:
     return "; ".join(f"{dataset}: {', '.join(entry.files)}" for dataset, entry in sorted(index.items()))
 
 
-def preset_file(algo: str, dataset: str, index: Mapping[str, DatasetPresets]) -> Path | None:
-    """The file ``--algo algo --dataset dataset`` runs, or None where the dataset's ``other`` sections apply.
-
-    Raises SpecError for a dataset the index does not know, listing the pairs that have presets.
-    """
+def check_dataset(dataset: str, index: Mapping[str, DatasetPresets]) -> None:
+    """Raise SpecError for a dataset the preset index does not know, listing the pairs that have presets."""
     if dataset not in index:
         raise SpecError(
             f"Unknown dataset '{dataset}'.{closest_hint(dataset, list(index))} Presets exist for: "
             f"{', '.join(sorted(index))}. Pass one of these to --dataset, or write a spec file. The presets "
             f"(--dataset: --algo), listed in {PRESET_INDEX}: {preset_pairs(index)}."
         )
+
+
+def preset_pair(algo: str | None, dataset: str | None) -> tuple[str, str]:
+    """``(algo, dataset)`` when both are given; one without the other is a SpecError naming its partners.
+
+    Neither name has a default: a missing ``--dataset`` lists the datasets with a preset file for the
+    algorithm, a missing ``--algo`` the algorithms with a preset file for the dataset.
+    """
+    index = preset_index()
+    if dataset is None:
+        assert algo is not None  # the caller handles neither given (the demo)
+        datasets = [d for d, entry in index.items() if algo in entry.files]
+        if not datasets:
+            known = sorted({a for entry in index.values() for a in entry.files})
+            raise SpecError(
+                f"--algo {algo} needs --dataset, and no shipped preset is for '{algo}'."
+                f"{closest_hint(algo, known)} Algorithms with presets: {', '.join(known)}."
+            )
+        raise SpecError(
+            f"--algo {algo} needs --dataset: presets for {algo} exist for {', '.join(datasets)}. For "
+            f"example: metacli train --algo {algo} --dataset {datasets[0]} ('metacli ls --algo {algo}' "
+            "lists them)."
+        )
+    check_dataset(dataset, index)
+    if algo is None:
+        algos = list(index[dataset].files)
+        raise SpecError(
+            f"--dataset {dataset} needs --algo: {dataset} has presets for {', '.join(algos)}. For example: "
+            f"metacli train --algo {algos[0]} --dataset {dataset} ('metacli ls --dataset {dataset}' lists "
+            "them)."
+        )
+    return algo, dataset
+
+
+def preset_file(algo: str, dataset: str, index: Mapping[str, DatasetPresets]) -> Path | None:
+    """The file ``--algo algo --dataset dataset`` runs, or None where the dataset's ``other`` sections apply.
+
+    Raises SpecError for a dataset the index does not know, listing the pairs that have presets.
+    """
+    check_dataset(dataset, index)
     name = index[dataset].files.get(algo)
     return None if name is None else PRESETS_DIR / name
 
@@ -556,8 +593,7 @@ def load_spec(
         data = apply_overrides(preset("maml", "sinusoid"), DEMO)
         source = "the embedded default (MAML on sinusoid, shortened)"
     else:
-        algo, dataset = algo or "maml", dataset or "sinusoid"
-        data, source = resolve_preset(algo, dataset)
+        data, source = resolve_preset(*preset_pair(algo, dataset))
     apply_overrides(data, overrides)
     return validate(copy.deepcopy(data), source), data
 

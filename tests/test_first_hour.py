@@ -162,3 +162,21 @@ def test_every_field_that_applies_has_a_doc_citing_nothing_unshipped(algo: str, 
 def test_an_unknown_name_suggests_the_closest_valid_one(args: list[str], suggestion: str) -> None:
     result = CliRunner().invoke(app, ["train", *args])
     assert result.exit_code == 2 and suggestion in " ".join(result.output.split()), result.output
+
+
+def test_algo_without_dataset_lists_the_datasets_with_a_preset_for_it() -> None:
+    """Catches a hidden --dataset default: --algo moml alone once ran sinusoid and failed naming it."""
+    result = CliRunner().invoke(app, ["train", "--algo", "moml"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in said, said
+    assert "--algo moml needs --dataset: presets for moml exist for smnist." in said
+    assert "sinusoid" not in said
+
+
+def test_dataset_without_algo_lists_the_algorithms_with_a_preset_for_it() -> None:
+    """Catches a hidden --algo default (maml), which cannot run on a task stream."""
+    result = CliRunner().invoke(app, ["train", "--dataset", "smnist", "--fields"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, said
+    assert "--dataset smnist needs --algo: smnist has presets for moml, bmoml, ftml, mogd, toe, fs." in said
+    assert "maml" not in said.replace("metacli", "")

@@ -31,7 +31,16 @@ from tests.conftest import shared_data_root
 pytestmark = pytest.mark.filterwarnings("ignore:resuming .* with changed settings")
 
 runner = CliRunner()
-TINY = ["--set", "train.meta_iters=2", "--set", "train.meta_batch=2", "--set", "eval.tasks=2"]
+TINY = [
+    "--dataset",
+    "sinusoid",
+    "--set",
+    "train.meta_iters=2",
+    "--set",
+    "train.meta_batch=2",
+    "--set",
+    "eval.tasks=2",
+]
 """Two meta-steps of the sinusoid preset, validated after each (so that best.pt exists too)."""
 ONLINE = ["--dataset", "smnist", "--set", "online.rounds=2", "--set", "online.checkpoint_every=1"]
 STABLE = {"itd_bio": ["--set", "algorithm.outer_lr=1e-4", "--set", "algorithm.inner_lr=1e-3"]}
