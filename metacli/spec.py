@@ -526,6 +526,12 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
 
+def section_names(section: str) -> list[str]:
+    """The ``name`` values a union section (algorithm, model, data) accepts, in the union's order."""
+    members = _models_in(RunSpec.model_fields[section].annotation)
+    return [m.model_fields["name"].default for m in members]
+
+
 def closest_field(loc: tuple[int | str, ...]) -> str | None:
     """The valid dotted field nearest to a misspelt one (``algorithm.inner_lr`` for ``algorithm.inner_lrr``).
 

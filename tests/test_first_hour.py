@@ -180,3 +180,23 @@ def test_dataset_without_algo_lists_the_algorithms_with_a_preset_for_it() -> Non
     assert result.exit_code == 2, said
     assert "--dataset smnist needs --algo: smnist has presets for moml, bmoml, ftml, mogd, toe, fs." in said
     assert "maml" not in said.replace("metacli", "")
+
+
+def test_fields_prints_values_as_a_user_types_them_and_the_accepted_names() -> None:
+    """Catches Python reprs in --fields ((200,), ('rotate', ...), None, True) and a name row without the
+    names its section accepts (taken from the registries, so a new algorithm or dataset must appear)."""
+    from metacli.commands import field_rows
+    from metacli.engine.algorithms import ALGORITHMS
+    from metacli.engine.data import DATASETS
+    from metacli.spec import load_spec
+
+    spec, _ = load_spec(algo="moml", dataset="smnist")
+    rows = {path: (value, doc) for path, value, doc in field_rows(spec)}
+    assert rows["model.hidden"][0] == "[200]"
+    assert rows["data.transforms"][0] == "[rotate, flip, scale, shift]"
+    assert rows["data_root"][0] == "null" and rows["online.ltm"][0] == "true"
+    for section, registry in (("algorithm", ALGORITHMS), ("data", DATASETS)):
+        names = rows[f"{section}.name"][1].split("One of: ")[1].rstrip(".").split(", ")
+        assert sorted(names) == sorted(registry), section
+    result = CliRunner().invoke(app, ["train", "--algo", "moml", "--dataset", "smnist", "--fields"])
+    assert result.exit_code == 0 and "(200,)" not in result.output and "None" not in result.output
