@@ -398,6 +398,51 @@ def plot(
     console.print(f"next: open the figures in {out}/, or 'tensorboard --logdir {folder}'", highlight=False)
 
 
+@app.command("ls")
+@handle_errors
+def list_configs(
+    algo: Annotated[str | None, typer.Option(metavar="NAME", help="Only configs of this algorithm.")] = None,
+    dataset: Annotated[str | None, typer.Option(metavar="NAME", help="Only configs of this dataset.")] = None,
+) -> None:
+    """List the shipped configs: algorithm, dataset, ways and shots, model, published numbers.
+
+    A * marks the file 'metacli train --algo A --dataset D' runs. Copy one out with 'metacli cp NAME'.
+    """
+    from metacli.recipes import recipes, table
+
+    console.print(table(recipes(algo, dataset)), markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        "* = the preset of 'metacli train --algo A --dataset D'. next: metacli cp NAME [DEST], then edit and "
+        "'metacli train DEST'",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("cp")
+@handle_errors
+def copy_config(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A config as 'metacli ls' names it.")],
+    dest: Annotated[
+        Path | None,
+        typer.Argument(metavar="[DEST]", help="File or existing folder (default: the current folder)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace DEST if it exists.")] = False,
+) -> None:
+    """Copy a shipped config out for editing, then train the copy.
+
+    For example: metacli cp omniglot/5way_1shot_maml my.yaml; metacli train my.yaml
+    """
+    from metacli.recipes import copy_recipe
+
+    target = copy_recipe(name, dest, force)
+    console.print(f"wrote {target}", markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"next: edit it, then 'metacli train {target}'", markup=False, highlight=False, soft_wrap=True
+    )
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """A one-line summary of a finished run."""
     keys = [k for k in ("ctm_acc_avg", "ltm_acc_avg", "steps", "rounds") if k in summary]

@@ -321,7 +321,7 @@ def field_rows(model: Any, prefix: str = "") -> Iterator[tuple[str, str, str]]:
     """
     from pydantic import BaseModel
 
-    from metacli.spec import UNION_SECTIONS, section_names
+    from metacli.spec import UNION_SECTIONS, section_names, set_syntax
 
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
@@ -334,21 +334,6 @@ def field_rows(model: Any, prefix: str = "") -> Iterator[tuple[str, str, str]]:
         if name == "name" and prefix.rstrip(".") in UNION_SECTIONS:
             doc = f"{doc} One of: {', '.join(section_names(prefix.rstrip('.')))}."
         yield path, set_syntax(value), doc
-
-
-def set_syntax(value: Any) -> str:
-    """A value as a user types it in a spec or after ``--set field=``: YAML flow style, one line.
-
-    ``(200,)`` reads ``[200]``, ``None`` ``null``, ``True`` ``true``; text that YAML would read as
-    something else (``'1e-3'``, ``'null'``) keeps its quotes.
-    """
-    import yaml
-    from pydantic_core import to_jsonable_python
-
-    text = yaml.safe_dump(
-        to_jsonable_python(value), default_flow_style=True, width=float("inf"), sort_keys=False
-    )
-    return text.removesuffix("...\n").strip()  # a lone scalar is dumped as a document: "200\n...\n"
 
 
 def describe_fields(

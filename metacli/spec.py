@@ -30,6 +30,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import to_jsonable_python
 
 from metacli.engine.config.algorithms import ONLINE_ALGORITHM_NAMES, AlgorithmConfig
 from metacli.engine.config.data import ONLINE_DATASET_NAMES, DataConfig
@@ -635,6 +636,18 @@ def point_label(value: Any, values: list[Any]) -> str:
     if "name" in value and names.count(value["name"]) == 1:
         return str(value["name"])
     return "-".join(f"{k}-{v}" for k, v in value.items())
+
+
+def set_syntax(value: Any) -> str:
+    """A value as a user types it in a spec or after ``--set field=``: YAML flow style, one line.
+
+    ``(200,)`` reads ``[200]``, ``None`` ``null``, ``True`` ``true``; text that YAML would read as
+    something else (``'1e-3'``, ``'null'``) keeps its quotes.
+    """
+    text = yaml.safe_dump(
+        to_jsonable_python(value), default_flow_style=True, width=float("inf"), sort_keys=False
+    )
+    return text.removesuffix("...\n").strip()  # a lone scalar is dumped as a document: "200\n...\n"
 
 
 def spec_to_yaml(spec: RunSpec) -> str:

@@ -39,7 +39,7 @@ def test_help_lists_only_real_commands() -> None:
 
     code, out = invoke("--help")
     commands = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
-    assert code == 0 and commands == {"train", "evaluate", "hedge", "plot"}
+    assert code == 0 and commands == {"train", "evaluate", "hedge", "plot", "ls", "cp"}
     listed = out[out.index("Commands:") :].split()
     assert all(name in listed for name in commands), out
 
