@@ -218,6 +218,13 @@ def train(
         if not summary.get("skipped"):
             console.print(f"[green]done[/] {run_dir}: {format_summary(summary)}")
         finished.append((run_dir, summary))
+    skipped = sum(1 for _, summary in finished if summary.get("skipped"))
+    if len(finished) > 1:  # a grid: what this command did, point by point having been announced
+        console.print(
+            f"grid of {len(finished)} points: {len(finished) - skipped} trained, {skipped} skipped (already "
+            "complete)",
+            highlight=False,
+        )
     if finished:
         console.print(next_commands(finished), markup=False, highlight=False, soft_wrap=True)
 

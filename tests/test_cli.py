@@ -168,11 +168,14 @@ def test_grid_rerun_skips_finished_points_and_resumes_interrupted_ones(tmp_path:
     for point in ("alpha=0.01", "alpha=0.02"):
         assert {f"{point}/summary.json", f"{point}/checkpoints/last.pt"} <= before.keys()
 
+    assert "grid point 1 of 2: alpha=0.01" in text and "grid point 2 of 2: alpha=0.02" in text
+    assert "grid of 2 points: 2 trained, 0 skipped (already complete)" in text
     code, text = invoke("train", str(spec), "--out", str(out), "--quiet")
     assert code == 0, text
+    assert "grid point 1 of 2: alpha=0.01" in text and "grid point 2 of 2: alpha=0.02" in text
     for point in ("alpha=0.01", "alpha=0.02"):
         assert f"skipped {out / point}: finished earlier with the same spec" in text
-    assert "done" not in text
+    assert "done" not in text and "grid of 2 points: 0 trained, 2 skipped (already complete)" in text
     assert _touched(before, _fingerprint(out)) == []  # both points skipped
 
     (out / "alpha=0.02" / "summary.json").unlink()  # as if killed after its last checkpoint
