@@ -18,12 +18,14 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from metacli import __version__
 from metacli.errors import (
     OUT_OF_MEMORY,
     Interrupted,
     MetacliError,
+    clause,
     is_out_of_memory,
     os_problem,
     symlink_loop,
@@ -85,7 +87,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             if debug_enabled():
                 raise
             label = "[yellow]stopped:[/]" if isinstance(e, Interrupted) else "[bold red]error:[/]"
-            err_console.print(f"{label} {e}", highlight=False)
+            err_console.print(f"{label} {escape(str(e))}", highlight=False)  # [..] in a message is text
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             if debug_enabled():
@@ -99,7 +101,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except OSError as e:  # the machine's state (disk, permissions, limits), not a bug
             if debug_enabled():
                 raise
-            err_console.print(f"[bold red]error:[/] {os_problem(e)}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(os_problem(e))}", highlight=False)
             raise typer.Exit(1) from None
         except Exception as e:
             if debug_enabled():
@@ -109,12 +111,12 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
                 raise typer.Exit(1) from None
             loop = symlink_loop(e)
             if loop is not None:  # a path the user named, not a bug
-                err_console.print(f"[bold red]error:[/] {loop}", highlight=False)
+                err_console.print(f"[bold red]error:[/] {escape(loop)}", highlight=False)
                 raise typer.Exit(2) from None
             err_console.print(
-                f"[bold red]internal error:[/] {type(e).__name__}: {e}. This is a bug in metacli, not in "
-                "your input: run the same command as 'metacli --debug ...' to see the traceback, and "
-                "report it.",
+                f"[bold red]internal error:[/] {type(e).__name__}: {escape(clause(e))}. This is a bug in "
+                "metacli, not in your input: run the same command as 'metacli --debug ...' to see the "
+                "traceback, and report it.",
                 highlight=False,
             )
             raise typer.Exit(1) from None

@@ -265,3 +265,14 @@ def test_python_dash_m_and_fast_help() -> None:
     assert proc.stdout.strip() == "False"  # --help must not pay for importing torch
     proc = subprocess.run([sys.executable, "-m", "metacli", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and "metacli" in proc.stdout
+
+
+def test_an_error_message_keeps_its_square_brackets(tmp_path: Path) -> None:
+    """Catches rich reading '[indices]' in a message as markup and dropping it (the miniImageNet layouts)."""
+    code, out = invoke(
+        "train", "--algo", "maml", "--dataset", "miniimagenet", "--data-root", str(tmp_path), "--out",
+        str(tmp_path / "run"), "--quiet",
+    )  # fmt: skip
+    said = " ".join(out.split())
+    assert code == 2 and f"error: miniImageNet not found in {tmp_path / 'miniimagenet'}:" in said
+    assert "{wnid: [indices]}" in said and not (tmp_path / "run").exists()
