@@ -133,7 +133,8 @@ class RunSpec(BaseModel):
     seed: Seed = 0
     """Seed of every generator of the run (tasks, initialisation, sampling)."""
     device: str = "auto"
-    """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
+    """auto (CUDA when present, else CPU; the device chosen is written to the run's spec.yaml), cpu, cuda
+    or cuda:N."""
     threads: int | Literal["auto"] | None = "auto"
     """CPU threads for torch: auto (1 for small models, else the cores not busy with other work; the
     chosen number is written to the run's spec.yaml), a number from 1 to 1024, or null for torch's own

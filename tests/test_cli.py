@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from metacli.cli import app
@@ -54,6 +55,9 @@ def test_train_writes_the_run_directory(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]
     assert all(r["query_loss"] > 0 for r in rows)
+    stored = yaml.safe_load((run / "spec.yaml").read_text())  # auto resolved, as threads is
+    summary = json.loads((run / "summary.json").read_text())
+    assert stored["device"] == summary["device"] != "auto" and stored["threads"] == summary["threads"]
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

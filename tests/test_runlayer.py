@@ -67,7 +67,18 @@ def test_summary_json_names_the_run_and_its_numbers(tmp_path: Path, data_root: P
         "total_wall_time",
     }
     summary = json.loads((few / "summary.json").read_text())
-    assert set(summary) == common | {"steps", "executor", "peak_step_mb", "best_step", "best_val"}
+    assert set(summary) == common | {
+        "steps",
+        "executor",
+        "peak_step_mb",
+        "peak_step_measure",
+        "best_step",
+        "best_val",
+    }
+    rows = [json.loads(line) for line in (few / "metrics.jsonl").read_text().splitlines()]
+    logged = [row["peak_step_mb"] for row in rows if "peak_step_mb" in row]
+    assert summary["peak_step_mb"] == max(logged) > 0  # the run's largest step, a number, not a sentence
+    assert "profiler" in summary["peak_step_measure"]
     assert (summary["algorithm"], summary["dataset"], summary["steps"], summary["ranks"]) == (
         "maml",
         "sinusoid",
