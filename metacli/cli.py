@@ -86,7 +86,8 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except MetacliError as e:
             if debug_enabled():
                 raise
-            label = "[yellow]stopped:[/]" if isinstance(e, Interrupted) else "[bold red]error:[/]"
+            # a stop asked by Ctrl-C or a signal is no error: the run is kept and resumable (exit 130)
+            label = "[yellow]interrupted:[/]" if isinstance(e, Interrupted) else "[bold red]error:[/]"
             err_console.print(f"{label} {escape(str(e))}", highlight=False)  # [..] in a message is text
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
