@@ -36,7 +36,7 @@ from metacli.engine.config.algorithms import ONLINE_ALGORITHM_NAMES, AlgorithmCo
 from metacli.engine.config.data import ONLINE_DATASET_NAMES, DataConfig
 from metacli.engine.config.fields import MAX_ELEMENTS, MAX_THREADS, Count, Finite, NonNegative, Seed, Steps
 from metacli.engine.config.models import ModelConfig
-from metacli.errors import SpecError
+from metacli.errors import SpecError, clause
 from metacli.runs import SCHEMA_VERSION
 from metacli.yamlfile import MAX_DEPTH, SpecLoader, YAMLRefusal, read_yaml, yaml_message
 
@@ -354,7 +354,13 @@ def preset_index() -> dict[str, DatasetPresets]:
     try:
         return TypeAdapter(dict[str, DatasetPresets]).validate_python(read_yaml(PRESET_INDEX))
     except ValidationError as e:
-        raise SpecError(f"The preset index {PRESET_INDEX} is damaged: {e}") from None
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {pydantic_message(err['msg'])}" for err in e.errors()
+        )
+        raise SpecError(
+            f"The preset index {PRESET_INDEX} is damaged: {problems}. Restore it (reinstall metacli, or "
+            "check out configs/presets.yaml again)."
+        ) from None
 
 
 def preset_pairs(index: Mapping[str, DatasetPresets]) -> str:
@@ -504,10 +510,16 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         elif e["type"] == "union_tag_invalid":  # an unknown algorithm, dataset or model name
             tags = re.findall(r"'([^']+)'", str(e.get("ctx", {}).get("expected_tags", "")))
             hint = closest_hint(str(e.get("ctx", {}).get("tag", "")), tags)
-        msg = e["msg"].removeprefix("Value error, ").rstrip(".")  # our validators' messages stand alone
+        msg = pydantic_message(e["msg"])
         lines.append(f"  - {loc + ': ' if loc else ''}{msg}{shown}.{hint}")  # whole-spec checks: no path
     lines.append("Fix these fields in the spec file or with --set key.path=value.")
     return "\n".join(lines)
+
+
+def pydantic_message(msg: str) -> str:
+    """A pydantic error message to embed in a sentence: without pydantic's ``Value error, `` before our
+    validators' own messages (which stand alone) and without a closing full stop."""
+    return clause(msg.removeprefix("Value error, "))
 
 
 _SHORT = reprlib.Repr()

@@ -158,3 +158,20 @@ def test_more_ways_than_the_smallest_split_is_refused_before_any_data(
     msg = str(e.value)
     assert f"data: ways = {ways}" in msg and "Value error" not in msg and f"has {smallest} classes" in msg
     load_spec(algo="maml", dataset=dataset, overrides=[f"data.ways={smallest}"])  # the largest that fits
+
+
+def test_a_damaged_preset_index_is_one_sentence_per_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches pydantic's raw multi-line dump (with its "Value error, " and URLs) as the message."""
+    from metacli import spec as spec_module
+
+    index = tmp_path / "presets.yaml"
+    index.write_text("sinusoid:\n  files: {maml: 3}\n")
+    monkeypatch.setattr(spec_module, "PRESET_INDEX", index)
+    with pytest.raises(SpecError) as info:
+        spec_module.preset_index()
+    msg = str(info.value)
+    assert msg.startswith(f"The preset index {index} is damaged: sinusoid.other: Field required; ")
+    assert "sinusoid.files.maml: Input should be a valid string. Restore it" in msg
+    assert "\n" not in msg and "errors.pydantic.dev" not in msg and ".." not in msg
