@@ -75,6 +75,14 @@ def clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+def as_float(x: float) -> float:
+    """``x`` as a float; an integer beyond the float range as an infinity of its sign."""
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf if x > 0 else -math.inf
+
+
 def ratio(a: float, b: float) -> float:
     """``a / b``, or infinity where the quotient (or an integer operand) exceeds the float range."""
     try:
@@ -88,10 +96,7 @@ def fixed(x: float, digits: int) -> str:
 
     NaN and infinities read ``nan``, ``inf``; integers beyond the float range read ``inf``.
     """
-    try:
-        x = float(x)
-    except OverflowError:
-        x = math.inf if x > 0 else -math.inf
+    x = as_float(x)
     return f"{x:.2e}" if math.isfinite(x) and abs(x) >= 1e6 else f"{x:.{digits}f}"
 
 
@@ -120,11 +125,20 @@ def eta_seconds(samples: Sequence[Sample], left: float) -> float:
     NaN when nothing is done yet.
     """
     x, elapsed = samples[-1] if samples else (0.0, 0.0)
-    if x <= 0:
+    if not 0 < x < math.inf:
         return math.nan
-    linear = left * ratio(elapsed, x)
+    linear = as_float(left) * ratio(elapsed, x)
     if len(samples) < MIN_FIT_SAMPLES:
         return linear
+    try:
+        return max(linear, growing_cost_eta(samples, as_float(left)))
+    except (OverflowError, ZeroDivisionError):  # counts beyond what the fit's powers can hold
+        return linear
+
+
+def growing_cost_eta(samples: Sequence[Sample], left: float) -> float:
+    """The seconds :func:`eta_seconds` fits for a cost growing with the count; 0 when it does not grow."""
+    x = samples[-1][0]
     # normal equations of elapsed ~ a * x + b * x^2 / 2
     s2 = sum(u**2 for u, _ in samples)
     s3 = sum(u**3 for u, _ in samples) / 2
@@ -133,11 +147,9 @@ def eta_seconds(samples: Sequence[Sample], left: float) -> float:
     t2 = sum(u**2 * t for u, t in samples) / 2
     det = s2 * s4 - s3 * s3
     if not det > 0:
-        return linear
+        return 0.0
     a, b = (t1 * s4 - s3 * t2) / det, (s2 * t2 - s3 * t1) / det
-    if not b > 0:
-        return linear
-    return max(linear, a * left + b * ((x + left) ** 2 - x**2) / 2)
+    return a * left + b * ((x + left) ** 2 - x**2) / 2 if b > 0 else 0.0
 
 
 MIN_FIT_SAMPLES = 4
@@ -216,14 +228,14 @@ class Reporter(_LiveBars):
         now = time.perf_counter() - self._t0
         if self._samples and now - self._samples[-1][1] < SAMPLE_EVERY and self.done < self.total:
             return False
-        self._samples.append((float(self.done - self._start_done), now))
+        self._samples.append((as_float(self.done - self._start_done), now))
         if len(self._samples) > MAX_SAMPLES:
             self._samples = self._samples[::-2][::-1]  # every other one, the latest kept
         return True
 
     def eta(self) -> float:
         """Seconds left (:func:`eta_seconds` over this process's samples, the latest moment included)."""
-        now = (float(self.done - self._start_done), time.perf_counter() - self._t0)
+        now = (as_float(self.done - self._start_done), time.perf_counter() - self._t0)
         return eta_seconds([*self._samples, now], self.total - self.done)
 
     def rate(self) -> float:
