@@ -11,13 +11,13 @@ Two tables, both from the ``--algo maml`` presets of :mod:`metacli.spec`:
    for the ``loop`` and ``vmap`` executors. Cases: Omniglot 5-way 1-shot (Conv4-64 stride, MAML second
    order, 1 inner step) and miniImageNet 5-way 1-shot with 15 queries (Conv4-32 max-pool, MAML second
    order, 5 inner steps). Omniglot uses the real archives when the data root has them (``--data-root``,
-   else ``$METACLI_DATA``, else ``/work/shared/data``), else synthetic images of the same shape;
-   miniImageNet always uses synthetic uint8 images of the real train split's shape (64 x 600 x 3 x 84 x
-   84). Before timing, the loop and vmap meta-gradients of one meta-batch are compared in float32
-   (rtol 1e-4) and, to tell an executor bug from float32 round-off, in float64 (rtol 1e-9). Each
-   executor has its own meta-parameters, Adam state and task generator (same seed). Per repeat the
-   two executors run one step each, in alternating order; one warm-up round is dropped; the cell is
-   B / median seconds per step.
+   else ``$METACLI_DATA``, else ``../shared/data`` beside the repository), else synthetic images of the
+   same shape (the table's source says why); miniImageNet always uses synthetic uint8 images of the real
+   train split's shape (64 x 600 x 3 x 84 x 84). Before timing, the loop and vmap meta-gradients of one
+   meta-batch are compared in float32 (rtol 1e-4) and, to tell an executor bug from float32 round-off, in
+   float64 (rtol 1e-9). Each executor has its own meta-parameters, Adam state and task generator (same
+   seed). Per repeat the two executors run one step each, in alternating order; one warm-up round is
+   dropped; the cell is B / median seconds per step.
 2. **Task-batch draw time** (ms per meta-batch of B tasks as float tensors on the device): metacli's
    device-resident sampler ``FewShotImages.sample`` against a torchvision-style pipeline over the SAME
    uint8 images: a map-style ``Dataset`` of single images (``__getitem__`` converts one uint8 image to
@@ -45,6 +45,7 @@ import math
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -70,7 +71,12 @@ from metacli.spec import RunSpec, load_spec
 
 CASES = ("omniglot", "miniimagenet")
 EXECUTORS = ("loop", "vmap")
-SHARED_DATA = Path("/work/shared/data")
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+"""The shared data folder beside the repository (``<repo>/../shared/data``), as the tests look for it."""
+NO_DATA = (
+    f"no data root (pass --data-root, set ${ENV_VAR}, or put shared/data beside the repository), so "
+    "synthetic images"
+)
 VINYALS_TRAIN_CHARACTERS = 1028
 """Characters of the Vinyals train split (the shape of synthetic Omniglot when no archive is found)."""
 GRAD_RTOL = 1e-4
@@ -83,6 +89,15 @@ SETTLE_S = 0.1
 PREFETCH_FACTOR = 2
 """DataLoader's default prefetch_factor: tasks queued per worker."""
 RESULTS = Path(__file__).parent / "results"
+
+
+def result_path(explicit: Path | None, name: str, quick: bool = False) -> Path:
+    """Where a benchmark writes its JSON: ``explicit``, else a fresh temporary folder for a ``--quick``
+    smoke run (which must not write into the repository), else ``benchmarks/results/<name>``."""
+    if explicit is not None:
+        return explicit
+    return Path(tempfile.mkdtemp(prefix="metacli-bench-")) / name if quick else RESULTS / name
+
 
 Timer = Callable[[], float]
 """Runs one contender once and returns the seconds it measured."""
@@ -105,12 +120,15 @@ class Case(NamedTuple):
 # --- cases --------------------------------------------------------------------------------------------
 
 
-def data_root(explicit: str | None) -> Path:
-    """``--data-root``, else ``$METACLI_DATA``, else the shared data folder."""
+def data_root(explicit: str | None) -> Path | None:
+    """``--data-root``, else ``$METACLI_DATA``, else the shared data folder beside the repository when it
+    exists; None without any (the benchmarks then use synthetic images and say why)."""
     if explicit:
         return Path(explicit).expanduser()
     env = os.environ.get(ENV_VAR)
-    return Path(env).expanduser() if env else SHARED_DATA
+    if env:
+        return Path(env).expanduser()
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
 
 
 def random_uint8(shape: tuple[int, ...], seed: int) -> Tensor:
@@ -118,19 +136,26 @@ def random_uint8(shape: tuple[int, ...], seed: int) -> Tensor:
     return torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def omniglot_data(spec: RunSpec, device: torch.device, root: Path) -> tuple[FewShotImages, Tensor, str]:
-    """The real Omniglot splits when the archives are under ``root``, else synthetic train images."""
+def omniglot_data(
+    spec: RunSpec, device: torch.device, root: Path | None
+) -> tuple[FewShotImages, Tensor, str]:
+    """The real Omniglot splits when the archives are under ``root``, else synthetic train images (the
+    source says why)."""
     cfg = spec.data
     assert isinstance(cfg, omniglot.OmniglotConfig)
-    try:
-        ctx = DataContext(root, user_cache_dir(), device, torch.float32, download=False, progress=None)
-        data = omniglot.build(cfg, ctx)
-        source = f"real ({cfg.split} train)"
-    except DataError:
+    data = None
+    source = NO_DATA
+    if root is not None:
+        try:
+            ctx = DataContext(root, user_cache_dir(), device, torch.float32, download=False, progress=None)
+            data = omniglot.build(cfg, ctx)
+            source = f"real ({cfg.split} train)"
+        except DataError:
+            source = f"no Omniglot archives under {root}, so synthetic images"
+    if data is None:
         side = cfg.image_size
         images = random_uint8((VINYALS_TRAIN_CHARACTERS, DRAWERS, 1, side, side), seed=0)
         data = FewShotImages(cfg, {"train": ClassImages(images, device, cfg.rotations)})
-        source = "synthetic"
     train = data.splits["train"]
     return data, train.images.cpu(), f"{source}, {train.n_classes} classes"
 
@@ -142,7 +167,7 @@ def miniimagenet_data(spec: RunSpec, device: torch.device) -> tuple[FewShotImage
     return data, images, f"synthetic, {images.shape[0]} classes"
 
 
-def build_case(name: str, device: torch.device, root: Path) -> Case:
+def build_case(name: str, device: torch.device, root: Path | None) -> Case:
     """The ``--algo maml --dataset <name>`` preset, built by :func:`~metacli.engine.build.episodic_parts`."""
     spec, _ = load_spec(algo="maml", dataset=name)
     if name == "omniglot":
@@ -538,7 +563,9 @@ def parse_args() -> argparse.Namespace:
     tables = ["train", "draw"]
     parser.add_argument("--tables", nargs="+", default=tables, choices=tables, help="which tables to measure")
     parser.add_argument(
-        "--data-root", default=None, help=f"Omniglot root (default: ${ENV_VAR}, then {SHARED_DATA})"
+        "--data-root",
+        default=None,
+        help=f"Omniglot root (default: ${ENV_VAR}, then ../shared/data beside the repository)",
     )
     parser.add_argument(
         "--output", type=Path, default=None, help="JSON path (default: results/fewshot_<device>.json)"
@@ -609,7 +636,7 @@ def main() -> None:
         out |= measure_draw(cases, sizes, args.workers, args.draw_repeats, device)
     print_tables(out, args)
     out["wall_s"] = time.perf_counter() - start
-    path = args.output or RESULTS / f"fewshot_{device.type}.json"
+    path = result_path(args.output, f"fewshot_{device.type}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path} ({out['wall_s']:.0f} s)")

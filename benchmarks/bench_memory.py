@@ -13,7 +13,8 @@ the memory-reduced method and ITD-BiO, all-parameter steps for MAML, head steps 
 :func:`metacli.engine.memory.peak_bytes`: on CUDA ``max_memory_allocated`` above the allocation before the
 step; on the CPU the peak of torch's tensor allocations minus frees during the step (profiler memory
 events). The table is printed in MB (10^6 bytes) with the paper's numbers beside it; the JSON (device,
-versions, every number) goes to ``benchmarks/results/memory_<device>.json``.
+versions, every number) goes to ``--out``, else ``benchmarks/results/memory_<device>.json`` (``--quick``: a
+temporary folder, so a smoke run writes nothing into the repository).
 
 The paper measured 32 tasks per iteration on a GPU with its own code, whose ANIL and ITD-BiO re-run the
 backbone with a graph at every inner step (yangxiaolin9527/RM-MetaL). metacli's ITD-BiO computes the
@@ -32,11 +33,12 @@ from typing import Any
 
 import torch
 
-from benchmarks.bench_fewshot import RESULTS, environment, random_uint8
-from benchmarks.suite import episodic_parts
+from benchmarks.bench_fewshot import environment, random_uint8, result_path
 from metacli.engine import memory
+from metacli.engine.build import BuildSettings, episodic_parts
 from metacli.engine.data.images import ClassImages, FewShotImages
 from metacli.engine.episodic import TrainState, meta_train_step
+from metacli.runlayer.parts import loop_settings
 from metacli.spec import RunSpec, deep_update, preset, validate
 
 ALGORITHMS = ("memory_reduced", "itd_bio", "anil", "maml")
@@ -86,11 +88,13 @@ def measure(algo: str, shape: str, steps: int, meta_batch: int, device: torch.de
     """Peak bytes of one meta-training step after a warm-up step."""
     spec = spec_for(algo, shape, steps, meta_batch)
     data = synthetic(spec, SHAPES[shape][0], device)
-    parts = episodic_parts(spec, data, device)
+    parts = episodic_parts(
+        spec.algorithm, spec.model, data, BuildSettings(seed=spec.seed, device=str(device))
+    )
     state = TrainState(parts, 2)
     tasks = data.sample("train", meta_batch, parts.generator, device)
-    meta_train_step(parts, spec.train, state, tasks, measure=False)
-    return meta_train_step(parts, spec.train, state, tasks, measure=True)[1]
+    meta_train_step(parts, loop_settings(spec), state, tasks, measure=False)
+    return meta_train_step(parts, loop_settings(spec), state, tasks, measure=True)[1]
 
 
 def table(results: dict[str, dict[str, dict[int, int]]], shape: str) -> str:
@@ -129,6 +133,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="K = 1, 2 and 2 algorithms: a smoke run")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default: benchmarks/results/memory_<device>.json; with --quick a temporary folder)",
+    )
     return parser.parse_args(argv)
 
 
@@ -156,8 +166,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for d in devices:
         print(f"  {d}: {memory.method(d)}")
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = Path(RESULTS) / f"memory_{devices[-1].type}{'_quick' if args.quick else ''}.json"
+    path = result_path(args.out, f"memory_{devices[-1].type}.json", args.quick)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=str))
     print(f"wrote {path}")
     return out

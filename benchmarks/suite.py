@@ -21,7 +21,8 @@ Cases (MAML second order, presets of :mod:`metacli.spec`; images are synthetic u
 - ``sinusoid``: MLP 1-40-40-1, K = 5 (5 queries), 1 inner step, alpha 0.01, meta-batch 25;
 - ``omniglot``: Conv4-64 stride, 5-way 1-shot (1 query per class), 28x28x1, 1 inner step, alpha 2.0,
   meta-batch 32 (the real Vinyals train split when ``--data-root``, ``$METACLI_DATA`` or
-  ``/work/shared/data`` holds the archives, else synthetic; always synthetic with ``--quick``);
+  ``../shared/data`` beside the repository holds the archives, else synthetic, saying why; always
+  synthetic with ``--quick``);
 - ``mini-5w1s`` / ``mini-5w5s``: Conv4-32 max-pool, 84x84x3, 15 queries per class, 5 inner steps,
   alpha 0.05, meta-gradient clamp 10, meta-batch 4 (no miniImageNet images offline);
 - ``resnet12``: ResNet-12 (``--resnet-widths``, default 64-160-320-640) on the mini-5w1s tasks; by default
@@ -75,7 +76,7 @@ import torch
 from benchmarks.bench_fewshot import (
     GRAD_RTOL,
     GRAD_RTOL_F64,
-    RESULTS,
+    NO_DATA,
     VINYALS_TRAIN_CHARACTERS,
     data_root,
     environment,
@@ -83,6 +84,7 @@ from benchmarks.bench_fewshot import (
     max_err,
     omniglot_data,
     random_uint8,
+    result_path,
     timed,
 )
 from benchmarks.bench_ltm import N_CLASSES, N_TEST, N_TRAIN
@@ -554,6 +556,8 @@ def run_case(
         out = online_rows(name, sizes, args.repeats, device)
     else:
         root = data_root(args.data_root) if name == "omniglot" else None
+        if name == "omniglot" and root is None and not sizes.quick:
+            print(f"  omniglot: {NO_DATA}", flush=True)  # skipped real data, with the reason
         out = maml_rows(maml_case(name, sizes, device, root), [*METACLI[1:], *peers], args.repeats, device)
     for r in out["rows"]:
         rate = f"{r['tasks_per_s']:.2f} tasks/s" if "tasks_per_s" in r else "not timed"
@@ -593,7 +597,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     print(table(cases) + "\n")
     out["wall_s"] = time.perf_counter() - start
-    path = args.output or RESULTS / f"suite_{device.type}{'_quick' if sizes.quick else ''}.json"
+    path = result_path(args.output, f"suite_{device.type}.json", sizes.quick)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=str) + "\n")
     print(f"wrote {path} ({out['wall_s']:.0f} s)")

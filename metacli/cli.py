@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
+from rich.markup import escape
 
 from metacli import __version__
 from metacli.errors import (
     OUT_OF_MEMORY,
     Interrupted,
     MetacliError,
+    clause,
     is_out_of_memory,
     os_problem,
     symlink_loop,
@@ -84,8 +86,9 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except MetacliError as e:
             if debug_enabled():
                 raise
-            label = "[yellow]stopped:[/]" if isinstance(e, Interrupted) else "[bold red]error:[/]"
-            err_console.print(f"{label} {e}", highlight=False)
+            # a stop asked by Ctrl-C or a signal is no error: the run is kept and resumable (exit 130)
+            label = "[yellow]interrupted:[/]" if isinstance(e, Interrupted) else "[bold red]error:[/]"
+            err_console.print(f"{label} {escape(str(e))}", highlight=False)  # [..] in a message is text
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             if debug_enabled():
@@ -99,7 +102,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except OSError as e:  # the machine's state (disk, permissions, limits), not a bug
             if debug_enabled():
                 raise
-            err_console.print(f"[bold red]error:[/] {os_problem(e)}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(os_problem(e))}", highlight=False)
             raise typer.Exit(1) from None
         except Exception as e:
             if debug_enabled():
@@ -109,12 +112,12 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
                 raise typer.Exit(1) from None
             loop = symlink_loop(e)
             if loop is not None:  # a path the user named, not a bug
-                err_console.print(f"[bold red]error:[/] {loop}", highlight=False)
+                err_console.print(f"[bold red]error:[/] {escape(loop)}", highlight=False)
                 raise typer.Exit(2) from None
             err_console.print(
-                f"[bold red]internal error:[/] {type(e).__name__}: {e}. This is a bug in metacli, not in "
-                "your input: run the same command as 'metacli --debug ...' to see the traceback, and "
-                "report it.",
+                f"[bold red]internal error:[/] {type(e).__name__}: {escape(clause(e))}. This is a bug in "
+                "metacli, not in your input: run the same command as 'metacli --debug ...' to see the "
+                "traceback, and report it.",
                 highlight=False,
             )
             raise typer.Exit(1) from None
@@ -220,6 +223,13 @@ def train(
         if not summary.get("skipped"):
             console.print(f"[green]done[/] {run_dir}: {format_summary(summary)}")
         finished.append((run_dir, summary))
+    skipped = sum(1 for _, summary in finished if summary.get("skipped"))
+    if len(finished) > 1:  # a grid: what this command did, point by point having been announced
+        console.print(
+            f"grid of {len(finished)} points: {len(finished) - skipped} trained, {skipped} skipped (already "
+            "complete)",
+            highlight=False,
+        )
     if finished:
         console.print(next_commands(finished), markup=False, highlight=False, soft_wrap=True)
 
@@ -410,6 +420,51 @@ def plot(
     for path in written:
         console.print(f"wrote {path}")
     console.print(f"next: open the figures in {out}/, or 'tensorboard --logdir {folder}'", highlight=False)
+
+
+@app.command("ls")
+@handle_errors
+def list_configs(
+    algo: Annotated[str | None, typer.Option(metavar="NAME", help="Only configs of this algorithm.")] = None,
+    dataset: Annotated[str | None, typer.Option(metavar="NAME", help="Only configs of this dataset.")] = None,
+) -> None:
+    """List the shipped configs: algorithm, dataset, ways and shots, model, published numbers.
+
+    A * marks the file 'metacli train --algo A --dataset D' runs. Copy one out with 'metacli cp NAME'.
+    """
+    from metacli.recipes import recipes, table
+
+    console.print(table(recipes(algo, dataset)), markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        "* = the preset of 'metacli train --algo A --dataset D'. next: metacli cp NAME [DEST], then edit and "
+        "'metacli train DEST'",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("cp")
+@handle_errors
+def copy_config(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A config as 'metacli ls' names it.")],
+    dest: Annotated[
+        Path | None,
+        typer.Argument(metavar="[DEST]", help="File or existing folder (default: the current folder)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace DEST if it exists.")] = False,
+) -> None:
+    """Copy a shipped config out for editing, then train the copy.
+
+    For example: metacli cp omniglot/5way_1shot_maml my.yaml; metacli train my.yaml
+    """
+    from metacli.recipes import copy_recipe
+
+    target = copy_recipe(name, dest, force)
+    console.print(f"wrote {target}", markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"next: edit it, then 'metacli train {target}'", markup=False, highlight=False, soft_wrap=True
+    )
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -315,17 +315,25 @@ def replace_run(run_dir: Path, train: Callable[[], dict[str, Any]]) -> dict[str,
 
 
 def field_rows(model: Any, prefix: str = "") -> Iterator[tuple[str, str, str]]:
-    """(dotted path, value, documentation) of every field of a spec, sections recursively."""
+    """(dotted path, value as ``--set`` takes it, documentation) of every field of a spec, recursively.
+
+    A union section's ``name`` lists the names it accepts after its documentation.
+    """
     from pydantic import BaseModel
+
+    from metacli.spec import UNION_SECTIONS, section_names, set_syntax
 
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
         path = f"{prefix}{name}"
+        doc = info.description or ""
         if isinstance(value, BaseModel):
-            yield path, "", info.description or ""
+            yield path, "", doc
             yield from field_rows(value, prefix=f"{path}.")
-        else:
-            yield path, repr(value), info.description or ""
+            continue
+        if name == "name" and prefix.rstrip(".") in UNION_SECTIONS:
+            doc = f"{doc} One of: {', '.join(section_names(prefix.rstrip('.')))}."
+        yield path, set_syntax(value), doc
 
 
 def describe_fields(

@@ -12,6 +12,11 @@ class MetacliError(Exception):
     exit_code = 2
 
 
+def clause(message: object) -> str:
+    """A message to embed before more text: without its closing full stop, so none is doubled."""
+    return str(message).rstrip().rstrip(".")
+
+
 class SpecError(MetacliError):
     """A run spec that does not parse or does not validate."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
@@ -110,6 +111,14 @@ def clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+def as_float(x: float) -> float:
+    """``x`` as a float; an integer beyond the float range as an infinity of its sign."""
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf if x > 0 else -math.inf
+
+
 def ratio(a: float, b: float) -> float:
     """``a / b``, or infinity where the quotient (or an integer operand) exceeds the float range."""
     try:
@@ -123,10 +132,7 @@ def fixed(x: float, digits: int) -> str:
 
     NaN and infinities read ``nan``, ``inf``; integers beyond the float range read ``inf``.
     """
-    try:
-        x = float(x)
-    except OverflowError:
-        x = math.inf if x > 0 else -math.inf
+    x = as_float(x)
     return f"{x:.2e}" if math.isfinite(x) and abs(x) >= 1e6 else f"{x:.{digits}f}"
 
 
@@ -139,6 +145,55 @@ class SafeTimeRemainingColumn(TimeRemainingColumn):
             return super().render(task)
         except (OverflowError, ValueError):
             return Text("-:--:--", style="progress.remaining")
+
+
+Sample = tuple[float, float]
+"""(units done since the display started, seconds elapsed then)."""
+
+
+def eta_seconds(samples: Sequence[Sample], left: float) -> float:
+    """Seconds to finish ``left`` more units, allowing each unit to cost more than the one before.
+
+    An online run's LTM evaluates every task seen so far, so a round costs about ``a + b x`` seconds at
+    round ``x``: the elapsed time is fitted (least squares) as ``a x + b x^2 / 2`` and the remaining
+    rounds summed. A fit whose cost does not grow (``b <= 0``: a few-shot run's steady steps, a warm-up)
+    is the plain extrapolation at the average rate, so the estimate is never lower than that one.
+    NaN when nothing is done yet.
+    """
+    x, elapsed = samples[-1] if samples else (0.0, 0.0)
+    if not 0 < x < math.inf:
+        return math.nan
+    linear = as_float(left) * ratio(elapsed, x)
+    if len(samples) < MIN_FIT_SAMPLES:
+        return linear
+    try:
+        return max(linear, growing_cost_eta(samples, as_float(left)))
+    except (OverflowError, ZeroDivisionError):  # counts beyond what the fit's powers can hold
+        return linear
+
+
+def growing_cost_eta(samples: Sequence[Sample], left: float) -> float:
+    """The seconds :func:`eta_seconds` fits for a cost growing with the count; 0 when it does not grow."""
+    x = samples[-1][0]
+    # normal equations of elapsed ~ a * x + b * x^2 / 2
+    s2 = sum(u**2 for u, _ in samples)
+    s3 = sum(u**3 for u, _ in samples) / 2
+    s4 = sum(u**4 for u, _ in samples) / 4
+    t1 = sum(u * t for u, t in samples)
+    t2 = sum(u**2 * t for u, t in samples) / 2
+    det = s2 * s4 - s3 * s3
+    if not det > 0:
+        return 0.0
+    a, b = (t1 * s4 - s3 * t2) / det, (s2 * t2 - s3 * t1) / det
+    return a * left + b * ((x + left) ** 2 - x**2) / 2 if b > 0 else 0.0
+
+
+MIN_FIT_SAMPLES = 4
+"""Samples before the ETA fits a growing cost (fewer: plain extrapolation)."""
+SAMPLE_EVERY = 0.5
+"""Seconds between the samples the ETA is fitted to."""
+MAX_SAMPLES = 512
+"""Samples kept (beyond that every other one is dropped, so the whole run stays covered)."""
 
 
 _Bars = TypeVar("_Bars", bound="_LiveBars")
@@ -183,6 +238,8 @@ class Reporter(_LiveBars):
         self._start_done = done
         self._t0 = time.perf_counter()
         self._last_line = self._t0
+        self._samples: list[Sample] = []
+        self._eta_text = "?"
         self._every = line_interval()
         self._progress: Progress | None = None
         if not quiet and not silent and self.console.is_terminal:
@@ -192,13 +249,30 @@ class Reporter(_LiveBars):
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
                 TimeElapsedColumn(),
-                TextColumn("eta"),
-                SafeTimeRemainingColumn(),
+                TextColumn("eta {task.fields[eta]}"),
                 TextColumn("{task.fields[info]}"),
                 console=self.console,
                 transient=False,
             )
-            self._task = self._progress.add_task(description, total=total, completed=done, rate="", info="")
+            self._task = self._progress.add_task(
+                description, total=total, completed=done, rate="", eta="?", info=""
+            )
+
+    def sample(self) -> bool:
+        """Record (units done, seconds elapsed) for the ETA, every :data:`SAMPLE_EVERY` seconds at most;
+        whether a sample was taken."""
+        now = time.perf_counter() - self._t0
+        if self._samples and now - self._samples[-1][1] < SAMPLE_EVERY and self.done < self.total:
+            return False
+        self._samples.append((as_float(self.done - self._start_done), now))
+        if len(self._samples) > MAX_SAMPLES:
+            self._samples = self._samples[::-2][::-1]  # every other one, the latest kept
+        return True
+
+    def eta(self) -> float:
+        """Seconds left (:func:`eta_seconds` over this process's samples, the latest moment included)."""
+        now = (as_float(self.done - self._start_done), time.perf_counter() - self._t0)
+        return eta_seconds([*self._samples, now], self.total - self.done)
 
     def rate(self) -> float:
         """Units per second in this process so far."""
@@ -208,10 +282,13 @@ class Reporter(_LiveBars):
     def advance(self, n: int = 1, info: str = "") -> None:
         """Mark ``n`` more units done; ``info`` is a short status (e.g. the latest loss)."""
         self.done += n
+        if self.sample():  # the fit is redone with each sample, not at every step
+            self._eta_text = clock(self.eta())
         if self._progress is not None:
             task = self._progress.tasks[0]
             rate = task.speed or self.rate()
-            self._progress.update(self._task, advance=n, rate=f"{fixed(rate, 1)} {self.unit}/s", info=info)
+            text = f"{fixed(rate, 1)} {self.unit}/s"
+            self._progress.update(self._task, advance=n, rate=text, eta=self._eta_text, info=info)
             return
         now = time.perf_counter()
         if now - self._last_line >= self._every or self.done >= self.total:
@@ -225,7 +302,7 @@ class Reporter(_LiveBars):
     def status_line(self, info: str = "") -> str:
         """``NAME: 120/1000 rounds (12%), 35.2 round/s, elapsed 0:00:03, eta 0:00:25, INFO``."""
         rate = self.rate()
-        eta = ratio(self.total - self.done, rate) if rate > 0 else math.inf
+        eta = self.eta() if rate > 0 else math.inf
         pct = ratio(100 * self.done, self.total) if self.total else 100.0
         elapsed = clock(time.perf_counter() - self._t0)
         text = (

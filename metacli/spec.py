@@ -30,12 +30,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import to_jsonable_python
 
 from metacli.engine.config.algorithms import ONLINE_ALGORITHM_NAMES, AlgorithmConfig
 from metacli.engine.config.data import ONLINE_DATASET_NAMES, DataConfig
 from metacli.engine.config.fields import MAX_ELEMENTS, MAX_THREADS, Count, Finite, NonNegative, Seed, Steps
 from metacli.engine.config.models import ModelConfig
-from metacli.errors import SpecError
+from metacli.errors import SpecError, clause
 from metacli.runs import SCHEMA_VERSION
 from metacli.yamlfile import MAX_DEPTH, SpecLoader, YAMLRefusal, read_yaml, yaml_message
 
@@ -135,7 +136,8 @@ class RunSpec(BaseModel):
     seed: Seed = 0
     """Seed of every generator of the run (tasks, initialisation, sampling)."""
     device: str = "auto"
-    """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
+    """auto (CUDA when present, else CPU; the device chosen is written to the run's spec.yaml), cpu, cuda
+    or cuda:N."""
     threads: int | Literal["auto"] | None = "auto"
     """CPU threads for torch: auto (1 for small models, else the cores not busy with other work; the
     chosen number is written to the run's spec.yaml), a number from 1 to 1024, or null for torch's own
@@ -355,7 +357,13 @@ def preset_index() -> dict[str, DatasetPresets]:
     try:
         return TypeAdapter(dict[str, DatasetPresets]).validate_python(read_yaml(PRESET_INDEX))
     except ValidationError as e:
-        raise SpecError(f"The preset index {PRESET_INDEX} is damaged: {e}") from None
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {pydantic_message(err['msg'])}" for err in e.errors()
+        )
+        raise SpecError(
+            f"The preset index {PRESET_INDEX} is damaged: {problems}. Restore it (reinstall metacli, or "
+            "check out configs/presets.yaml again)."
+        ) from None
 
 
 def preset_pairs(index: Mapping[str, DatasetPresets]) -> str:
@@ -363,17 +371,54 @@ def preset_pairs(index: Mapping[str, DatasetPresets]) -> str:
     return "; ".join(f"{dataset}: {', '.join(entry.files)}" for dataset, entry in sorted(index.items()))
 
 
-def preset_file(algo: str, dataset: str, index: Mapping[str, DatasetPresets]) -> Path | None:
-    """The file ``--algo algo --dataset dataset`` runs, or None where the dataset's ``other`` sections apply.
-
-    Raises SpecError for a dataset the index does not know, listing the pairs that have presets.
-    """
+def check_dataset(dataset: str, index: Mapping[str, DatasetPresets]) -> None:
+    """Raise SpecError for a dataset the preset index does not know, listing the pairs that have presets."""
     if dataset not in index:
         raise SpecError(
             f"Unknown dataset '{dataset}'.{closest_hint(dataset, list(index))} Presets exist for: "
             f"{', '.join(sorted(index))}. Pass one of these to --dataset, or write a spec file. The presets "
             f"(--dataset: --algo), listed in {PRESET_INDEX}: {preset_pairs(index)}."
         )
+
+
+def preset_pair(algo: str | None, dataset: str | None) -> tuple[str, str]:
+    """``(algo, dataset)`` when both are given; one without the other is a SpecError naming its partners.
+
+    Neither name has a default: a missing ``--dataset`` lists the datasets with a preset file for the
+    algorithm, a missing ``--algo`` the algorithms with a preset file for the dataset.
+    """
+    index = preset_index()
+    if dataset is None:
+        assert algo is not None  # the caller handles neither given (the demo)
+        datasets = [d for d, entry in index.items() if algo in entry.files]
+        if not datasets:
+            known = sorted({a for entry in index.values() for a in entry.files})
+            raise SpecError(
+                f"--algo {algo} needs --dataset, and no shipped preset is for '{algo}'."
+                f"{closest_hint(algo, known)} Algorithms with presets: {', '.join(known)}."
+            )
+        raise SpecError(
+            f"--algo {algo} needs --dataset: presets for {algo} exist for {', '.join(datasets)}. For "
+            f"example: metacli train --algo {algo} --dataset {datasets[0]} ('metacli ls --algo {algo}' "
+            "lists them)."
+        )
+    check_dataset(dataset, index)
+    if algo is None:
+        algos = list(index[dataset].files)
+        raise SpecError(
+            f"--dataset {dataset} needs --algo: {dataset} has presets for {', '.join(algos)}. For example: "
+            f"metacli train --algo {algos[0]} --dataset {dataset} ('metacli ls --dataset {dataset}' lists "
+            "them)."
+        )
+    return algo, dataset
+
+
+def preset_file(algo: str, dataset: str, index: Mapping[str, DatasetPresets]) -> Path | None:
+    """The file ``--algo algo --dataset dataset`` runs, or None where the dataset's ``other`` sections apply.
+
+    Raises SpecError for a dataset the index does not know, listing the pairs that have presets.
+    """
+    check_dataset(dataset, index)
     name = index[dataset].files.get(algo)
     return None if name is None else PRESETS_DIR / name
 
@@ -468,10 +513,16 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         elif e["type"] == "union_tag_invalid":  # an unknown algorithm, dataset or model name
             tags = re.findall(r"'([^']+)'", str(e.get("ctx", {}).get("expected_tags", "")))
             hint = closest_hint(str(e.get("ctx", {}).get("tag", "")), tags)
-        msg = e["msg"].removeprefix("Value error, ").rstrip(".")  # our validators' messages stand alone
+        msg = pydantic_message(e["msg"])
         lines.append(f"  - {loc + ': ' if loc else ''}{msg}{shown}.{hint}")  # whole-spec checks: no path
     lines.append("Fix these fields in the spec file or with --set key.path=value.")
     return "\n".join(lines)
+
+
+def pydantic_message(msg: str) -> str:
+    """A pydantic error message to embed in a sentence: without pydantic's ``Value error, `` before our
+    validators' own messages (which stand alone) and without a closing full stop."""
+    return clause(msg.removeprefix("Value error, "))
 
 
 _SHORT = reprlib.Repr()
@@ -490,6 +541,12 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def section_names(section: str) -> list[str]:
+    """The ``name`` values a union section (algorithm, model, data) accepts, in the union's order."""
+    members = _models_in(RunSpec.model_fields[section].annotation)
+    return [m.model_fields["name"].default for m in members]
 
 
 def closest_field(loc: tuple[int | str, ...]) -> str | None:
@@ -559,8 +616,7 @@ def load_spec(
         data = apply_overrides(preset("maml", "sinusoid"), DEMO)
         source = "the embedded default (MAML on sinusoid, shortened)"
     else:
-        algo, dataset = algo or "maml", dataset or "sinusoid"
-        data, source = resolve_preset(algo, dataset)
+        data, source = resolve_preset(*preset_pair(algo, dataset))
     apply_overrides(data, overrides)
     return validate(copy.deepcopy(data), source), data
 
@@ -596,6 +652,18 @@ def point_label(value: Any, values: list[Any]) -> str:
     if "name" in value and names.count(value["name"]) == 1:
         return str(value["name"])
     return "-".join(f"{k}-{v}" for k, v in value.items())
+
+
+def set_syntax(value: Any) -> str:
+    """A value as a user types it in a spec or after ``--set field=``: YAML flow style, one line.
+
+    ``(200,)`` reads ``[200]``, ``None`` ``null``, ``True`` ``true``; text that YAML would read as
+    something else (``'1e-3'``, ``'null'``) keeps its quotes.
+    """
+    text = yaml.safe_dump(
+        to_jsonable_python(value), default_flow_style=True, width=float("inf"), sort_keys=False
+    )
+    return text.removesuffix("...\n").strip()  # a lone scalar is dumped as a document: "200\n...\n"
 
 
 def spec_to_yaml(spec: RunSpec) -> str:

@@ -7,6 +7,7 @@ can write them without importing torch.
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from collections.abc import Mapping
@@ -14,6 +15,22 @@ from pathlib import Path
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+ONLINE_METRIC = re.compile(r"(ctm|ltm)_(acc|loss)(_avg)?")
+"""An online metric of metrics.jsonl: ``ctm_acc``, ``ltm_loss_avg``..."""
+
+
+def tag(key: str) -> str:
+    """The TensorBoard tag of a metrics key, the same in a run's events and in ``metacli plot``'s.
+
+    Online metrics are grouped as ``CTM/acc``, ``LTM_Avg/loss`` (TensorBoard makes a section of each
+    prefix); every other key is its own tag.
+    """
+    match = ONLINE_METRIC.fullmatch(key)
+    if match is None:
+        return key
+    protocol, metric, average = match.groups()
+    return f"{protocol.upper()}{'_Avg' if average else ''}/{metric}"
 
 
 class ScalarWriter:

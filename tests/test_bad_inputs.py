@@ -6,6 +6,7 @@ byte- and mtime-identical, and no half-written run directory is left behind.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -195,6 +196,8 @@ def test_bad_input_is_a_clear_error_and_loses_nothing(
     text = " ".join(" ".join(said).split())
     assert result.exit_code == 2, text
     assert text.startswith("error:") and cause in text, text
+    # pydantic's "Value error, " prefix and a sentence's full stop doubled by the one around it
+    assert "Value error" not in text and not re.search(r"[^.]\.\.(\s|$)", text), text
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     assert {d: fingerprint(workspace / d) for d in before} == before
     assert not (tmp_path / "runs").exists() and not (workspace / "g").exists()  # nothing half-written

@@ -97,7 +97,7 @@ def test_a_changed_hyperparameter_resumes_with_a_warning_naming_it(tmp_path: Pat
 
 
 def test_a_changed_setting_that_reshapes_the_state_is_a_clear_error(tmp_path: Path) -> None:
-    run = trained(tmp_path, "run", "--algo", "lslr")
+    run = trained(tmp_path, "run", "--algo", "lslr", "--dataset", "sinusoid")
     spec = run / "spec.yaml"
     spec.write_text(
         spec.read_text().replace("\n  inner_steps: 5\n", "\n  inner_steps: 3\n")

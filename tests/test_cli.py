@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from metacli.cli import app
@@ -39,7 +40,7 @@ def test_help_lists_only_real_commands() -> None:
 
     code, out = invoke("--help")
     commands = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
-    assert code == 0 and commands == {"train", "evaluate", "hedge", "plot"}
+    assert code == 0 and commands == {"train", "evaluate", "hedge", "plot", "ls", "cp"}
     listed = out[out.index("Commands:") :].split()
     assert all(name in listed for name in commands), out
 
@@ -54,6 +55,9 @@ def test_train_writes_the_run_directory(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]
     assert all(r["query_loss"] > 0 for r in rows)
+    stored = yaml.safe_load((run / "spec.yaml").read_text())  # auto resolved, as threads is
+    summary = json.loads((run / "summary.json").read_text())
+    assert stored["device"] == summary["device"] != "auto" and stored["threads"] == summary["threads"]
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
@@ -168,11 +172,14 @@ def test_grid_rerun_skips_finished_points_and_resumes_interrupted_ones(tmp_path:
     for point in ("alpha=0.01", "alpha=0.02"):
         assert {f"{point}/summary.json", f"{point}/checkpoints/last.pt"} <= before.keys()
 
+    assert "grid point 1 of 2: alpha=0.01" in text and "grid point 2 of 2: alpha=0.02" in text
+    assert "grid of 2 points: 2 trained, 0 skipped (already complete)" in text
     code, text = invoke("train", str(spec), "--out", str(out), "--quiet")
     assert code == 0, text
+    assert "grid point 1 of 2: alpha=0.01" in text and "grid point 2 of 2: alpha=0.02" in text
     for point in ("alpha=0.01", "alpha=0.02"):
         assert f"skipped {out / point}: finished earlier with the same spec" in text
-    assert "done" not in text
+    assert "done" not in text and "grid of 2 points: 0 trained, 2 skipped (already complete)" in text
     assert _touched(before, _fingerprint(out)) == []  # both points skipped
 
     (out / "alpha=0.02" / "summary.json").unlink()  # as if killed after its last checkpoint
@@ -262,3 +269,14 @@ def test_python_dash_m_and_fast_help() -> None:
     assert proc.stdout.strip() == "False"  # --help must not pay for importing torch
     proc = subprocess.run([sys.executable, "-m", "metacli", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and "metacli" in proc.stdout
+
+
+def test_an_error_message_keeps_its_square_brackets(tmp_path: Path) -> None:
+    """Catches rich reading '[indices]' in a message as markup and dropping it (the miniImageNet layouts)."""
+    code, out = invoke(
+        "train", "--algo", "maml", "--dataset", "miniimagenet", "--data-root", str(tmp_path), "--out",
+        str(tmp_path / "run"), "--quiet",
+    )  # fmt: skip
+    said = " ".join(out.split())
+    assert code == 2 and f"error: miniImageNet not found in {tmp_path / 'miniimagenet'}:" in said
+    assert "{wnid: [indices]}" in said and not (tmp_path / "run").exists()

@@ -162,3 +162,41 @@ def test_every_field_that_applies_has_a_doc_citing_nothing_unshipped(algo: str, 
 def test_an_unknown_name_suggests_the_closest_valid_one(args: list[str], suggestion: str) -> None:
     result = CliRunner().invoke(app, ["train", *args])
     assert result.exit_code == 2 and suggestion in " ".join(result.output.split()), result.output
+
+
+def test_algo_without_dataset_lists_the_datasets_with_a_preset_for_it() -> None:
+    """Catches a hidden --dataset default: --algo moml alone once ran sinusoid and failed naming it."""
+    result = CliRunner().invoke(app, ["train", "--algo", "moml"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in said, said
+    assert "--algo moml needs --dataset: presets for moml exist for smnist." in said
+    assert "sinusoid" not in said
+
+
+def test_dataset_without_algo_lists_the_algorithms_with_a_preset_for_it() -> None:
+    """Catches a hidden --algo default (maml), which cannot run on a task stream."""
+    result = CliRunner().invoke(app, ["train", "--dataset", "smnist", "--fields"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, said
+    assert "--dataset smnist needs --algo: smnist has presets for moml, bmoml, ftml, mogd, toe, fs." in said
+    assert "maml" not in said.replace("metacli", "")
+
+
+def test_fields_prints_values_as_a_user_types_them_and_the_accepted_names() -> None:
+    """Catches Python reprs in --fields ((200,), ('rotate', ...), None, True) and a name row without the
+    names its section accepts (taken from the registries, so a new algorithm or dataset must appear)."""
+    from metacli.commands import field_rows
+    from metacli.engine.algorithms import ALGORITHMS
+    from metacli.engine.data import DATASETS
+    from metacli.spec import load_spec
+
+    spec, _ = load_spec(algo="moml", dataset="smnist")
+    rows = {path: (value, doc) for path, value, doc in field_rows(spec)}
+    assert rows["model.hidden"][0] == "[200]"
+    assert rows["data.transforms"][0] == "[rotate, flip, scale, shift]"
+    assert rows["data_root"][0] == "null" and rows["online.ltm"][0] == "true"
+    for section, registry in (("algorithm", ALGORITHMS), ("data", DATASETS)):
+        names = rows[f"{section}.name"][1].split("One of: ")[1].rstrip(".").split(", ")
+        assert sorted(names) == sorted(registry), section
+    result = CliRunner().invoke(app, ["train", "--algo", "moml", "--dataset", "smnist", "--fields"])
+    assert result.exit_code == 0 and "(200,)" not in result.output and "None" not in result.output

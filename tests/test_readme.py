@@ -25,7 +25,7 @@ def shell_commands() -> list[str]:
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split("#")[0]
             for part in re.split(r"&&|;|\bdo\b", line):
-                found = re.search(r"(?:^|\s)(?:-m )?metacli (train|evaluate|hedge|plot)\b(.*)", part)
+                found = re.search(r"(?:^|\s)(?:-m )?metacli (train|evaluate|hedge|plot|ls|cp)\b(.*)", part)
                 if found:
                     commands.append(f"{found.group(1)}{found.group(2)}".strip())
     return commands
@@ -46,7 +46,13 @@ def test_python_block_runs(block: str, dtype: str, capsys: pytest.CaptureFixture
 
 
 def test_the_readme_shows_every_command() -> None:
-    assert {c.split()[0] for c in shell_commands()} == {"train", "evaluate", "hedge", "plot"}
+    assert {c.split()[0] for c in shell_commands()} == {"train", "evaluate", "hedge", "plot", "ls", "cp"}
+
+
+def copies() -> dict[str, Path]:
+    """The files the README's ``metacli cp NAME DEST`` commands write, as DEST -> the shipped config."""
+    found = [shlex.split(c) for c in shell_commands() if c.startswith("cp ")]
+    return {args[2]: REPO / "configs" / f"{args[1]}.yaml" for args in found if len(args) > 2}
 
 
 @pytest.mark.parametrize("command", shell_commands())
@@ -67,4 +73,6 @@ def test_every_readme_command_parses_and_its_spec_validates(command: str) -> Non
     if spec_file is not None and spec_file.name == "SPEC.yaml":
         return  # the placeholder of the multi-machine example
     spec_path = REPO / spec_file if spec_file is not None else None
+    if spec_file is not None and str(spec_file) in copies():  # a copy the README made with metacli cp
+        spec_path = copies()[str(spec_file)]
     load_spec(spec_path, list(params["overrides"] or []), algo=params["algo"], dataset=params["dataset"])

@@ -65,7 +65,18 @@ def test_summary_json_names_the_run_and_its_numbers(tmp_path: Path, data_root: P
         "total_wall_time",
     }
     summary = json.loads((few / "summary.json").read_text())
-    assert set(summary) == common | {"steps", "executor", "peak_step_mb", "best_step", "best_val"}
+    assert set(summary) == common | {
+        "steps",
+        "executor",
+        "peak_step_mb",
+        "peak_step_measure",
+        "best_step",
+        "best_val",
+    }
+    rows = [json.loads(line) for line in (few / "metrics.jsonl").read_text().splitlines()]
+    logged = [row["peak_step_mb"] for row in rows if "peak_step_mb" in row]
+    assert summary["peak_step_mb"] == max(logged) > 0  # the run's largest step, a number, not a sentence
+    assert "profiler" in summary["peak_step_measure"]
     assert (summary["algorithm"], summary["dataset"], summary["steps"], summary["ranks"]) == (
         "maml",
         "sinusoid",
@@ -134,3 +145,20 @@ def test_resolve_auto_records_the_chosen_executor_and_threads() -> None:
     with pytest.raises(ValueError, match="still auto"):
         loop_settings(spec)
     torch.set_num_threads(1)
+
+
+def test_runs_and_plot_name_an_online_metric_with_one_tensorboard_tag(tmp_path: Path) -> None:
+    """Catches a run logging ``ctm_acc`` while ``metacli plot`` writes ``CTM/acc`` for the same metric."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from metacli.plot import TB_TAGS
+    from metacli.runlayer.core import RunLogger
+
+    logger = RunLogger(tmp_path, "round", None)
+    logger(1, {"ctm_acc": 0.5, "ltm_acc": 0.4, "ctm_acc_avg": 0.5, "ltm_acc_avg": 0.4, "state_bytes": 8.0})
+    logger.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    logged = set(events.Tags()["scalars"])
+    assert {TB_TAGS[k] for k in ("ctm", "ltm", "ctm_avg", "ltm_avg")} <= logged
+    assert not logged & {"ctm_acc", "ltm_acc", "ctm_acc_avg", "ltm_acc_avg"}

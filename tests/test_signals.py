@@ -44,6 +44,7 @@ def test_signal_checkpoints_at_a_step_boundary_and_the_run_resumes(signum: int, 
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output
     assert "Continue with: metacli train --resume" in " ".join(output.split()) and "Traceback" not in output
+    assert "interrupted: stopped at step" in output and "error" not in output  # resumable, not a failure
     saved = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     stopped = int(saved["done"])
     lines = [json.loads(x) for x in metrics.read_text().splitlines()]

@@ -182,3 +182,20 @@ def test_an_old_spelling_that_agrees_with_the_name_is_dropped_with_a_warning() -
             algo="lslr", dataset="sinusoid", overrides=["algorithm.adapt=all", "algorithm.rate=lslr"]
         )
     assert spec.algorithm.name == "lslr"
+
+
+def test_a_damaged_preset_index_is_one_sentence_per_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches pydantic's raw multi-line dump (with its "Value error, " and URLs) as the message."""
+    from metacli import spec as spec_module
+
+    index = tmp_path / "presets.yaml"
+    index.write_text("sinusoid:\n  files: {maml: 3}\n")
+    monkeypatch.setattr(spec_module, "PRESET_INDEX", index)
+    with pytest.raises(SpecError) as info:
+        spec_module.preset_index()
+    msg = str(info.value)
+    assert msg.startswith(f"The preset index {index} is damaged: sinusoid.other: Field required; ")
+    assert "sinusoid.files.maml: Input should be a valid string. Restore it" in msg
+    assert "\n" not in msg and "errors.pydantic.dev" not in msg and ".." not in msg

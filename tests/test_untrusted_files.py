@@ -88,7 +88,18 @@ def test_every_algorithms_checkpoint_loads_as_weights_only_and_resumes(algo: str
     else:
         stable = STABLE.get(algo, [])
         code, out = invoke(
-            "train", "--algo", algo, *TINY, "--set", "train.val_every=1", *stable, "--out", str(run), "-q"
+            "train",
+            "--algo",
+            algo,
+            "--dataset",
+            "sinusoid",
+            *TINY,
+            "--set",
+            "train.val_every=1",
+            *stable,
+            "--out",
+            str(run),
+            "-q",
         )
         longer = "train.meta_iters=3"
     assert code == 0, out
@@ -274,7 +285,9 @@ def test_a_folder_in_place_of_best_pt_is_reported_not_skipped(run: Path) -> None
 
 
 def _train_omniglot(tmp_path: Path, *root: str) -> tuple[int, str]:
-    return invoke("train", "--dataset", "omniglot", *root, "--out", str(tmp_path / "out"), "-q")
+    return invoke(
+        "train", "--algo", "maml", "--dataset", "omniglot", *root, "--out", str(tmp_path / "out"), "-q"
+    )
 
 
 def test_a_data_root_that_is_a_file_names_it_and_the_option(tmp_path: Path) -> None:

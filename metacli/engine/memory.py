@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -48,12 +49,11 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _quiet_stderr():  # torch 2.13 prints "USDT ... profiler_start / profiler_stop" lines on stderr
+    with _stderr_without(PROFILER_NOISE):
         prof.start()
-    try:
-        fn()
-    finally:
-        with _quiet_stderr():
+        try:
+            fn()
+        finally:
             prof.stop()
     assert prof.profiler is not None and prof.profiler.kineto_results is not None
     # memory events carry nbytes (negative for a free); torch's stubs type them as generic events
@@ -65,19 +65,35 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
     return peak
 
 
+PROFILER_NOISE = ("SyncActivityProfilerHandler.cpp", "CPUAllocator.cpp")
+"""Sources of the C++ log lines the profiler prints on stderr and that say nothing about the run: torch
+2.13's ``USDT ... profiler_start`` / ``profiler_stop``, and ``Memory block of unknown size was allocated
+before the profiling started`` for every tensor made before the step and freed in it (expected: the step
+frees the previous step's tensors, and its peak counts only its own allocations)."""
+
+
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null for a moment (C++ logging that Python cannot silence)."""
+def _stderr_without(noise: tuple[str, ...]) -> Iterator[None]:
+    """Hold what is written to file descriptor 2 meanwhile, then pass on every line naming none of ``noise``.
+
+    C++ logging writes to the descriptor directly, so Python cannot filter it; a line of anything else
+    (a real error printed by C++ code) still reaches the terminal, after the block.
+    """
     sys.stderr.flush()
     saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().splitlines(keepends=True)
+            kept = b"".join(line for line in lines if not any(n.encode() in line for n in noise))
+            if kept:
+                os.write(2, kept)
 
 
 def state_bytes(tensors: Iterable[Tensor], optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> int:

@@ -37,7 +37,7 @@ from metacli.runs import (
     write_json,
 )
 from metacli.spec import RunSpec, apply_overrides, spec_to_yaml, validate
-from metacli.tb import ScalarWriter
+from metacli.tb import ScalarWriter, tag
 
 
 class RunLogger:
@@ -54,7 +54,7 @@ class RunLogger:
 
     def __call__(self, index: int, row: dict[str, float]) -> None:
         self.metrics.write({self.key: index, **row})
-        self.tb.add_scalars(index, {k: v for k, v in row.items() if isinstance(v, (int, float))})
+        self.tb.add_scalars(index, {tag(k): v for k, v in row.items() if isinstance(v, (int, float))})
 
     def close(self) -> None:
         """Flush and close both sinks."""

@@ -7,7 +7,7 @@ are. Everything about files stays in :mod:`metacli.runlayer.core`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,10 +68,22 @@ def make_job(spec: RunSpec, parts: EpisodicParts | OnlineParts, state: dict[str,
     return EpisodicJob(spec, parts, state)
 
 
+PEAK_KEY = "peak_step_mb"
+"""A logged step's peak memory in MB (metrics.jsonl); summary.json holds the largest of the run."""
+
+
+def largest(values: Iterable[float | None]) -> float | None:
+    """The largest of the values given (None ones left out), or None when there is none."""
+    known = [float(v) for v in values if v is not None]
+    return max(known) if known else None
+
+
 class EpisodicJob:
     """Few-shot meta-training (:func:`metacli.engine.episodic.train`)."""
 
     unit = "step"
+    peak_mb: float | None = None
+    """The largest ``peak_step_mb`` logged so far, earlier parts of a resumed run included."""
 
     def __init__(self, spec: RunSpec, parts: EpisodicParts, state: dict[str, Any] | None) -> None:
         self.spec, self.parts = spec, parts
@@ -83,11 +95,17 @@ class EpisodicJob:
         return self.state.step
 
     def run(self, hooks: Hooks) -> None:
+        self.peak_mb = largest(row.get(PEAK_KEY) for row in hooks.prior)
+
+        def log(step: int, row: dict[str, float]) -> None:
+            self.peak_mb = largest([self.peak_mb, row.get(PEAK_KEY)])
+            hooks.log(step, row)
+
         episodic.train(
             self.parts,
             loop_settings(self.spec),
             self.state,
-            hooks.log,
+            log,
             lambda _, is_best: hooks.save(is_best),
             lambda step, info: hooks.progress(step, f"loss {info['loss']:.4f}"),
             validation(self.spec),
@@ -102,7 +120,8 @@ class EpisodicJob:
         out: dict[str, Any] = {
             "steps": self.state.step,
             "executor": self.spec.train.executor,
-            "peak_step_mb": "peak_step_mb in metrics.jsonl: " + memory.method(self.parts.device),
+            PEAK_KEY: finite_or_none(self.peak_mb) if self.peak_mb is not None else None,
+            "peak_step_measure": memory.method(self.parts.device),
         }
         if self.state.best is not None:
             out.update(best_step=self.state.best[0], best_val=self.state.best[1])

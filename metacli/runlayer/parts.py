@@ -1,8 +1,8 @@
 """From a run spec to the engine: build settings, the built parts, and every ``auto`` resolved.
 
 The engine never sees a :class:`~metacli.spec.RunSpec`: this module hands it the spec's typed sections
-and a :class:`~metacli.engine.BuildSettings`, then makes the choices a spec may leave ``auto`` (CPU
-threads from the network's size, the executor from the device, input size and meta-batch) and returns
+and a :class:`~metacli.engine.BuildSettings`, then makes the choices a spec may leave ``auto`` (the device,
+CPU threads from the network's size, the executor from the device, input size and meta-batch) and returns
 the spec with them filled in, as the run directory's spec.yaml records it.
 """
 
@@ -74,8 +74,11 @@ def build_episodic_run(spec: RunSpec, device: str | None = None) -> EpisodicPart
 
 
 def resolve_auto(spec: RunSpec, parts: EpisodicParts | OnlineParts) -> RunSpec:
-    """``spec`` with ``threads: auto`` and ``train.executor: auto`` replaced by the chosen values."""
+    """``spec`` with ``device: auto``, ``threads: auto`` and ``train.executor: auto`` replaced by the chosen
+    values (the device a data-parallel run's ranks share by its type: ``cuda``, not rank 0's ``cuda:0``)."""
     update: dict[str, Any] = {}
+    if spec.device == "auto":
+        update["device"] = parts.device.type if parts.parallel is not None else str(parts.device)
     if spec.threads == "auto":
         update["threads"] = choose_threads(sum(p.numel() for p in parts.learner.init_params().values()))
     if spec.train.executor == "auto":

@@ -253,3 +253,18 @@ def test_cli_trains_and_evaluates_on_the_fixture(
     assert result.exit_code == 0, result.output
     scores = json.loads((out / "eval.json").read_text())
     assert 0.0 <= scores["metrics"]["query_acc@20"]["mean"] <= 1.0
+
+
+def test_a_failed_download_does_not_advise_unsetting_an_offline_switch_never_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches the message telling a user to unset METACLI_OFFLINE when the download simply failed."""
+    from tests.httpserver import refused_url
+
+    monkeypatch.delenv("METACLI_OFFLINE", raising=False)
+    with pytest.raises(DataError) as info:
+        load_cifar100(tmp_path, tmp_path / "cache", download=True, urls=[refused_url() + ARCHIVE])
+    msg = str(info.value)
+    assert msg.startswith(f"CIFAR-100 not found in {tmp_path / 'cifar100'}: could not download {ARCHIVE}")
+    assert "METACLI_OFFLINE" not in msg and "run again once it can be reached" in msg
+    assert list(tmp_path.iterdir()) == []  # no empty cifar100/ left in the data root

@@ -218,7 +218,7 @@ def test_auto_prefers_pickles_then_folder_and_accepts_validation_name(fresh: Fix
     assert resolve_format(folder, "auto", download=False) == "folder"
     shutil.rmtree(folder / "images")
     assert resolve_format(folder, "auto", download=True) == "pickle"  # what a download can provide
-    with pytest.raises(DataError, match="neither layout"):
+    with pytest.raises(DataError, match="only 2 of the three pickles are there"):
         resolve_format(folder, "auto", download=False)
 
 
@@ -518,3 +518,36 @@ def test_download_with_wrong_md5_is_refused(
     assert "mini-imagenet-cache-validation.pkl" in msg and "0" * 32 in msg
     assert "PaddleFSL" in msg and "third-party" in msg and "by hand" in msg
     assert not (root / "miniimagenet" / DOWNLOAD_NAMES["val"]).exists()
+
+
+def _csvs_only(tmp_path: Path) -> Path:
+    """A data root whose miniimagenet/ holds the three split CSVs but no images/ (as a partial copy has)."""
+    folder = tmp_path / "root" / "miniimagenet"
+    folder.mkdir(parents=True)
+    for name in ("train.csv", "val.csv", "test.csv"):
+        (folder / name).write_text("filename,label\n")
+    return folder
+
+
+def test_not_found_message_leads_with_the_folder_and_says_only_images_is_missing(tmp_path: Path) -> None:
+    """Catches a message that opens with a download error and an md5, or hides that the CSVs were found."""
+    folder = _csvs_only(tmp_path)
+    lead = f"miniImageNet not found in {folder}: train.csv, val.csv, test.csv found, but images/ missing"
+    for fmt in ("auto", "folder"):
+        with pytest.raises(DataError) as info:
+            load_miniimagenet(folder.parent, tmp_path / "cache", fmt, download=False)  # type: ignore[arg-type]
+        assert str(info.value).startswith(lead), str(info.value)
+
+
+def test_a_failed_download_still_leads_with_not_found(tmp_path: Path) -> None:
+    from tests.httpserver import refused_url
+
+    folder = _csvs_only(tmp_path)
+    urls = {s: [refused_url() + name] for s, name in DOWNLOAD_NAMES.items()}
+    with pytest.raises(DataError) as info:
+        load_miniimagenet(folder.parent, tmp_path / "cache", "auto", download=True, urls=urls)
+    msg = str(info.value)
+    assert msg.startswith(
+        f"miniImageNet not found in {folder}: train.csv, val.csv, test.csv found, but images/"
+    )
+    assert "the download of mini-imagenet-cache-train.pkl failed" in msg

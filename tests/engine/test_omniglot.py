@@ -447,12 +447,23 @@ def test_download_with_wrong_md5_refused(file_server: tuple[str, Path], tmp_path
     base, served = file_server
     write_tiny_archives(served)  # not the official archives, so the official MD5 refuses them
     root = tmp_path / "root"
+    root.mkdir()
     with pytest.raises(DataError) as info:
         build(LAKE, _ctx(root, tmp_path / "cache", download=True), mirrors=[base])
     msg = str(info.value)
     assert "checksum mismatch" in msg and MD5["images_background.zip"] in msg
     _assert_missing_message(msg, root / "omniglot")
-    assert list((root / "omniglot").iterdir()) == []  # nothing kept, not even a partial file
+    assert list(root.iterdir()) == []  # nothing kept, not a partial file, not an empty omniglot/
+
+
+def test_a_failed_download_leaves_no_empty_folder_in_the_data_root(tmp_path: Path) -> None:
+    """Catches download() creating <root>/omniglot/ and leaving it empty when every mirror fails."""
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(DataError) as info:
+        build(LAKE, _ctx(root, tmp_path / "cache", download=True), mirrors=[refused_url()])
+    _assert_missing_message(str(info.value), root / "omniglot")
+    assert list(root.iterdir()) == []
 
 
 def test_present_archives_are_used_with_one_warning_naming_both_md5s(tiny_root: Path, tmp_path: Path) -> None:

@@ -219,6 +219,26 @@ def test_draws_match_the_global_numpy_seed_sequence() -> None:
 # --- the stream on real MNIST ---------------------------------------------------------------------------
 
 
+def test_the_stream_cache_is_keyed_by_the_libraries_that_compute_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches a cached stream reused under another Pillow (its bicubic resize draws the half-scale) or numpy
+    (float32 normalisation and ring sums): the README's reproducibility holds for the same versions only."""
+    import PIL
+
+    from metacli.engine.data import smnist
+
+    digests = {"train-images-idx3-ubyte.gz": "0" * 64}
+    first = stream_folder(SMNISTConfig(), tmp_path, digests)
+    assert stream_folder(SMNISTConfig(), tmp_path, digests) == first
+    pillow = PIL.__version__
+    monkeypatch.setattr(PIL, "__version__", "0.0")
+    assert stream_folder(SMNISTConfig(), tmp_path, digests) != first
+    monkeypatch.setattr(PIL, "__version__", pillow)
+    monkeypatch.setattr(smnist.np, "__version__", "0.0")
+    assert stream_folder(SMNISTConfig(), tmp_path, digests) != first
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """MNIST's digest memo goes to a cache of the test's own, never the user's."""

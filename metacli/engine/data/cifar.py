@@ -45,10 +45,10 @@ from metacli.engine.data.images import SPLITS, ClassImages, FewShotImages
 from metacli.engine.data.miniimagenet import read_pickle, warn_checksums
 from metacli.engine.data.paths import (
     ENV_VAR,
-    OFFLINE_VAR,
     cache_key,
     content_identities,
     digest_index,
+    fetch_advice,
     file_digests,
     mismatch,
     read_cache_file,
@@ -99,17 +99,16 @@ class Pooled(NamedTuple):
 # --- locating and fetching the source ---------------------------------------------------------------------
 
 
-def missing_message(folder: Path, download: bool) -> str:
-    """The error for absent CIFAR-100 data: the accepted layouts, the folder, and the fixes."""
-    fetch = (
-        f"or let metacli download it (161 MB) from {URLS[0]}"
-        if download
-        else f"or allow the download (161 MB, from {URLS[0]}) by unsetting {OFFLINE_VAR}"
-    )
+def missing_message(folder: Path, download: bool, failure: str = "") -> str:
+    """The error for absent CIFAR-100 data: the folder, why (``failure``: a failed download), the accepted
+    layouts and the fixes."""
+    fetch = fetch_advice("the archive (161 MB)", URLS[0], download)
+    why = f" {failure.rstrip('.')}." if failure else ""
     return (
-        f"CIFAR-100 not found in {folder}: metacli reads the python archive {ARCHIVE} (md5 {ARCHIVE_MD5}) or "
-        f"its extracted folder {MEMBER_DIR}/ with the members train, test and meta. Fix: place one of them "
-        f"in {folder}, or pass --data-root / set {ENV_VAR} to a folder that contains {FOLDER}/, {fetch}."
+        f"CIFAR-100 not found in {folder}:{why} metacli reads the python archive {ARCHIVE} "
+        f"(md5 {ARCHIVE_MD5}) or its extracted folder {MEMBER_DIR}/ with the members train, test and meta. "
+        f"Fix: place one of them in {folder}, or pass --data-root / set {ENV_VAR} to a folder that contains "
+        f"{FOLDER}/, {fetch}."
     )
 
 
@@ -142,7 +141,7 @@ def ensure_source(
     try:
         _download(list(urls or URLS), dest, md5=md5, progress=progress)
     except DataError as e:
-        raise DataError(f"{str(e).rstrip('.')}. {missing_message(folder, False)}") from e
+        raise DataError(missing_message(folder, False, str(e))) from e
     return dest
 
 

@@ -41,7 +41,7 @@ import re
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from email.message import Message
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -259,6 +259,24 @@ def _discard_unusable_part(part: Path, decompress_gz: bool) -> None:
             part.unlink()
 
 
+def make_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns the ones created, deepest first."""
+    created = []
+    missing = folder
+    while not missing.exists() and missing != missing.parent:
+        created.append(missing)
+        missing = missing.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def remove_empty(folders: Sequence[Path]) -> None:
+    """Remove each folder that is still empty, deepest first (one holding a partial download stays)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty, or gone: either way nothing to undo
+            folder.rmdir()
+
+
 def download(
     urls: list[str],
     dest: Path,
@@ -299,7 +317,7 @@ def download(
     if not urls:
         raise DataError(f"no download URL was given for {dest.name}")
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        created = make_folder(dest.parent)
     except OSError as e:
         raise DataError(f"cannot create the folder {dest.parent} for {dest.name}: {e}") from e
     part = partial_path(dest)
@@ -326,6 +344,7 @@ def download(
         finally:
             _discard_unusable_part(part, decompress_gz)
     kept = f" The partial download {part} is kept: run again to resume it." if part.is_file() else ""
+    remove_empty(created)  # a failed download leaves no empty dataset folder in the data root
     message = f"could not download {dest.name}; " + "; ".join(failures) + "." + kept
     # Every mirror delivered a whole file with the wrong digest: say so by type, too.
     raise ChecksumError(message) if mismatches == len(urls) else DataError(message)

@@ -54,10 +54,10 @@ from metacli.engine.data.download import download as _download
 from metacli.engine.data.images import SPLITS, ClassImages, FewShotImages
 from metacli.engine.data.paths import (
     ENV_VAR,
-    OFFLINE_VAR,
     cache_key,
     content_identities,
     digest_index,
+    fetch_advice,
     file_digests,
     mismatch,
     read_cache_file,
@@ -253,13 +253,25 @@ def _layouts() -> str:
     )
 
 
+def what_is_there(folder: Path) -> str:
+    """What ``folder`` holds of either layout, for the not-found message (e.g. only images/ is missing)."""
+    if not folder.is_dir():
+        return "the folder does not exist"
+    csvs = [CSV_NAMES[s] for s in SPLITS if (folder / CSV_NAMES[s]).is_file()]
+    images = (folder / IMAGES_DIR).is_dir()
+    pickles = [path.name for path in find_pickles(folder).values()]
+    if pickles:
+        return f"only {len(pickles)} of the three pickles are there ({', '.join(pickles)})"
+    if images or csvs:
+        absent = [f"{IMAGES_DIR}/"] * (not images) + [n for n in CSV_NAMES.values() if n not in csvs]
+        present = [f"{IMAGES_DIR}/"] * images + csvs
+        return f"{', '.join(present)} found, but {', '.join(absent)} missing (the image-folder layout)"
+    return "it holds neither layout"
+
+
 def missing_message(folder: Path, cause: str, download: bool) -> str:
     """The one-paragraph error for absent miniImageNet data: both layouts, the folder, and the fixes."""
-    fetch = (
-        f"or let metacli download the pickles (about 1.3 GB) from {ZENODO}"
-        if download
-        else f"or allow the download of the pickles (about 1.3 GB, from {ZENODO}) by unsetting {OFFLINE_VAR}"
-    )
+    fetch = fetch_advice("the pickles (about 1.3 GB)", ZENODO, download)
     return (
         f"miniImageNet not found in {folder}: {cause}. {_layouts()}. Fix: pass --data-root pointing at a "
         f"folder that contains miniimagenet/ in one of these layouts, or set {ENV_VAR} to such a folder, "
@@ -282,7 +294,7 @@ def resolve_format(folder: Path, fmt: str, download: bool) -> SourceFormat:
         return "pickle"
     if fmt == "folder":
         if not folder_present(folder):
-            raise DataError(missing_message(folder, "images/ or one of the split CSVs is missing", download))
+            raise DataError(missing_message(folder, what_is_there(folder), download))
         return "folder"
     if len(find_pickles(folder)) == len(SPLITS):
         return "pickle"
@@ -290,7 +302,7 @@ def resolve_format(folder: Path, fmt: str, download: bool) -> SourceFormat:
         return "folder"
     if download:
         return "pickle"
-    raise DataError(missing_message(folder, "neither layout is complete and downloading is off", download))
+    raise DataError(missing_message(folder, f"{what_is_there(folder)}; downloading is off", download))
 
 
 # --- downloads --------------------------------------------------------------------------------------------
@@ -327,7 +339,7 @@ def ensure_pickles(
         if split in found:
             continue
         if not download:
-            cause = f"{PICKLE_NAMES[split][0]} is missing and downloading is off"
+            cause = f"{what_is_there(folder)}; {PICKLE_NAMES[split][0]} is missing and downloading is off"
             raise DataError(missing_message(folder, cause, download))
         dest = folder / DOWNLOAD_NAMES[split]
         try:
@@ -339,8 +351,10 @@ def ensure_pickles(
 
 
 def _download_failed(folder: Path, name: str, md5: str, error: DataError) -> str:
-    """The error for a failed download: the cause, the third-party nature of the md5, the manual fix."""
+    """The error for a failed download: what is there, the failure, the third-party nature of the md5, and
+    the manual fix."""
     return (
+        f"miniImageNet not found in {folder}: {what_is_there(folder)}, and the download of {name} failed: "
         f"{str(error).rstrip('.')}. The md5 that {name} is checked against, {md5}, is the value PaddleFSL "
         "publishes for the original pickle, a third-party value that metacli has not verified; a download "
         "with another md5 is refused. Fix: place the pickles by hand: copy mini-imagenet-cache-train.pkl, "

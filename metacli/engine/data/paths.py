@@ -57,6 +57,19 @@ def downloads_allowed() -> bool:
     return os.environ.get(OFFLINE_VAR, "") != "1"
 
 
+def fetch_advice(what: str, source: str, download: bool) -> str:
+    """The last fix of a data-not-found message: how ``what`` can come from ``source``.
+
+    ``download``: metacli may fetch it (and will). Otherwise ``$METACLI_OFFLINE`` is named only when it is
+    what forbids the download; a download that failed is retried by running again.
+    """
+    if download:
+        return f"or let metacli download {what} from {source}"
+    if not downloads_allowed():
+        return f"or unset {OFFLINE_VAR} to let metacli download {what} from {source}"
+    return f"or download {what} from {source} yourself (or run again once it can be reached)"
+
+
 def data_trusted() -> bool:
     """Whether the user vouches for data files whose checksums differ (``$METACLI_TRUST_DATA`` is ``1``)."""
     return os.environ.get(TRUST_VAR, "") == "1"

@@ -19,8 +19,9 @@ are identical.
 never code) in ``<cache>/streams/<cache_name(cfg)>-<key>/`` (:func:`stream_folder`), never in the data
 root. The key hashes the SHA-256 of the MNIST files' content (memoised, see
 :func:`~metacli.engine.data.mnist.verified_digests`) with the stream's recipe (tasks, seed, transforms,
-:data:`FORMAT_VERSION`, the Pillow version), so a stream is rebuilt whenever MNIST's content changes, and
-a stream built from other MNIST files is never reused. A damaged cache is rebuilt, with one warning.
+:data:`FORMAT_VERSION`, the Pillow and numpy versions), so a stream is rebuilt whenever MNIST's content or a
+library that computes it changes, and a stream built from other MNIST files is never reused. A damaged
+cache is rebuilt, with one warning.
 """
 
 from __future__ import annotations
@@ -281,6 +282,7 @@ def stream_folder(cfg: SMNISTConfig, cache: Path, mnist: Mapping[str, str]) -> P
         "stream": cache_name(cfg),  # seed, tasks and transforms
         "mnist": dict(sorted(mnist.items())),
         "pillow": PIL.__version__,  # the scale transform resizes with Pillow's bicubic filter
+        "numpy": np.__version__,  # normalisation and the scale's ring mean are numpy float32 arithmetic
     }
     return cache / STREAMS_DIR / f"{cache_name(cfg)}-{cache_key(recipe)}"
 
