@@ -18,6 +18,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from metacli import __version__
 from metacli.errors import (
@@ -72,7 +73,8 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn errors into one clear paragraph and an exit code, without a traceback unless ``--debug``.
 
     :class:`MetacliError`: its message and its exit code (2 usage, 1 run failure, 130 interrupted).
-    Any other exception is a bug: its type and message, how to see the traceback, exit code 1.
+    Any other exception is a bug: its type and message, how to see the traceback, exit code 1. Messages are
+    printed as text: they carry paths and torch's own words, whose ``[brackets]`` rich would read as markup.
     """
 
     @functools.wraps(fn)
@@ -85,7 +87,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             if debug_enabled():
                 raise
             label = "[yellow]stopped:[/]" if isinstance(e, Interrupted) else "[bold red]error:[/]"
-            err_console.print(f"{label} {e}", highlight=False)
+            err_console.print(f"{label} {escape(str(e))}", highlight=False)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             if debug_enabled():
@@ -99,7 +101,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except OSError as e:  # the machine's state (disk, permissions, limits), not a bug
             if debug_enabled():
                 raise
-            err_console.print(f"[bold red]error:[/] {os_problem(e)}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(os_problem(e))}", highlight=False)
             raise typer.Exit(1) from None
         except Exception as e:
             if debug_enabled():
@@ -109,12 +111,12 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
                 raise typer.Exit(1) from None
             loop = symlink_loop(e)
             if loop is not None:  # a path the user named, not a bug
-                err_console.print(f"[bold red]error:[/] {loop}", highlight=False)
+                err_console.print(f"[bold red]error:[/] {escape(loop)}", highlight=False)
                 raise typer.Exit(2) from None
             err_console.print(
-                f"[bold red]internal error:[/] {type(e).__name__}: {e}. This is a bug in metacli, not in "
-                "your input: run the same command as 'metacli --debug ...' to see the traceback, and "
-                "report it.",
+                f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))}. This is a bug in "
+                "metacli, not in your input: run the same command as 'metacli --debug ...' to see the "
+                "traceback, and report it.",
                 highlight=False,
             )
             raise typer.Exit(1) from None

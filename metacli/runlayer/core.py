@@ -191,7 +191,7 @@ def _run(
     try:
         with (
             Reporter(name, job.total, done=job.done, quiet=quiet, unit=job.unit, silent=not writer) as rep,
-            guarded_training(run_dir, job.total, job.unit, lambda: last_saved[0]) as stop_signal,
+            guarded_training(run_dir, job.total, job.unit, lambda: last_saved[0], writer) as stop_signal,
         ):
             parallel = parts.parallel
             # every rank stops at the same boundary, whichever of them saw the signal
