@@ -87,6 +87,13 @@ class DataParallel:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def slowest(self, values: list[float]) -> list[float]:
+        """Each of ``values`` at its largest over the ranks (a step is as slow as its slowest rank)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self._device())
+        with peers_answer():
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [float(v) for v in t.tolist()]
+
     def _device(self) -> torch.device:
         backend = dist.get_backend()
         return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
