@@ -17,22 +17,11 @@ from metacli.engine.parallel import DataParallel
 from metacli.runlayer import parts as run_parts
 from metacli.runlayer.parts import build_run
 from metacli.spec import load_spec
-from tests.engine.test_miniimagenet import write_fixture
+from tests.test_distributed import warm_start_run
+from tests.test_kill_resume import assert_bitwise_equal
 
 SINUSOID = ["--set", "dtype=float64", "--set", "train.meta_batch=4", "--set", "train.meta_iters=3"]
 SINUSOID += ["--set", "train.log_every=1", "--set", "train.val_every=0", "--set", "eval.tasks=2", "-q"]
-
-
-def memory_reduced(data: Path) -> list[str]:
-    """A tiny miniImageNet run of the memory-reduced method with warm starts: state carried across steps."""
-    fx = write_fixture(data, per_class=8)
-    return [
-        "--algo", "memory_reduced", "--dataset", "miniimagenet", "--data-root", str(fx.root),
-        "--set", "dtype=float64", "--set", "data.ways=3", "--set", "data.queries=2",
-        "--set", "model.filters=4", "--set", "algorithm.inner_steps=2", "--set", "algorithm.warm_start=true",
-        "--set", "algorithm.cg_steps=3", "--set", "train.meta_batch=3", "--set", "train.meta_iters=3",
-        "--set", "train.log_every=1", "--set", "train.val_every=0", "--set", "eval.tasks=2", "-q",
-    ]  # fmt: skip
 
 
 def train(run: Path, *args: str) -> str:
@@ -47,28 +36,12 @@ def saved(run: Path) -> dict[str, Any]:
     return state
 
 
-def assert_same_tensors(a: Any, b: Any, where: str = "state") -> None:
-    """Bit-for-bit equality of two nested checkpoint states (tensors by ``torch.equal``)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), where
-        for k in a:
-            assert_same_tensors(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_tensors(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 @pytest.mark.parametrize("case", ["sinusoid maml", "miniimagenet memory_reduced with warm starts"])
 def test_auto_trains_bit_for_bit_as_the_executor_it_chose(tmp_path: Path, case: str) -> None:
     """The timed steps draw tasks and touch the warm starts; all of it is put back, so the run is exactly the
     one that names its executor. The record holds both times, the choice is their argmin, and the first lines
     of the output say so."""
-    args = SINUSOID if case.startswith("sinusoid") else memory_reduced(tmp_path / "data")
+    args = SINUSOID if case.startswith("sinusoid") else warm_start_run(tmp_path / "data", meta_iters=3)
     out = train(tmp_path / "auto", *args, "--set", "train.executor=auto")
     record = json.loads((tmp_path / "auto" / "summary.json").read_text())["executor_auto"]
     times = record["seconds_per_step"]
@@ -77,7 +50,7 @@ def test_auto_trains_bit_for_bit_as_the_executor_it_chose(tmp_path: Path, case: 
     assert chosen == min(times, key=times.get)
     assert f"executor auto: {chosen} (per meta-step: loop " in out.splitlines()[1]
     train(tmp_path / "named", *args, "--set", f"train.executor={chosen}")
-    assert_same_tensors(saved(tmp_path / "auto"), saved(tmp_path / "named"))
+    assert_bitwise_equal(saved(tmp_path / "auto"), saved(tmp_path / "named"))
     rows = [(tmp_path / r / "metrics.jsonl").read_text().splitlines() for r in ("auto", "named")]
     losses = [[json.loads(line)["query_loss"] for line in r] for r in rows]
     assert losses[0] == losses[1] and len(losses[0]) == 3
