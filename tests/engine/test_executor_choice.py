@@ -80,10 +80,10 @@ def test_vmap_that_would_not_fit_is_not_tried(monkeypatch: pytest.MonkeyPatch) -
     step = executor_choice.run_step
     monkeypatch.setattr(executor_choice, "free_bytes", lambda device: 1024)
     monkeypatch.setattr(executor_choice, "run_step", lambda p, m, t, e: (tried.append(e), step(p, m, t, e)))
-    choice = executor_choice.measure_executors(sinusoid_parts(8), 8, repeats=2)
+    choice = executor_choice.measure_executors(sinusoid_parts(8), 8, repeats=3)
     assert choice.chosen == "loop" and set(choice.seconds) == {"loop"}
     assert choice.skipped["vmap"].startswith("needs about") and "MB free" in choice.skipped["vmap"]
-    assert "vmap" not in tried and tried.count("loop") == 3  # a warm-up and two timed steps
+    assert "vmap" not in tried and tried.count("loop") == 4  # a warm-up and three timed steps
     assert "vmap not tried: needs about" in choice.line()
 
 
@@ -131,3 +131,11 @@ def test_ranks_agree_on_the_slowest_times_and_on_what_was_left_out() -> None:
     assert theirs_only == ({"loop": 2.0}, {"vmap": "not tried on another rank"})
     mine = executor_choice.slowest_rank(other_rank([0.5, 0.2]), {"loop": 1.0}, {"vmap": "out of memory"})
     assert mine == ({"loop": 1.0}, {"vmap": "out of memory"})
+
+
+def test_the_median_step_decides_not_a_lucky_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vmap's one fast step among slow ones (a shared machine) must not win it the choice."""
+    scripted = {"loop": iter([1.0, 1.1, 0.9]), "vmap": iter([0.2, 2.0, 2.1])}
+    monkeypatch.setattr(executor_choice, "step_seconds", lambda p, m, t, e: next(scripted[e]))
+    choice = executor_choice.measure_executors(sinusoid_parts(4), 4, repeats=3)
+    assert choice.seconds == {"loop": 1.0, "vmap": 2.0} and choice.chosen == "loop"
