@@ -11,6 +11,10 @@ steps and outer Adam:
 - ``metacli loop`` / ``metacli vmap``: ``algorithm.meta_step`` (:mod:`metacli.engine.executors`) and
   :func:`~metacli.engine.episodic.outer_update` on a :class:`~metacli.engine.episodic.TrainState`, the
   parts built from the ``--algo maml`` preset as :func:`metacli.engine.build_episodic` does;
+- ``metacli auto``: metacli's default, ``train.executor: auto``: the executor chosen by
+  :func:`metacli.engine.executor_choice.measure_executors` on the case's parts when the contender is made
+  (outside the clock, as a run measures once before it trains), then stepped like the two above; its row
+  names the choice and the times it measured;
 - the peers of :mod:`benchmarks.peers`: a plain per-task ``torch.autograd.grad(create_graph=True)`` loop,
   ``higher.innerloop_ctx`` and ``torchopt.MetaSGD``, on a copy of metacli's network whose batch norm is
   ``nn.BatchNorm2d(track_running_stats=False)`` (PyTorch's fused kernel) and whose blocks run activation ->
@@ -23,8 +27,11 @@ Cases (MAML second order, presets of :mod:`metacli.spec`; images are synthetic u
   meta-batch 32 (the real Vinyals train split when ``--data-root``, ``$METACLI_DATA`` or
   ``../shared/data`` beside the repository holds the archives, else synthetic, saying why; always
   synthetic with ``--quick``);
+- ``omniglot-5q`` / ``omniglot-15q``: the same with 5 and 15 queries per class (15: the usual setting,
+  where ``vmap`` loses to the loop on the CPU);
 - ``mini-5w1s`` / ``mini-5w5s``: Conv4-32 max-pool, 84x84x3, 15 queries per class, 5 inner steps,
   alpha 0.05, meta-gradient clamp 10, meta-batch 4 (no miniImageNet images offline);
+- ``mini-5w1s-1q``: mini-5w1s with 1 query per class (the small-step end of the miniImageNet shapes);
 - ``resnet12``: ResNet-12 (``--resnet-widths``, default 64-160-320-640) on the mini-5w1s tasks; by default
   meta-batch 1 and 1 inner step (``--resnet-meta-batch``, ``--resnet-inner-steps``; the preset's 4 and 5
   are unaffordable on a CPU), which the table states;
@@ -103,6 +110,7 @@ from metacli.engine.data.images import ClassImages, FewShotImages
 from metacli.engine.data.miniimagenet import SIDE, SPLIT_CLASSES
 from metacli.engine.data.omniglot import DRAWERS
 from metacli.engine.episodic import TrainState, outer_update
+from metacli.engine.executor_choice import measure_executors
 from metacli.engine.executors import EXECUTORS
 from metacli.engine.functional import Learner
 from metacli.engine.memory import peak_bytes
@@ -112,11 +120,22 @@ from metacli.engine.online_fast import StreamGram
 from metacli.engine.types import Batch, OnlineStream, Params, Task
 from metacli.spec import RunSpec, deep_update, load_spec, preset, validate
 
-MAML_CASES = ("sinusoid", "omniglot", "mini-5w1s", "mini-5w5s", "resnet12")
+QUERY_CASES = {"omniglot-5q": 5, "omniglot-15q": 15, "mini-5w1s-1q": 1}
+"""Cases that are another case with its queries per class changed (the name up to the last ``-``)."""
+MAML_CASES = (
+    "sinusoid",
+    "omniglot",
+    *list(QUERY_CASES)[:2],
+    "mini-5w1s",
+    "mini-5w1s-1q",
+    "mini-5w5s",
+    "resnet12",
+)
 ONLINE_CASES = ("moml", "ltm")
 CASES = MAML_CASES + ONLINE_CASES
 REFERENCE = "metacli loop"
-METACLI = tuple(f"metacli {ex}" for ex in EXECUTORS)
+AUTO = "metacli auto"
+METACLI = (*(f"metacli {ex}" for ex in EXECUTORS), AUTO)
 RESNET_WIDTHS = (64, 160, 320, 640)
 QUICK_RESNET_WIDTHS = (4, 8, 8, 8)
 QUICK_SIDE = 32
@@ -165,6 +184,8 @@ class MAMLCase(NamedTuple):
 
 def case_spec(name: str, sizes: Sizes) -> RunSpec:
     """The ``--algo maml`` preset of the case's dataset with the case's (and ``--quick``'s) changes."""
+    queries = QUERY_CASES.get(name)
+    name = name.rsplit("-", 1)[0] if queries is not None else name
     dataset = "miniimagenet" if name.startswith("mini") or name == "resnet12" else name
     data = deep_update(preset("maml", dataset), {"threads": None})  # --threads decides, not the preset
     if name == "mini-5w5s":
@@ -180,6 +201,8 @@ def case_spec(name: str, sizes: Sizes) -> RunSpec:
             quick["train"]["meta_batch"] = sizes.resnet_meta_batch
             quick["algorithm"]["inner_steps"] = sizes.resnet_inner_steps
         deep_update(data, quick)
+    if queries is not None:  # after --quick's, which sets its own
+        deep_update(data, {"data": {"queries": queries}})
     return validate(data, f"benchmark case {name}")
 
 
@@ -227,7 +250,7 @@ def maml_case(name: str, sizes: Sizes, device: torch.device, root: Path | None =
         parts = build_episodic(spec.algorithm, spec.model, spec.data, settings)
         images = "sampled sine tasks"
     else:
-        if name == "omniglot" and root is not None and not sizes.quick:
+        if name.startswith("omniglot") and root is not None and not sizes.quick:
             data, _, images = omniglot_data(spec, device, root)
         else:
             data, images = synthetic_images(spec, sizes.quick, device)
@@ -262,6 +285,14 @@ class MetacliContender:
         outer_update(self.state, self.algo.meta_step(self.state.meta, self.tasks, self.executor).grads)
 
 
+class AutoContender(MetacliContender):
+    """``train.executor: auto``: measured once on the case's parts, then the chosen executor's steps."""
+
+    def __init__(self, parts: EpisodicParts, tasks: Task) -> None:
+        self.choice = measure_executors(parts, int(tasks.query.x.shape[0]))
+        super().__init__(parts, tasks, self.choice.chosen)
+
+
 def cast_case(case: MAMLCase, dtype: torch.dtype) -> tuple[EpisodicParts, Task]:
     """The case's parts and tasks in ``dtype`` (a copy of the network; labels stay integers)."""
     if dtype == case.parts.dtype:
@@ -279,6 +310,8 @@ def cast_case(case: MAMLCase, dtype: torch.dtype) -> tuple[EpisodicParts, Task]:
 
 def make_contender(name: str, parts: EpisodicParts, tasks: Task) -> Contender:
     """A fresh contender from the initial parameters of ``parts``."""
+    if name == AUTO:
+        return AutoContender(parts, tasks)
     if name in METACLI:
         return MetacliContender(parts, tasks, name.removeprefix("metacli "))
     cfg = parts.algorithm.cfg
@@ -356,6 +389,12 @@ def grad_check(case: MAMLCase, names: Sequence[str]) -> dict[str, dict[str, Any]
     return {REFERENCE: out.pop(REFERENCE), **out}
 
 
+def auto_text(contender: AutoContender) -> str:
+    """What ``auto`` chose, from which measured times (ms per meta-gradient)."""
+    timed = ", ".join(f"{n} {1e3 * t:.1f}" for n, t in contender.choice.seconds.items())
+    return f"chose {contender.choice.chosen} ({timed} ms)"
+
+
 def check_text(check: dict[str, Any]) -> str:
     """The table cell of one agreement check."""
     dev = check["float32"]
@@ -386,8 +425,8 @@ def maml_rows(case: MAMLCase, names: Sequence[str], repeats: int, device: torch.
     """Agreement check, then time and peak memory of the contenders that agree."""
     check = grad_check(case, names)
     parts, tasks = case.parts, case.tasks
-    fns = {n: make_contender(n, parts, tasks).step for n in check if check[n]["ok"]}
-    times, peaks = time_contenders(fns, repeats, device)
+    contenders = {n: make_contender(n, parts, tasks) for n in check if check[n]["ok"]}
+    times, peaks = time_contenders({n: c.step for n, c in contenders.items()}, repeats, device)
     n_tasks = tasks.query.x.shape[0]
     rates = {n: n_tasks / statistics.median(t) for n, t in times.items()}
     peer_rates = [r for n, r in rates.items() if n not in METACLI]
@@ -402,6 +441,12 @@ def maml_rows(case: MAMLCase, names: Sequence[str], repeats: int, device: torch.
                 "x_fastest_peer": rates[name] / best_peer if best_peer else None,
                 "peak_bytes": peaks[name],
                 "step_seconds": times[name],
+            }
+        contender = contenders.get(name)
+        if isinstance(contender, AutoContender):
+            row |= {
+                "auto": contender.choice.record(),
+                "check_text": f"{row['check_text']}; {auto_text(contender)}",
             }
         rows.append(row)
     return {"case": case.name, "label": case.label, "images": case.images, "B": n_tasks, "rows": rows}
@@ -555,9 +600,9 @@ def run_case(
     if name in ONLINE_CASES:
         out = online_rows(name, sizes, args.repeats, device)
     else:
-        root = data_root(args.data_root) if name == "omniglot" else None
-        if name == "omniglot" and root is None and not sizes.quick:
-            print(f"  omniglot: {NO_DATA}", flush=True)  # skipped real data, with the reason
+        root = data_root(args.data_root) if name.startswith("omniglot") else None
+        if name.startswith("omniglot") and root is None and not sizes.quick:
+            print(f"  {name}: {NO_DATA}", flush=True)  # skipped real data, with the reason
         out = maml_rows(maml_case(name, sizes, device, root), [*METACLI[1:], *peers], args.repeats, device)
     for r in out["rows"]:
         rate = f"{r['tasks_per_s']:.2f} tasks/s" if "tasks_per_s" in r else "not timed"

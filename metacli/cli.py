@@ -74,7 +74,8 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn errors into one clear paragraph and an exit code, without a traceback unless ``--debug``.
 
     :class:`MetacliError`: its message and its exit code (2 usage, 1 run failure, 130 interrupted).
-    Any other exception is a bug: its type and message, how to see the traceback, exit code 1.
+    Any other exception is a bug: its type and message, how to see the traceback, exit code 1. Messages are
+    printed as text: they carry paths and torch's own words, whose ``[brackets]`` rich would read as markup.
     """
 
     @functools.wraps(fn)

@@ -60,7 +60,8 @@ class TrainSettings(BaseModel):
     """Number of meta-steps (outer iterations)."""
     executor: Literal["auto", "loop", "vmap"] = "auto"
     """How the meta-batch is processed: a per-task loop (low memory) or torch.func.vmap over tasks; auto
-    chooses from the device, the input size and the meta-batch (README, "Threads and executors")."""
+    times a few meta-steps of each on the run's own tasks and device when the run starts and takes the faster
+    (README, "Threads and executors")."""
     log_every: Count = 100
     """Meta-steps between metric lines (and TensorBoard points)."""
     checkpoint_every: Count = 1000

@@ -249,6 +249,14 @@ def test_resume_and_evaluate_of_a_missing_run(tmp_path: Path) -> None:
     assert code == 2 and "spec.yaml" in out
 
 
+def test_a_message_with_brackets_is_printed_as_written(tmp_path: Path) -> None:
+    """Paths and torch's own messages carry ``[...]`` (gloo's ``[/src/pair.cc:537]``), which rich would read
+    as markup: a closing tag ends the program in a MarkupError instead of the message."""
+    missing = tmp_path / "[/x]" / "[bold]run"
+    code, out = invoke("train", "--resume", str(missing))
+    assert code == 2 and f"--resume {missing}: no such run directory" in " ".join(out.split())
+
+
 def test_unavailable_cuda_is_a_clear_error(tmp_path: Path) -> None:
     import torch
 

@@ -100,20 +100,27 @@ def test_a_two_rank_run_resumed_with_one_rank_continues_as_one_process(tmp_path:
     assert_one_writer(tmp_path / "split", 4, launches=2)
 
 
+def warm_start_run(data: Path, meta_iters: int) -> list[str]:
+    """``metacli train`` arguments of a tiny float64 miniImageNet run (its fixture written under ``data``) of
+    the memory-reduced method with warm starts: per-task state carried from one step to the next."""
+    fx = write_fixture(data, per_class=8)
+    return [
+        "--algo", "memory_reduced", "--dataset", "miniimagenet", "--data-root", str(fx.root),
+        "--set", "dtype=float64", "--set", "data.ways=3", "--set", "data.queries=2",
+        "--set", "model.filters=4", "--set", "algorithm.inner_steps=3", "--set", "algorithm.warm_start=true",
+        "--set", "algorithm.cg_steps=3", "--set", "train.meta_batch=3",
+        "--set", f"train.meta_iters={meta_iters}", "--set", "train.log_every=1",
+        "--set", "train.val_every=0", "--set", "eval.tasks=2", "-q",
+    ]  # fmt: skip
+
+
 def test_warm_start_slots_are_shared_out_and_gathered(tmp_path: Path) -> None:
     """The memory-reduced method's per-slot warm starts: each rank updates its share, all ranks hold all.
 
     3 CG steps: run on to its default 20 on this small, ill-conditioned head, CG keeps iterating on round-off
     and the reduction order of 2 ranks (1e-17) grows to visible differences in v.
     """
-    fx = write_fixture(tmp_path / "data", per_class=8)
-    args = [
-        "--algo", "memory_reduced", "--dataset", "miniimagenet", "--data-root", str(fx.root),
-        "--set", "dtype=float64", "--set", "data.ways=3", "--set", "data.queries=2",
-        "--set", "model.filters=4", "--set", "algorithm.inner_steps=3", "--set", "algorithm.warm_start=true",
-        "--set", "algorithm.cg_steps=3", "--set", "train.meta_batch=3", "--set", "train.meta_iters=2",
-        "--set", "train.log_every=1", "--set", "train.val_every=0", "--set", "eval.tasks=2", "-q",
-    ]  # fmt: skip
+    args = warm_start_run(tmp_path / "data", meta_iters=2)
     launch(tmp_path, 2, *args, "--out", "two")
     launch(tmp_path, 1, *args, "--out", "one")
     two, one = checkpoint(tmp_path / "two")["state"], checkpoint(tmp_path / "one")["state"]

@@ -1,7 +1,9 @@
-"""What stops a training loop early: a non-finite value (:class:`Diverged`) or a signal (:class:`Stopped`).
+"""What stops a training loop early: a non-finite value (:class:`Diverged`), a signal (:class:`Stopped`), or
+a lost process of a data-parallel group (:class:`PeerLost`).
 
-Both loops (episodic and online) raise these at a step or round boundary, before anything of the bad step
-is checkpointed; the run layer turns them into the user's message and exit code.
+Both loops (episodic and online) raise the first two at a step or round boundary, before anything of the bad
+step is checkpointed; :class:`PeerLost` comes out of a collective mid-step, which is also before the step's
+checkpoint. The run layer turns each into the user's message and exit code.
 """
 
 from __future__ import annotations
@@ -30,6 +32,18 @@ class Stopped(Exception):
     def __init__(self, step: int) -> None:
         super().__init__(f"stopped after step {step}")
         self.step = step
+
+
+class PeerLost(Exception):
+    """A collective of a data-parallel group failed: another process died or did not answer in time.
+
+    ``detail`` is the first line of torch's own error (gloo's or NCCL's), which names the peer's address
+    or the timeout; the rest of that message is advice about torch's internals, not the user's run.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"another process of this torchrun launch died or stopped answering ({detail})")
+        self.detail = detail
 
 
 def all_finite(tensors: Iterable[Tensor]) -> bool:

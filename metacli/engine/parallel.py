@@ -14,13 +14,16 @@ this module only uses it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import re
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from metacli.engine.executors import Carry, task_at
+from metacli.engine.guards import PeerLost
 from metacli.engine.types import StepResult, Task
 
 
@@ -56,7 +59,8 @@ class DataParallel:
             ]
         )
         flat = flat * (n_local / n_total)
-        dist.all_reduce(flat)
+        with peers_answer():
+            dist.all_reduce(flat)
         grads, offset = {}, 0
         for k in keys:
             size = result.grads[k].numel()
@@ -71,19 +75,48 @@ class DataParallel:
         padded = local.new_zeros((stop - start, *local.shape[1:]))
         padded[: local.shape[0]] = local
         parts = [torch.empty_like(padded) for _ in range(self.world)]
-        dist.all_gather(parts, padded.contiguous())
+        with peers_answer():
+            dist.all_gather(parts, padded.contiguous())
         sizes = [stop - start for start, stop in (self.bounds(n_total, r) for r in range(self.world))]
         return torch.cat([p[:size] for p, size in zip(parts, sizes, strict=True)])
 
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on any (a stop signal seen by one rank stops all)."""
         t = torch.tensor([float(flag)], device=self._device())
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        with peers_answer():
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
+
+    def slowest(self, values: list[float]) -> list[float]:
+        """Each of ``values`` at its largest over the ranks (a step is as slow as its slowest rank)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self._device())
+        with peers_answer():
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [float(v) for v in t.tolist()]
 
     def _device(self) -> torch.device:
         backend = dist.get_backend()
         return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def peers_answer() -> Iterator[None]:
+    """Turn a failed collective into :class:`PeerLost` with the first line of torch's message.
+
+    gloo and NCCL raise a plain ``RuntimeError`` (``DistError`` in newer torch, a subclass) when a peer's
+    connection closes (its process died) or the group's timeout passes (its machine stopped answering);
+    nothing else can fail inside a collective of tensors this module shaped itself.
+    """
+    try:
+        yield
+    except RuntimeError as e:
+        raise PeerLost(collective_error_detail(str(e))) from e
+
+
+def collective_error_detail(message: str) -> str:
+    """The cause in a gloo or NCCL error: its first sentence, without the ``[file.cc:123]`` location."""
+    text = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", message.strip())
+    return text.split(". ")[0].strip().rstrip(".") or "no message"
 
 
 def over_shares(step: Callable[[Task], StepResult], tasks: Task, parallel: DataParallel | None) -> StepResult:

@@ -15,11 +15,11 @@ So ``auto`` takes:
    from ``/proc/stat`` over a quarter of a second while this process sleeps; the 1-minute load average
    where ``/proc/stat`` is absent), and at least 1.
 
-Executor. ``vmap`` batches the meta-batch into fewer, larger kernels; ``loop`` keeps one task's graph
-alive at a time. Measured on the CPU (``python -m benchmarks.bench_fewshot``): vmap is faster for MLPs
-and for small images (Omniglot 28x28: about 2x), slower for 84x84 images (miniImageNet: 0.3-0.7x). So
-``auto`` takes ``vmap`` on CUDA (launch-bound: not measured in this project yet) and on the CPU for
-inputs of at most :data:`VMAP_MAX_INPUT` values per example; ``loop`` otherwise, and always for a
+Executor. A few-shot run's ``train.executor: auto`` is decided by timing both executors on the run's
+own tasks (:mod:`metacli.engine.executor_choice`), since the faster one depends on the query count, the
+inner steps and the device as much as on the input size. :func:`choose_executor` is the input-size rule
+that remains for online runs, which record an executor but train without one: ``vmap`` on CUDA and on the
+CPU for inputs of at most :data:`VMAP_MAX_INPUT` values per example, ``loop`` otherwise and for a
 meta-batch of one task.
 """
 

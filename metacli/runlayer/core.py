@@ -8,6 +8,7 @@ that log, checkpoint atomically and poll for signals, then write summary.json.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from metacli.engine.build import EpisodicParts, OnlineParts
+from metacli.engine.executor_choice import ExecutorChoice
 from metacli.engine.parallel import DataParallel
 from metacli.errors import RunDirError, is_out_of_memory
 from metacli.progress import DataBars, Reporter
@@ -87,7 +89,9 @@ def train_run(
     spec = with_data_root(spec, data_root)
     if parallel is not None and parallel.rank != 0:
         built = build_run(spec, device, parallel=parallel)
-        return _run(built.spec, built.parts, run_dir, checkpoint=None, quiet=True)
+        return _run(
+            built.spec, built.parts, run_dir, checkpoint=None, quiet=True, choice=built.executor_choice
+        )
     with claimed_run_dir(run_dir):
         if checkpoint_path(run_dir).exists():
             raise RunDirError(
@@ -96,8 +100,12 @@ def train_run(
             )
         clear_run_files(run_dir)  # a failed start's leftovers: nothing of them can be continued
         built = build_with_bars(spec, device, quiet, parallel)
+        if built.executor_choice is not None:  # before the progress display takes the terminal
+            print(built.executor_choice.line(), file=sys.stderr, flush=True)
         atomic_write_text(run_dir / SPEC_FILE, spec_to_yaml(built.spec))
-        return _run(built.spec, built.parts, run_dir, checkpoint=None, quiet=quiet)
+        return _run(
+            built.spec, built.parts, run_dir, checkpoint=None, quiet=quiet, choice=built.executor_choice
+        )
 
 
 def resume_run(
@@ -153,6 +161,7 @@ def _run(
     run_dir: Path,
     checkpoint: dict[str, Any] | None,
     quiet: bool,
+    choice: ExecutorChoice | None = None,
 ) -> dict[str, Any]:
     generators = {"run": parts.generator}
     try:
@@ -191,7 +200,7 @@ def _run(
     try:
         with (
             Reporter(name, job.total, done=job.done, quiet=quiet, unit=job.unit, silent=not writer) as rep,
-            guarded_training(run_dir, job.total, job.unit, lambda: last_saved[0]) as stop_signal,
+            guarded_training(run_dir, job.total, job.unit, lambda: last_saved[0], writer) as stop_signal,
         ):
             parallel = parts.parallel
             # every rank stops at the same boundary, whichever of them saw the signal
@@ -201,6 +210,8 @@ def _run(
         if run_logger is not None:
             run_logger.close()
     summary = _summary(spec, parts, job, time.perf_counter() - t0, wall_offset)
+    if choice is not None:
+        summary["executor_auto"] = choice.record()
     if writer:
         write_json(run_dir / SUMMARY_FILE, summary)
     return summary

@@ -4,6 +4,11 @@
 ``LOCAL_RANK`` and a rendezvous in the environment. A single run then trains data-parallel
 (:mod:`metacli.engine.parallel`): NCCL between GPUs (one per process, ``cuda:LOCAL_RANK``), gloo between
 CPU processes. A grid spreads its points over the ranks instead, each rank training whole points alone.
+
+A process that dies closes its connections, and the others' next collective fails at once; a machine that
+stops answering (powered off, cut off) closes nothing, so the others wait in their collective until the
+group's timeout, :data:`TIMEOUT_ENV` seconds (default :data:`DEFAULT_TIMEOUT_S`). Either way the run
+stops with exit 1 and the last checkpoint (:class:`metacli.engine.guards.PeerLost`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 from metacli.errors import SpecError
+
+TIMEOUT_ENV = "METACLI_DIST_TIMEOUT"
+"""Seconds a process waits for the others in one collective (and to join the group) before it gives up."""
+
+DEFAULT_TIMEOUT_S = 1800.0
+"""Thirty minutes: longer than any wait between two collectives of a healthy run (rank 0 writing a
+checkpoint, a slow rank decoding its data at the start), short enough not to hold a cluster for hours."""
 
 if TYPE_CHECKING:
     from metacli.engine.parallel import DataParallel
@@ -48,6 +60,24 @@ def place() -> Place:
         ) from None
 
 
+def collective_timeout() -> datetime.timedelta:
+    """The group's timeout: ``$METACLI_DIST_TIMEOUT`` seconds, or :data:`DEFAULT_TIMEOUT_S`.
+
+    Raises:
+        SpecError: the variable is set to something other than a positive number.
+    """
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise SpecError(
+            f"{TIMEOUT_ENV}={raw!r}: give a positive number of seconds, or unset it (30 minutes)."
+        )
+    return datetime.timedelta(seconds=seconds)
+
+
 @contextlib.contextmanager
 def process_group(device: str | None) -> Iterator[tuple[DataParallel | None, str | None]]:
     """The data-parallel group of a torchrun launch, for the duration of one run.
@@ -68,7 +98,7 @@ def process_group(device: str | None) -> Iterator[tuple[DataParallel | None, str
     if use_cuda:
         torch.cuda.set_device(where.local_rank)
         device = f"cuda:{where.local_rank}"
-    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=collective_timeout())
     try:
         yield DataParallel(where.rank, where.world), device
         # every rank done with its collectives before any tears the group down: a rank whose peer has

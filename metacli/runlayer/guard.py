@@ -1,4 +1,5 @@
-"""Signals and divergence during training, turned into clean exits with a checkpoint and a next step."""
+"""Signals, divergence and lost peers during training, turned into clean exits with a checkpoint and a next
+step."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from metacli.engine.guards import Diverged, Stopped
+from metacli.engine.guards import Diverged, PeerLost, Stopped
 from metacli.errors import OUT_OF_MEMORY, Interrupted, RunFailure, is_out_of_memory, os_problem
 from metacli.runs import SPEC_FILE, checkpoint_path
 
@@ -45,19 +46,24 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
 
 @contextlib.contextmanager
 def guarded_training(
-    run_dir: Path, total: int, unit: str, last_saved: Callable[[], int | None]
+    run_dir: Path, total: int, unit: str, last_saved: Callable[[], int | None], writer: bool = True
 ) -> Iterator[Callable[[], bool]]:
     """The training loop of either protocol, with signals and divergence turned into clear exits.
 
     Yields the ``stop_requested`` poll of :func:`stop_on_signals`. :class:`Stopped` becomes
     :class:`Interrupted` (exit 130, the resume command); :class:`Diverged` becomes :class:`RunFailure`
-    (exit 1) naming the ``unit`` (step or round) and ``last_saved()``, the last checkpoint on disk.
+    (exit 1) naming the ``unit`` (step or round) and ``last_saved()``, the last checkpoint on disk;
+    so does :class:`PeerLost` (another process of a torchrun launch died or stopped answering), where a
+    rank that is not the ``writer`` names rank 0's checkpoint instead, which it cannot see being written.
     """
     try:
         with stop_on_signals() as stop_requested:
             yield stop_requested
     except Diverged as e:
         raise RunFailure(diverged_message(run_dir, e, last_saved(), unit)) from None
+    except PeerLost as e:  # the other ranks cannot finish the step without it: stop, keep the checkpoint
+        kept = kept_message(run_dir, last_saved(), unit) if writer else writers_checkpoint(run_dir)
+        raise RunFailure(f"the run stopped: {e}. {kept}") from None
     except OSError as e:  # a full disk, a folder made read-only, a lost mount: the machine, not the run
         raise RunFailure(
             f"the run stopped: {os_problem(e)} {kept_message(run_dir, last_saved(), unit)}"
@@ -82,6 +88,14 @@ def kept_message(run_dir: Path, saved_step: int | None, unit: str) -> str:
     return (
         f"{checkpoint_path(run_dir)} ({unit} {saved_step}) is kept: continue with "
         f"'metacli train --resume {run_dir}'."
+    )
+
+
+def writers_checkpoint(run_dir: Path) -> str:
+    """Where a rank other than 0 finds the run's last checkpoint: rank 0 writes it, on rank 0's machine."""
+    return (
+        f"Rank 0 writes this run's checkpoints, to {checkpoint_path(run_dir)} on its machine: continue from "
+        f"the last one with 'metacli train --resume {run_dir}' there (any number of processes)."
     )
 
 

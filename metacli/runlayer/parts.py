@@ -2,8 +2,9 @@
 
 The engine never sees a :class:`~metacli.spec.RunSpec`: this module hands it the spec's typed sections
 and a :class:`~metacli.engine.BuildSettings`, then makes the choices a spec may leave ``auto`` (the device,
-CPU threads from the network's size, the executor from the device, input size and meta-batch) and returns
-the spec with them filled in, as the run directory's spec.yaml records it.
+CPU threads from the network's size; a few-shot run's executor by timing a few meta-steps of each,
+:mod:`metacli.engine.executor_choice`) and returns the spec with them filled in, as the run directory's
+spec.yaml records it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from metacli.engine.build import BuildSettings, EpisodicParts, OnlineParts, build_episodic, build_online
 from metacli.engine.episodic import LoopSettings
+from metacli.engine.executor_choice import ExecutorChoice, measure_executors
 from metacli.engine.parallel import DataParallel
 from metacli.engine.policy import choose_executor, choose_threads
 from metacli.engine.types import EpisodicConfig, OpenProgress
@@ -27,6 +29,8 @@ class Built(NamedTuple):
 
     parts: EpisodicParts | OnlineParts
     spec: RunSpec
+    executor_choice: ExecutorChoice | None = None
+    """What ``train.executor: auto`` measured (None: the spec named its executor, or an online run)."""
 
 
 def build_settings(
@@ -62,7 +66,12 @@ def build_run(
     spec = resolve_auto(spec, parts)
     if isinstance(spec.threads, int):
         torch.set_num_threads(spec.threads)
-    return Built(parts, spec)
+    choice = None
+    if isinstance(parts, EpisodicParts) and spec.train.executor == "auto":
+        # after the threads are set: the executors are timed as the run will run them
+        choice = measure_executors(parts, spec.train.meta_batch)
+        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"executor": choice.chosen})})
+    return Built(parts, spec, choice)
 
 
 def build_episodic_run(spec: RunSpec, device: str | None = None) -> EpisodicParts:
@@ -74,19 +83,16 @@ def build_episodic_run(spec: RunSpec, device: str | None = None) -> EpisodicPart
 
 
 def resolve_auto(spec: RunSpec, parts: EpisodicParts | OnlineParts) -> RunSpec:
-    """``spec`` with ``device: auto``, ``threads: auto`` and ``train.executor: auto`` replaced by the chosen
-    values (the device a data-parallel run's ranks share by its type: ``cuda``, not rank 0's ``cuda:0``)."""
+    """``spec`` with ``device: auto`` and ``threads: auto`` replaced by the chosen values (the device a
+    data-parallel run's ranks share by its type: ``cuda``, not rank 0's ``cuda:0``), and an online run's
+    ``train.executor: auto`` by the input-size rule (a few-shot run's is measured in :func:`build_run`)."""
     update: dict[str, Any] = {}
     if spec.device == "auto":
         update["device"] = parts.device.type if parts.parallel is not None else str(parts.device)
     if spec.threads == "auto":
         update["threads"] = choose_threads(sum(p.numel() for p in parts.learner.init_params().values()))
-    if spec.train.executor == "auto":
-        in_shape = (
-            parts.dataset.in_shape
-            if isinstance(parts, EpisodicParts)
-            else tuple(parts.stream.train.x.shape[2:])
-        )
+    if spec.train.executor == "auto" and isinstance(parts, OnlineParts):
+        in_shape = tuple(parts.stream.train.x.shape[2:])
         executor = choose_executor(parts.device, in_shape, spec.train.meta_batch)
         update["train"] = spec.train.model_copy(update={"executor": executor})
     return spec.model_copy(update=update) if update else spec

@@ -1,4 +1,7 @@
-"""``threads: auto`` and ``train.executor: auto``: the rules, and that a run records what they chose."""
+"""``threads: auto`` and ``train.executor: auto``: the rules, and that a run records what they chose.
+
+The executor's measurement itself: ``tests/engine/test_executor_choice.py``.
+"""
 
 from __future__ import annotations
 
@@ -77,11 +80,12 @@ def test_executor_rule(device: torch.device, shape: tuple[int, ...], batch: int,
 
 def test_build_resolves_auto_and_keeps_explicit_choices() -> None:
     spec, _ = load_spec(algo="maml", dataset="sinusoid", overrides=["threads=auto", "train.executor=auto"])
-    resolved = build_run(spec, device="cpu").spec
-    assert resolved is not None and resolved.threads == 1 and resolved.train.executor == "vmap"
+    built = build_run(spec, device="cpu")
+    assert built.executor_choice is not None  # measured: tests/engine/test_executor_choice.py
+    assert built.spec.threads == 1 and built.spec.train.executor == built.executor_choice.chosen
     spec, _ = load_spec(algo="maml", dataset="sinusoid", overrides=["threads=2", "train.executor=loop"])
-    resolved = build_run(spec, device="cpu").spec
-    assert resolved is not None and resolved.threads == 2 and resolved.train.executor == "loop"
+    built = build_run(spec, device="cpu")
+    assert built.spec.threads == 2 and built.spec.train.executor == "loop" and built.executor_choice is None
     torch.set_num_threads(1)
 
 
@@ -92,9 +96,10 @@ def test_run_directory_records_the_chosen_values(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     written = yaml.safe_load((run / "spec.yaml").read_text())
-    assert written["threads"] == 1 and written["train"]["executor"] == "vmap"  # no "auto" left to re-resolve
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["threads"] == 1 and summary["executor"] == "vmap"
+    chosen = summary["executor_auto"]["chosen"]
+    assert written["threads"] == 1 and written["train"]["executor"] == chosen  # no "auto" left to re-resolve
+    assert summary["threads"] == 1 and summary["executor"] == chosen
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "many"])
