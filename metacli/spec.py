@@ -252,6 +252,17 @@ class RunSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _remat_runs_in_the_loop(self) -> RunSpec:
+        """Refuse ``algorithm.remat`` with the vmap executor: torch.func cannot differentiate through the
+        saved-tensor hooks that gradient checkpointing is made of."""
+        if getattr(self.algorithm, "remat", False) and self.train.executor == "vmap":
+            raise ValueError(
+                "algorithm.remat recomputes the inner steps by gradient checkpointing, which torch.func's "
+                "vmap does not support; set train.executor: loop (or auto, which picks loop with remat)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _fits_in_memory(self) -> RunSpec:
         """Refuse a network the data cannot feed, or tensors beyond MAX_ELEMENTS (:func:`oversized`)."""
         problem = oversized(self)

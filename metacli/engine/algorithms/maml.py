@@ -59,6 +59,7 @@ from metacli.engine.functional import Learner, accuracy, clamp_elements
 from metacli.engine.inner import descend, extra_metrics, split_meta
 from metacli.engine.parallel import DataParallel, over_shares
 from metacli.engine.types import Batch, Params, StepResult, Task
+from metacli.errors import SpecError
 
 __all__ = [
     "MAML",
@@ -128,7 +129,7 @@ class MAML:
         theta, extras = split_meta(meta)
         loss_at = functools.partial(_support_loss, self.learner, support)
         rule = self.rule.step_rule(extras)
-        return descend(loss_at, theta, steps, rule, create_graph, self.rule.adapted)
+        return descend(loss_at, theta, steps, rule, create_graph, self.rule.adapted, self.cfg.remat)
 
     def task_loss(self, meta: Params, task: Task) -> tuple[Tensor, dict[str, Tensor]]:
         """Query loss after ``inner_steps`` of adaptation on the support, and aux scalars.
@@ -153,10 +154,13 @@ class MAML:
         Args:
             meta: meta-parameters from :meth:`init_meta`.
             tasks: B tasks stacked on a leading axis.
-            executor: ``"loop"`` or ``"vmap"`` (see :mod:`metacli.engine.executors`).
+            executor: ``"loop"`` or ``"vmap"`` (see :mod:`metacli.engine.executors`); ``"loop"`` only with
+                ``remat`` (SpecError otherwise).
             parallel: data-parallel ranks: this one computes its share of the tasks, and the mean over all
                 of them is combined before the clamp (which is not linear).
         """
+        if self.cfg.remat and executor == "vmap":
+            raise SpecError("algorithm.remat runs with the loop executor only (torch.func cannot vmap it)")
         result = over_shares(
             lambda share: meta_gradient(self.task_loss, meta, share, cast(Executor, executor)),
             tasks,
