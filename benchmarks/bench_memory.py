@@ -19,7 +19,8 @@ versions, every number) goes to ``benchmarks/results/memory_<device>.json``.
 
 ``maml_remat`` is MAML with ``algorithm.remat: true`` (issue 25): the same exact meta-gradient, each inner
 step recomputed in the backward pass. Below the table: its peak over the memory-reduced method's at the
-largest K (target 1.5x) and its time over plain MAML's at every K (target 2x).
+largest K (target 1.5x) and its time over plain MAML's at every K (target 2x), then what one exact inner
+step needs on one task's support set (a gradient, and a Hessian-vector product: remat's floor).
 
 The paper measured 32 tasks per iteration on a GPU with its own code, whose ANIL and ITD-BiO re-run the
 backbone with a graph at every inner step (yangxiaolin9527/RM-MetaL). metacli's ITD-BiO computes the
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from benchmarks.bench_fewshot import RESULTS, environment, random_uint8
 from benchmarks.timing import median_seconds
@@ -45,6 +47,7 @@ from metacli.engine import memory
 from metacli.engine.build import BuildSettings, episodic_parts
 from metacli.engine.data.images import ClassImages, FewShotImages
 from metacli.engine.episodic import TrainState, meta_train_step
+from metacli.engine.executors import task_at
 from metacli.runlayer.parts import loop_settings
 from metacli.spec import RunSpec, deep_update, preset, validate
 
@@ -112,6 +115,36 @@ def measure(
     # median_seconds warms up once more: the first step after the profiler pays for its teardown
     seconds = median_seconds(lambda: meta_train_step(parts, loop, state, tasks, False), repeats, device)
     return peak, seconds
+
+
+def support_floor(shape: str, device: torch.device) -> dict[str, int]:
+    """Peak bytes of a plain gradient and of one Hessian-vector product of one task's support loss.
+
+    The HVP is reverse-over-reverse, what every exact second-order step computes (remat's backward once per
+    step): the least memory an exact meta-gradient can peak at, whatever it keeps across steps.
+    """
+    spec = spec_for("maml", shape, 1, 1)
+    data = synthetic(spec, SHAPES[shape][0], device)
+    parts = episodic_parts(
+        spec.algorithm, spec.model, data, BuildSettings(seed=spec.seed, device=str(device))
+    )
+    support = task_at(data.sample("train", 1, parts.generator, device), 0).support
+    theta = {k: v.detach() for k, v in parts.learner.init_params().items()}
+    direction = [torch.ones_like(v) for v in theta.values()]
+
+    def gradient(create_graph: bool) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        leaves = [v.clone().requires_grad_(True) for v in theta.values()]
+        loss = parts.learner.loss(dict(zip(theta, leaves, strict=True)), support)
+        return torch.autograd.grad(loss, leaves, create_graph=create_graph), tuple(leaves)
+
+    def hvp() -> tuple[Tensor, ...]:
+        grads, leaves = gradient(create_graph=True)
+        return torch.autograd.grad(grads, leaves, direction)
+
+    return {
+        "gradient": memory.peak_bytes(lambda: gradient(False), device),
+        "hvp": memory.peak_bytes(hvp, device),
+    }
 
 
 def table(
@@ -205,6 +238,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "environment": environment(devices[-1]),
     }
     text = table(results, seconds, args.shape)
+    if REMAT in algos:
+        out["support_floor_bytes"] = floor = {str(d): support_floor(args.shape, d) for d in devices}
+        text += "\n".join(
+            f"One task's support loss on {d}: gradient {f['gradient'] / memory.BYTES_PER_MB:.1f} MB, "
+            f"Hessian-vector product {f['hvp'] / memory.BYTES_PER_MB:.1f} MB (remat's floor)"
+            for d, f in floor.items()
+        )
     print(f"Peak memory of one meta-step (MB), {args.shape} shape, 5w5s, B={args.meta_batch}, loop executor")
     for d in devices:
         print(f"  {d}: {memory.method(d)}")

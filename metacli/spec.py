@@ -253,12 +253,12 @@ class RunSpec(BaseModel):
 
     @model_validator(mode="after")
     def _remat_runs_in_the_loop(self) -> RunSpec:
-        """Refuse ``algorithm.remat`` with the vmap executor: torch.func cannot differentiate through the
-        saved-tensor hooks that gradient checkpointing is made of."""
+        """Refuse ``algorithm.remat`` with the vmap executor: its reverse pass is an autograd.Function
+        with a backward of its own, which torch.func's vmap cannot batch."""
         if getattr(self.algorithm, "remat", False) and self.train.executor == "vmap":
             raise ValueError(
-                "algorithm.remat recomputes the inner steps by gradient checkpointing, which torch.func's "
-                "vmap does not support; set train.executor: loop (or auto, which picks loop with remat)"
+                "algorithm.remat recomputes the inner steps in a backward pass of its own, which "
+                "torch.func's vmap cannot batch; set train.executor: loop (or auto, which picks loop)"
             )
         return self
 

@@ -35,7 +35,6 @@ colon), so executors, optimisers and checkpoints handle them like any other meta
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from metacli.engine.functional import grad_and_loss
 from metacli.engine.types import Params
@@ -65,18 +63,8 @@ def descend(
     rule: StepRule,
     create_graph: bool,
     adapted: Callable[[str], bool] | None = None,
-    remat: bool = False,
 ) -> tuple[Params, Tensor | None]:
     """``steps`` steps of ``rule`` from ``theta`` on the adapted keys; the others stay at ``theta``.
-
-    With ``remat`` (and ``create_graph``) each step runs under non-reentrant gradient checkpointing: the
-    graph keeps only the step's input ``phi^k`` (and what its closure holds: theta, the extras), and the
-    backward pass recomputes the step's activations and its differentiable gradient ``g^k`` when it reaches
-    step k. The meta-gradient is the same computation in the same order, so it is equal to the unrolled
-    graph's to the last bit (tests/engine/test_remat.py); memory grows with K by one ``phi^k`` per step
-    instead of one step's whole double-backward graph. The price: a step's forward and first backward run
-    three times, not once: its own ``autograd.grad`` reads the activations checkpointing has already
-    dropped, which recomputes them inside the forward pass, and the backward pass recomputes them again.
 
     Args:
         loss_at: ``(k, phi) -> L_k(phi)``, the loss of step k (a fixed support set, or step k's
@@ -86,42 +74,22 @@ def descend(
         rule: the update of the adapted keys.
         create_graph: differentiable gradients (second order) or detached ones (first order).
         adapted: which keys move; None: all. Gradients of the others are never computed.
-        remat: recompute each step in the backward pass instead of keeping its graph (second order
-            only; a first-order step keeps no activations, so there it changes nothing).
 
     Returns:
         phi^K and the loss of step 0 (detached; None when ``steps`` is 0).
     """
     names = [k for k in theta if adapted is None or adapted(k)]
     phi, first_loss = dict(theta), None
-    recompute = remat and create_graph and torch.is_grad_enabled()
     for k in range(steps):
         fixed = {n: v for n, v in phi.items() if n not in names}
-        step = functools.partial(_inner_step, loss_at, rule, create_graph, k, fixed)
-        moving = {n: phi[n] for n in names}
-        # use_reentrant=False: the only form that passes gradients to tensors the step closes over
-        # (theta's fixed keys, the extras in ``rule``) and that allows autograd.grad inside the step
-        new, loss = checkpoint(step, moving, use_reentrant=False) if recompute else step(moving)
-        phi.update(new)
+
+        def loss_of_adapted(p: Params, k: int = k, fixed: Params = fixed) -> Tensor:
+            return loss_at(k, {**fixed, **p})
+
+        grads, loss = grad_and_loss(loss_of_adapted, {n: phi[n] for n in names}, create_graph)
+        phi.update(rule(k, {n: phi[n] for n in names}, grads))
         first_loss = loss.detach() if first_loss is None else first_loss
     return phi, first_loss
-
-
-def _inner_step(
-    loss_at: Callable[[int, Params], Tensor],
-    rule: StepRule,
-    create_graph: bool,
-    k: int,
-    fixed: Params,
-    moving: Params,
-) -> tuple[Params, Tensor]:
-    """One step of :func:`descend`: ``phi^{k+1}`` of the adapted keys, and ``L_k(phi^k)``."""
-
-    def loss_of_adapted(p: Params) -> Tensor:
-        return loss_at(k, {**fixed, **p})
-
-    grads, loss = grad_and_loss(loss_of_adapted, moving, create_graph)
-    return rule(k, moving, grads), loss
 
 
 def sgd_rule(

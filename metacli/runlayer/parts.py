@@ -85,7 +85,7 @@ def resolve_auto(spec: RunSpec, parts: EpisodicParts | OnlineParts) -> RunSpec:
             else tuple(parts.stream.train.x.shape[2:])
         )
         executor = choose_executor(parts.device, in_shape, spec.train.meta_batch)
-        # gradient checkpointing does not run under vmap (RunSpec refuses an explicit vmap with remat)
+        # remat's reverse pass does not run under vmap (RunSpec refuses an explicit vmap with remat)
         executor = "loop" if getattr(spec.algorithm, "remat", False) else executor
         update["train"] = spec.train.model_copy(update={"executor": executor})
     return spec.model_copy(update=update) if update else spec
