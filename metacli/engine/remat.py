@@ -95,6 +95,7 @@ class _RecomputedSteps(torch.autograd.Function):
         loop: _Loop = ctx.loop
         _, fixed, extras = loop.split(ctx.saved_tensors)
         phi_k = ctx.stored[-1]
+        # one cotangent per adapted key, then the step-0 loss's (non-differentiable: dropped by the zip)
         v = [
             torch.zeros_like(phi_k[n]) if c is None else c
             for n, c in zip(loop.adapted, cotangents, strict=False)

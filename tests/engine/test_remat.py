@@ -25,6 +25,7 @@ from metacli.engine.types import Batch, Params, Task
 from metacli.errors import SpecError
 from metacli.runlayer.parts import build_run
 from metacli.spec import load_spec
+from tests.engine.test_adapt_norm import conv4_tasks
 
 F64 = torch.float64
 N_TASKS, WAYS, SHOTS, QUERIES = 2, 3, 1, 2
@@ -35,15 +36,7 @@ REQUIRED = ("maml", "lslr", "metacurvature", "sparse_maml")
 
 def conv4_with_norm() -> tuple[Learner, Task]:
     """Conv4, 4 filters, batch norm, max pooling on 1x28x28 images (28 -> 14 -> 7 -> 3 -> 1), 3-way 1-shot."""
-    torch.manual_seed(0)
-    net = build_model(Conv4Config(filters=4, pool="max"), (1, 28, 28), WAYS).to(F64)
-    gen = torch.Generator().manual_seed(1)
-
-    def batch(per_class: int) -> Batch:
-        x = torch.randn(N_TASKS, WAYS * per_class, 1, 28, 28, generator=gen, dtype=F64)
-        return Batch(x, torch.arange(WAYS).repeat(per_class).repeat(N_TASKS, 1))
-
-    return Learner(net, "cross_entropy"), Task(batch(SHOTS), batch(QUERIES))
+    return conv4_tasks(Conv4Config(filters=4, pool="max"), 28, (N_TASKS, WAYS, SHOTS, QUERIES), seed=1)
 
 
 def mlp_regression() -> tuple[Learner, Task]:
