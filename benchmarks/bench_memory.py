@@ -4,6 +4,7 @@ Usage (from the repository root):
     python -m benchmarks.bench_memory                          # CIFAR-FS shape, every device found
     python -m benchmarks.bench_memory --shape mini --meta-batch 2 --steps 5 10 15 20
     python -m benchmarks.bench_memory --algorithms memory_reduced maml --quick   # seconds, a smoke run
+    python -m benchmarks.bench_memory --algorithms memory_reduced maml maml_remat --meta-batch 1
 
 For each device found (the CPU, and CUDA when present), each algorithm and each K: the algorithm's preset
 on miniImageNet (``--shape mini``: 3x84x84, Conv4-32) or on CIFAR-FS-shaped inputs (``--shape cifar``:
@@ -12,9 +13,15 @@ the memory-reduced method and ITD-BiO, all-parameter steps for MAML, head steps 
 (one task's graph at a time, gradients accumulated). One warm-up step, then the peak of one more step by
 :func:`metacli.engine.memory.peak_bytes`: on CUDA ``max_memory_allocated`` above the allocation before the
 step; on the CPU the peak of torch's tensor allocations minus frees during the step (profiler memory
-events). The table is printed in MB (10^6 bytes) with the paper's numbers beside it; the JSON (device,
+events). Then the median time of ``--repeats`` more steps (forward, meta-gradient, outer Adam). The table
+is printed in MB (10^6 bytes) with the paper's numbers beside it, and in ms per meta-step; the JSON (device,
 versions, every number) goes to ``--out``, else ``benchmarks/results/memory_<device>.json`` (``--quick``: a
 temporary folder, so a smoke run writes nothing into the repository).
+
+``maml_remat`` is MAML with ``algorithm.remat: true`` (issue 25): the same exact meta-gradient, each inner
+step recomputed in the backward pass. Below the table: its peak over the memory-reduced method's at the
+largest K (target 1.5x) and its time over plain MAML's at every K (target 2x), then what one exact inner
+step needs on one task's support set (a gradient, and a Hessian-vector product: remat's floor).
 
 The paper measured 32 tasks per iteration on a GPU with its own code, whose ANIL and ITD-BiO re-run the
 backbone with a graph at every inner step (yangxiaolin9527/RM-MetaL). metacli's ITD-BiO computes the
@@ -27,21 +34,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from benchmarks.bench_fewshot import environment, random_uint8, result_path
+from benchmarks.timing import median_seconds
 from metacli.engine import memory
 from metacli.engine.build import BuildSettings, episodic_parts
 from metacli.engine.data.images import ClassImages, FewShotImages
 from metacli.engine.episodic import TrainState, meta_train_step
+from metacli.engine.executors import task_at
 from metacli.runlayer.parts import loop_settings
 from metacli.spec import RunSpec, deep_update, preset, validate
 
-ALGORITHMS = ("memory_reduced", "itd_bio", "anil", "maml")
+ALGORITHMS = ("memory_reduced", "itd_bio", "anil", "maml", "maml_remat")
+REMAT = "maml_remat"
+"""MAML with ``algorithm.remat: true``: its exact meta-gradient with the inner steps recomputed (issue 25)."""
 SHAPES = {"cifar": (32, 64), "mini": (84, 32)}
 """Image side and Conv4 filters of each input shape (the paper: 64 filters at 32x32, 32 at 84x84)."""
 PAPER_MB = {  # Yang, Ma, Yu 2025, Figure 2: K -> MB per algorithm
@@ -63,7 +76,7 @@ PAPER_MB = {  # Yang, Ma, Yu 2025, Figure 2: K -> MB per algorithm
 def spec_for(algo: str, shape: str, steps: int, meta_batch: int) -> RunSpec:
     """The algorithm's miniImageNet preset at this input shape, 5-way 5-shot, K steps, the loop executor."""
     side, filters = SHAPES[shape]
-    data = preset(algo, "miniimagenet")
+    data = preset("maml" if algo == REMAT else algo, "miniimagenet")
     del side  # the images' side is set by the synthetic data, not the spec
     deep_update(
         data,
@@ -71,7 +84,7 @@ def spec_for(algo: str, shape: str, steps: int, meta_batch: int) -> RunSpec:
             "threads": None,
             "model": {"name": "conv4", "filters": filters, "pool": "max"},
             "data": {"shots": 5, "queries": 5},
-            "algorithm": {"inner_steps": steps},
+            "algorithm": {"inner_steps": steps, **({"remat": True} if algo == REMAT else {})},
             "train": {"meta_batch": meta_batch, "executor": "loop"},
         },
     )
@@ -84,43 +97,106 @@ def synthetic(spec: RunSpec, side: int, device: torch.device) -> FewShotImages:
     return FewShotImages(spec.data, {"train": ClassImages(images, device)})  # type: ignore[arg-type]
 
 
-def measure(algo: str, shape: str, steps: int, meta_batch: int, device: torch.device) -> int:
-    """Peak bytes of one meta-training step after a warm-up step."""
+def measure(
+    algo: str, shape: str, steps: int, meta_batch: int, device: torch.device, repeats: int
+) -> tuple[int, float]:
+    """Peak bytes of one meta-training step after a warm-up step, and the median seconds of a step.
+
+    The time is the median of ``repeats`` more steps (forward, meta-gradient, outer Adam), taken apart from
+    the measured step, whose profiler slows it.
+    """
     spec = spec_for(algo, shape, steps, meta_batch)
+    data = synthetic(spec, SHAPES[shape][0], device)
+    settings = BuildSettings(seed=spec.seed, device=str(device))
+    parts = episodic_parts(spec.algorithm, spec.model, data, settings)
+    state, loop = TrainState(parts, 2), loop_settings(spec)
+    tasks = data.sample("train", meta_batch, parts.generator, device)
+    meta_train_step(parts, loop, state, tasks, measure=False)
+    peak = meta_train_step(parts, loop, state, tasks, measure=True)[1]
+    # median_seconds warms up once more: the first step after the profiler pays for its teardown
+    seconds = median_seconds(lambda: meta_train_step(parts, loop, state, tasks, False), repeats, device)
+    return peak, seconds
+
+
+def support_floor(shape: str, device: torch.device) -> dict[str, int]:
+    """Peak bytes of a plain gradient and of one Hessian-vector product of one task's support loss.
+
+    The HVP is reverse-over-reverse, what every exact second-order step computes (remat's backward once per
+    step): the least memory an exact meta-gradient can peak at, whatever it keeps across steps.
+    """
+    spec = spec_for("maml", shape, 1, 1)
     data = synthetic(spec, SHAPES[shape][0], device)
     parts = episodic_parts(
         spec.algorithm, spec.model, data, BuildSettings(seed=spec.seed, device=str(device))
     )
-    state = TrainState(parts, 2)
-    tasks = data.sample("train", meta_batch, parts.generator, device)
-    meta_train_step(parts, loop_settings(spec), state, tasks, measure=False)
-    return meta_train_step(parts, loop_settings(spec), state, tasks, measure=True)[1]
+    support = task_at(data.sample("train", 1, parts.generator, device), 0).support
+    theta = {k: v.detach() for k, v in parts.learner.init_params().items()}
+    direction = [torch.ones_like(v) for v in theta.values()]
+
+    def gradient(create_graph: bool) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+        leaves = [v.clone().requires_grad_(True) for v in theta.values()]
+        loss = parts.learner.loss(dict(zip(theta, leaves, strict=True)), support)
+        return torch.autograd.grad(loss, leaves, create_graph=create_graph), tuple(leaves)
+
+    def hvp() -> tuple[Tensor, ...]:
+        grads, leaves = gradient(create_graph=True)
+        return torch.autograd.grad(grads, leaves, direction)
+
+    return {
+        "gradient": memory.peak_bytes(lambda: gradient(False), device),
+        "hvp": memory.peak_bytes(hvp, device),
+    }
 
 
-def table(results: dict[str, dict[str, dict[int, int]]], shape: str) -> str:
-    """Markdown: a row per K, per algorithm metacli's MB and the paper's."""
+def table(
+    results: dict[str, dict[str, dict[int, int]]], seconds: dict[str, dict[str, dict[int, float]]], shape: str
+) -> str:
+    """Markdown: a row per K, per algorithm metacli's MB (the paper's beside it) and ms per meta-step."""
     algos = list(next(iter(results.values())).keys())
+    paper = [" (paper)" if a in PAPER_MB[shape] else "" for a in algos]
+    header = (
+        ["device", "K"]
+        + [f"{a} MB{p}" for a, p in zip(algos, paper, strict=True)]
+        + [f"{a} ms" for a in algos]
+    )
     lines = []
     for device, by_algo in results.items():
-        header = ["device", "K"] + [f"{a} (paper)" for a in algos]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for k in sorted(next(iter(by_algo.values()))):
-            cells = [device, str(k)]
-            for a in algos:
-                paper = PAPER_MB[shape][a].get(k)
-                ours = by_algo[a][k] / memory.BYTES_PER_MB
-                cells.append(f"{ours:.1f} ({paper:.1f})" if paper is not None else f"{ours:.1f}")
+            cells = [device, str(k)] + [
+                mb_cell(by_algo[a][k], PAPER_MB[shape].get(a, {}).get(k)) for a in algos
+            ]
+            cells += [f"{seconds[device][a][k] * 1e3:.0f}" for a in algos]
             lines.append("| " + " | ".join(cells) + " |")
-        last = max(next(iter(by_algo.values())))
-        if "memory_reduced" in by_algo and "maml" in by_algo:
-            ratio = by_algo["maml"][last] / max(by_algo["memory_reduced"][last], 1)
-            paper = PAPER_MB[shape]["maml"].get(last, float("nan")) / PAPER_MB[shape]["memory_reduced"].get(
-                last, 1
-            )
-            lines.append(
-                f"\nMAML / memory-reduced at K = {last} on {device}: {ratio:.1f}x (paper: {paper:.1f}x)\n"
-            )
+        lines += ["", *ratios(by_algo, seconds[device], shape, device), ""]
     return "\n".join(lines)
+
+
+def mb_cell(peak: int, paper: float | None) -> str:
+    """metacli's MB, and the paper's in brackets where it has one."""
+    ours = peak / memory.BYTES_PER_MB
+    return f"{ours:.1f} ({paper:.1f})" if paper is not None else f"{ours:.1f}"
+
+
+def ratios(
+    peaks: dict[str, dict[int, int]], seconds: dict[str, dict[int, float]], shape: str, device: str
+) -> list[str]:
+    """The issue's comparisons: MAML's and remat's peak over the memory-reduced method's at the largest K,
+    and remat's time over plain MAML's at every K (targets of issue 25: 1.5x and 2x)."""
+    last, out, paper_mb = max(next(iter(peaks.values()))), [], PAPER_MB[shape]
+    if "memory_reduced" in peaks and "maml" in peaks:
+        ratio = peaks["maml"][last] / max(peaks["memory_reduced"][last], 1)
+        paper = paper_mb["maml"].get(last, math.nan) / paper_mb["memory_reduced"].get(last, math.nan)
+        out.append(f"MAML / memory-reduced at K = {last} on {device}: {ratio:.1f}x (paper: {paper:.1f}x)")
+    if "memory_reduced" in peaks and REMAT in peaks:
+        ratio = peaks[REMAT][last] / max(peaks["memory_reduced"][last], 1)
+        out.append(f"MAML remat / memory-reduced at K = {last} on {device}: {ratio:.2f}x (target: 1.5x)")
+    if "maml" in peaks and REMAT in peaks:
+        times = ", ".join(
+            f"K {k}: {seconds[REMAT][k] / seconds['maml'][k]:.2f}x" for k in sorted(peaks["maml"])
+        )
+        out.append(f"MAML remat time / MAML time on {device}: {times} (target: 2x)")
+    return out
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -132,6 +208,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--meta-batch", type=int, default=2, help="tasks per step (the loop's peak is per task)"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="timed meta-steps per cell (median)")
     parser.add_argument("--quick", action="store_true", help="K = 1, 2 and 2 algorithms: a smoke run")
     parser.add_argument(
         "--out",
@@ -149,19 +226,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     algos = args.algorithms[:2] if args.quick else args.algorithms
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     results: dict[str, dict[str, dict[int, int]]] = {}
+    seconds: dict[str, dict[str, dict[int, float]]] = {}
     for device in devices:
-        results[str(device)] = {
-            a: {k: measure(a, args.shape, k, args.meta_batch, device) for k in steps} for a in algos
+        cells = {
+            a: {k: measure(a, args.shape, k, args.meta_batch, device, args.repeats) for k in steps}
+            for a in algos
         }
+        results[str(device)] = {a: {k: c[0] for k, c in by_k.items()} for a, by_k in cells.items()}
+        seconds[str(device)] = {a: {k: c[1] for k, c in by_k.items()} for a, by_k in cells.items()}
     out = {
         "shape": args.shape,
         "meta_batch": args.meta_batch,
         "methods": {str(d): memory.method(d) for d in devices},
         "peak_bytes": results,
+        "seconds_per_step": seconds,
+        "repeats": args.repeats,
         "threads": args.threads,
         "environment": environment(devices[-1]),
     }
-    text = table(results, args.shape)
+    text = table(results, seconds, args.shape)
+    if REMAT in algos:
+        out["support_floor_bytes"] = floor = {str(d): support_floor(args.shape, d) for d in devices}
+        text += "\n".join(
+            f"One task's support loss on {d}: gradient {f['gradient'] / memory.BYTES_PER_MB:.1f} MB, "
+            f"Hessian-vector product {f['hvp'] / memory.BYTES_PER_MB:.1f} MB (remat's floor)"
+            for d, f in floor.items()
+        )
     print(f"Peak memory of one meta-step (MB), {args.shape} shape, 5w5s, B={args.meta_batch}, loop executor")
     for d in devices:
         print(f"  {d}: {memory.method(d)}")

@@ -257,6 +257,17 @@ class RunSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _remat_runs_in_the_loop(self) -> RunSpec:
+        """Refuse ``algorithm.remat`` with the vmap executor: its reverse pass is an autograd.Function
+        with a backward of its own, which torch.func's vmap cannot batch."""
+        if getattr(self.algorithm, "remat", False) and self.train.executor == "vmap":
+            raise ValueError(
+                "algorithm.remat recomputes the inner steps in a backward pass of its own, which "
+                "torch.func's vmap cannot batch; set train.executor: loop (or auto, which picks loop)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _fits_in_memory(self) -> RunSpec:
         """Refuse a network the data cannot feed, or tensors beyond MAX_ELEMENTS (:func:`oversized`)."""
         problem = oversized(self)

@@ -67,6 +67,9 @@ def build_run(
     if isinstance(spec.threads, int):
         torch.set_num_threads(spec.threads)
     choice = None
+    if spec.train.executor == "auto" and getattr(spec.algorithm, "remat", False):
+        # remat's reverse pass does not run under vmap (RunSpec refuses an explicit vmap with remat)
+        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"executor": "loop"})})
     if isinstance(parts, EpisodicParts) and spec.train.executor == "auto":
         # after the threads are set: the executors are timed as the run will run them
         choice = measure_executors(parts, spec.train.meta_batch)

@@ -113,17 +113,26 @@ def test_a_preset_adapts_its_variants_parameters(path: Path) -> None:
 WAYS, SHOTS, QUERIES, N_TASKS, STEPS = 2, 2, 3, 2, 2
 
 
-def tiny_conv4() -> tuple[Learner, Task]:
-    """Conv4 with 2 filters on 8x8 images (stride 2: 8 -> 4 -> 2 -> 1 -> 1), 2-way tasks, float64."""
+def conv4_tasks(
+    cfg: Conv4Config, side: int, shape: tuple[int, int, int, int], seed: int
+) -> tuple[Learner, Task]:
+    """Conv4 (float64, torch seed 0) on random 1 x side x side images: ``shape`` = (tasks, ways, shots,
+    queries), the tasks stacked, the labels class by class, the images drawn from ``seed``."""
+    n_tasks, ways, shots, queries = shape
     torch.manual_seed(0)
-    net = build_model(Conv4Config(filters=2, pool="stride"), (1, 8, 8), WAYS).to(F64)
-    gen = torch.Generator().manual_seed(3)
+    net = build_model(cfg, (1, side, side), ways).to(F64)
+    gen = torch.Generator().manual_seed(seed)
 
     def batch(per_class: int) -> Batch:
-        x = torch.randn(N_TASKS, WAYS * per_class, 1, 8, 8, generator=gen, dtype=F64)
-        return Batch(x, torch.arange(WAYS).repeat_interleave(per_class).repeat(N_TASKS, 1))
+        x = torch.randn(n_tasks, ways * per_class, 1, side, side, generator=gen, dtype=F64)
+        return Batch(x, torch.arange(ways).repeat_interleave(per_class).repeat(n_tasks, 1))
 
-    return Learner(net, "cross_entropy"), Task(batch(SHOTS), batch(QUERIES))
+    return Learner(net, "cross_entropy"), Task(batch(shots), batch(queries))
+
+
+def tiny_conv4() -> tuple[Learner, Task]:
+    """Conv4 with 2 filters on 8x8 images (stride 2: 8 -> 4 -> 2 -> 1 -> 1), 2-way tasks, float64."""
+    return conv4_tasks(Conv4Config(filters=2, pool="stride"), 8, (N_TASKS, WAYS, SHOTS, QUERIES), seed=3)
 
 
 def lslr_meta(cfg: LSLRConfig, learner: Learner) -> tuple[Params, Params]:

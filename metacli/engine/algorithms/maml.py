@@ -58,7 +58,9 @@ from metacli.engine.executors import Executor, meta_gradient
 from metacli.engine.functional import Learner, accuracy, clamp_elements
 from metacli.engine.inner import descend, extra_metrics, split_meta
 from metacli.engine.parallel import DataParallel, over_shares
+from metacli.engine.remat import descend_recomputed
 from metacli.engine.types import Batch, Params, StepResult, Task
+from metacli.errors import SpecError
 
 __all__ = [
     "MAML",
@@ -124,9 +126,15 @@ class MAML:
     def _inner_loop(
         self, meta: Params, support: Batch, steps: int, create_graph: bool
     ) -> tuple[Params, Tensor | None]:
-        """phi^K and the support loss at theta (pre-adaptation), None when ``steps`` is 0."""
+        """phi^K and the support loss at theta (pre-adaptation), None when ``steps`` is 0.
+
+        With ``remat`` at second order the inner steps are one node whose backward recomputes them
+        (:mod:`metacli.engine.remat`); the meta-gradient is the unrolled graph's.
+        """
         theta, extras = split_meta(meta)
         loss_at = functools.partial(_support_loss, self.learner, support)
+        if self.cfg.remat and create_graph:
+            return descend_recomputed(loss_at, theta, extras, self.rule.step_rule, steps, self.rule.adapted)
         rule = self.rule.step_rule(extras)
         return descend(loss_at, theta, steps, rule, create_graph, self.rule.adapted)
 
@@ -153,10 +161,13 @@ class MAML:
         Args:
             meta: meta-parameters from :meth:`init_meta`.
             tasks: B tasks stacked on a leading axis.
-            executor: ``"loop"`` or ``"vmap"`` (see :mod:`metacli.engine.executors`).
+            executor: ``"loop"`` or ``"vmap"`` (see :mod:`metacli.engine.executors`); ``"loop"`` only with
+                ``remat`` (SpecError otherwise).
             parallel: data-parallel ranks: this one computes its share of the tasks, and the mean over all
                 of them is combined before the clamp (which is not linear).
         """
+        if self.cfg.remat and executor == "vmap":
+            raise SpecError("algorithm.remat runs with the loop executor only (vmap cannot batch it)")
         result = over_shares(
             lambda share: meta_gradient(self.task_loss, meta, share, cast(Executor, executor)),
             tasks,

@@ -94,6 +94,14 @@ class MAMLConfig(Named):
     no scale) without adapting them, as ``adapt_norm: false`` does. No effect on a model without batch norm
     (the MLP)."""
 
+    remat: bool = False
+    """Exact second-order meta-gradient at memory flat in ``inner_steps``: keep only each inner step's fast
+    weights and recompute the step, with its differentiable inner gradient, when the backward pass reaches
+    it (a hand-written reverse pass, :mod:`metacli.engine.remat`). The same meta-gradient as the unrolled
+    graph; peak memory grows with the steps by one copy of the adapted parameters each; each inner step's
+    forward and gradient run twice instead of once. Only with the loop executor (``auto`` picks it). No
+    effect with ``first_order``, which keeps no inner graph."""
+
     def adapted(self, among: Callable[[str], bool]) -> Callable[[str], bool]:
         """The parameters of ``among`` (the variant's set) that adapt: all, or all but the batch norm's."""
         from metacli.engine import inner
