@@ -447,8 +447,9 @@ def moml_call(rounds: int, device: torch.device) -> tuple[str, Callable[[], obje
 
 def ltm_call(n_tasks: int, device: torch.device) -> tuple[str, Callable[[], object]]:
     """One batched LTM evaluation over ``n_tasks`` seen tasks, as ``run_online`` makes it."""
-    _, learner, algo = moml_parts(device)
-    stream, params = random_stream(n_tasks, device), learner.init_params()
+    stream = random_stream(n_tasks, device)
+    _, parts = moml_parts(stream, device)
+    learner, algo, params = parts.learner, parts.algorithm, parts.learner.init_params()
     cache = StreamGram(stream)
     cache.grams(torch.arange(1))  # filled once per run, at the first evaluation
     variants = list(algo.eval_variants.values())
