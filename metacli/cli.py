@@ -189,9 +189,11 @@ def train(
     from metacli.commands import describe_fields, resume_command, train_command
 
     if fields:
-        table = describe_fields(spec_file, algo, dataset, list(overrides or []))
-        table.expand = console.has_width  # piped: as wide as its content, not padded to PIPED_WIDTH
-        console.print(table)
+        console.print(
+            describe_fields(spec_file, algo, dataset, list(overrides or []), console.has_width),
+            markup=False,
+            highlight=False,
+        )
         return
 
     def announce(line: str) -> None:

@@ -337,19 +337,34 @@ def field_rows(model: Any, prefix: str = "") -> Iterator[tuple[str, str, str]]:
 
 
 def describe_fields(
-    spec_file: Path | None, algo: str | None, dataset: str | None, overrides: list[str]
+    spec_file: Path | None, algo: str | None, dataset: str | None, overrides: list[str], width: bool
 ) -> Any:
-    """A rich table of every field of the resolved spec, with its value and documentation."""
+    """Every field of the resolved spec with its value (as ``--set`` takes it) and documentation.
+
+    ``width``: the output ends lines at a width (a terminal, or $COLUMNS): a table whose documentation
+    column wraps. Else (piped) one line per field, ``path=value  # documentation``, which ``grep`` finds
+    whole and whose ``path=value`` part is a ready ``--set`` argument; a section is a ``# path: doc`` line.
+    """
     from rich.table import Table
+    from rich.text import Text
 
     from metacli.spec import load_spec
 
     spec, _ = load_spec(spec_file, overrides, algo=algo, dataset=dataset)
-    table = Table(title=f"run spec fields ({spec.algorithm.name} on {spec.data.name})", expand=True)
+    title = f"run spec fields ({spec.algorithm.name} on {spec.data.name})"
+    rows = [
+        (path, value, " ".join(doc.split()))  # the docstring's line breaks are the source's
+        for path, value, doc in field_rows(spec)
+        if path.split(".")[0] not in spec.unused_sections  # only what this protocol reads
+    ]
+    if not width:
+        lines = [f"# {title}; set any with --set PATH=VALUE or in the YAML"]
+        lines += [f"{path}={value}  # {doc}" if value else f"# {path}: {doc}" for path, value, doc in rows]
+        return Text("\n".join(lines))
+    table = Table(title=title, expand=True)
     table.add_column("field", overflow="fold", ratio=3)
     table.add_column("value", overflow="fold", ratio=2)
     table.add_column("documentation", overflow="fold", ratio=6)
-    for path, value, doc in field_rows(spec):
-        if path.split(".")[0] not in spec.unused_sections:  # only what this protocol reads
-            table.add_row(path, value, " ".join(doc.split()))  # the docstring's line breaks are the source's
+    for row in rows:
+        table.add_row(*row)
     return table

@@ -49,7 +49,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, StrMethodFormatter  # noqa: E402
 
-from metacli import runs  # noqa: E402
+from metacli import runs, tb  # noqa: E402
 from metacli.errors import RunDirError  # noqa: E402
 from metacli.files import atomic_write  # noqa: E402
 from metacli.hedge import HEDGE_ALGORITHM  # noqa: E402
@@ -63,7 +63,7 @@ from metacli.runread import (  # noqa: E402
     warn,
     warn_lines,
 )
-from metacli.tb import ScalarWriter  # noqa: E402
+from metacli.tb import ONLINE_METRIC, ScalarWriter  # noqa: E402
 
 FIGURES_DIR = "figures"
 """The sub-folder of a plotted folder that ``metacli plot`` writes into unless given ``--out``."""
@@ -122,7 +122,8 @@ class RunCurves:
     method: str
     """``algorithm.name`` from its spec."""
     series: dict[str, Curve] = field(default_factory=dict)
-    """``ctm_avg``, ``ltm_avg``, ``held_mb`` and, for Hedge, ``<metric>_weight/<expert>``."""
+    """Keyed as in metrics.jsonl: ``ctm_acc``, ``ctm_acc_avg``, ``ltm_acc``, ``ltm_acc_avg``; and ``held_mb``
+    and, for Hedge, ``<metric>_weight/<expert>``."""
     spec: dict[str, Any] = field(default_factory=dict)
     """Its spec.yaml, from which its legend label is made."""
 
@@ -147,10 +148,20 @@ class FigureSpec:
 
 FIGURES = (
     FigureSpec(
-        "ctm_avg", "ctm_avg", "CTM accuracy (running average)", "CTM accuracy, running avg. (%)", 100.0, True
+        "ctm_acc_avg",
+        "ctm_avg",
+        "CTM accuracy (running average)",
+        "CTM accuracy, running avg. (%)",
+        100.0,
+        True,
     ),
     FigureSpec(
-        "ltm_avg", "ltm_avg", "LTM accuracy (running average)", "LTM accuracy, running avg. (%)", 100.0, True
+        "ltm_acc_avg",
+        "ltm_avg",
+        "LTM accuracy (running average)",
+        "LTM accuracy, running avg. (%)",
+        100.0,
+        True,
     ),
     FigureSpec("held_mb", "memory", "Memory held by the learner", "Held memory (MB)", 1.0, False),
 )
@@ -158,8 +169,8 @@ ONLINE_KEYS = ("ctm_acc", "ctm_acc_avg", "ltm_acc", "ltm_acc_avg", "task_bytes",
 """The per-round values the online figures draw (besides Hedge's ``<metric>_weight/<expert>``)."""
 DRAW_LIMIT = 1e100
 """Finite values beyond this magnitude cannot be drawn (matplotlib's tick arithmetic overflows)."""
-TB_TAGS = {"ctm_avg": "CTM_Avg/acc", "ltm_avg": "LTM_Avg/acc", "ctm": "CTM/acc", "ltm": "LTM/acc",
-           "held_mb": "Memory/held_MB"}  # fmt: skip
+HELD_TAG = "Memory/held_MB"
+"""The TensorBoard tag of the held memory, which no run logs under one key (task + state bytes)."""
 
 
 # --------------------------------------------------------------------------- reading
@@ -243,9 +254,9 @@ def run_curves(name: str, spec: dict[str, Any], rows: list[dict[str, Any]]) -> R
         if avg is None and per_round is not None:
             avg = Curve(per_round.rounds, running_average(per_round.values))
         if avg is not None:
-            series[f"{m}_avg"] = avg
+            series[f"{m}_acc_avg"] = avg
         if per_round is not None:
-            series[m] = per_round
+            series[f"{m}_acc"] = per_round
     held = [r for r in rows if "task_bytes" in r and "state_bytes" in r]
     if held:
         mb = [(float(r["task_bytes"]) + float(r["state_bytes"])) / BYTES_PER_MB for r in held]
@@ -254,7 +265,7 @@ def run_curves(name: str, spec: dict[str, Any], rows: list[dict[str, Any]]) -> R
         c = curve_of(rows, key)
         if c is not None:
             series[key] = c
-    if not any(k in series for k in ("ctm_avg", "ltm_avg", "held_mb")):
+    if not any(k in series for k in ("ctm_acc_avg", "ltm_acc_avg", "held_mb")):
         return None
     return RunCurves(name=name, method=algorithm_name(spec), series=series, spec=spec)
 
@@ -490,6 +501,13 @@ def save_figure(fig: Figure, path: Path) -> None:
 # --------------------------------------------------------------------------- TensorBoard
 
 
+def series_tag(key: str) -> str:
+    """The TensorBoard tag of a plotted series: a run's own tag for its metrics (:func:`metacli.tb.tag`)."""
+    if key == "held_mb":
+        return HELD_TAG
+    return tb.tag(key) if ONLINE_METRIC.fullmatch(key) else f"Hedge_Weight/{key}"
+
+
 def write_tensorboard(all_runs: Sequence[RunCurves], logdir: Path) -> list[Path]:
     """The plotted scalars as TensorBoard events, one sub-folder per run (old events replaced)."""
     written = []
@@ -499,7 +517,7 @@ def write_tensorboard(all_runs: Sequence[RunCurves], logdir: Path) -> list[Path]
             old.unlink()  # re-plotting must not duplicate every point
         per_round: dict[int, dict[str, float]] = {}
         for key, c in r.series.items():
-            tag = TB_TAGS.get(key) or f"Hedge_Weight/{key}"
+            tag = series_tag(key)
             for t, v in zip(c.rounds.tolist(), c.values.tolist(), strict=True):
                 per_round.setdefault(int(t), {})[tag] = float(v)
         writer = ScalarWriter(run_log)

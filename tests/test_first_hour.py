@@ -200,3 +200,23 @@ def test_fields_prints_values_as_a_user_types_them_and_the_accepted_names() -> N
         assert sorted(names) == sorted(registry), section
     result = CliRunner().invoke(app, ["train", "--algo", "moml", "--dataset", "smnist", "--fields"])
     assert result.exit_code == 0 and "(200,)" not in result.output and "None" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("algo", "dataset"), [("maml", "omniglot"), ("moml", "smnist"), ("sparse_maml", "miniimagenet")]
+)
+def test_piped_fields_are_one_line_each_and_ready_set_arguments(algo: str, dataset: str) -> None:
+    """Catches a piped --fields that wraps or pads a value, or prints one a user cannot pass back: every
+    ``path=value`` line, given to --set, must leave the spec as it was."""
+    from metacli.spec import load_spec
+
+    cmd = ["train", "--algo", algo, "--dataset", dataset, "--fields"]
+    result = CliRunner().invoke(app, cmd)  # CliRunner's stdout is not a terminal: the piped form
+    assert result.exit_code == 0, result.output
+    settings = [line.split("  # ")[0] for line in result.output.splitlines() if not line.startswith("#")]
+    assert len(settings) > 20, result.output
+    assert all("=" in s and " " not in s.split("=")[0] for s in settings), result.output
+    assert any(s.startswith("published=[{") for s in settings) or algo == "moml"
+    as_given, _ = load_spec(algo=algo, dataset=dataset)
+    as_set, _ = load_spec(None, settings, algo=algo, dataset=dataset)
+    assert as_set == as_given

@@ -151,14 +151,22 @@ def test_runs_and_plot_name_an_online_metric_with_one_tensorboard_tag(tmp_path: 
     """Catches a run logging ``ctm_acc`` while ``metacli plot`` writes ``CTM/acc`` for the same metric."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from metacli.plot import TB_TAGS
+    from metacli.plot import run_curves, write_tensorboard
     from metacli.runlayer.core import RunLogger
 
-    logger = RunLogger(tmp_path, "round", None)
-    logger(1, {"ctm_acc": 0.5, "ltm_acc": 0.4, "ctm_acc_avg": 0.5, "ltm_acc_avg": 0.4, "state_bytes": 8.0})
+    row = {"ctm_acc": 0.5, "ltm_acc": 0.4, "ctm_acc_avg": 0.5, "ltm_acc_avg": 0.4}
+    (tmp_path / "run").mkdir()
+    logger = RunLogger(tmp_path / "run", "round", None)
+    logger(1, row)
     logger.close()
-    events = EventAccumulator(str(tmp_path))
-    events.Reload()
-    logged = set(events.Tags()["scalars"])
-    assert {TB_TAGS[k] for k in ("ctm", "ltm", "ctm_avg", "ltm_avg")} <= logged
-    assert not logged & {"ctm_acc", "ltm_acc", "ctm_acc_avg", "ltm_acc_avg"}
+    curves = run_curves("run", {"algorithm": {"name": "moml"}}, [{"round": 1, **row}])
+    assert curves is not None
+    write_tensorboard([curves], tmp_path / "plotted")
+
+    def tags(logdir: Path) -> set[str]:
+        events = EventAccumulator(str(logdir))
+        events.Reload()
+        return set(events.Tags()["scalars"])
+
+    logged, plotted = tags(tmp_path / "run"), tags(tmp_path / "plotted" / "run")
+    assert plotted == logged == {"CTM/acc", "LTM/acc", "CTM_Avg/acc", "LTM_Avg/acc"}
