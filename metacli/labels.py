@@ -24,6 +24,7 @@ METHOD_NAMES = {
     "maml": "MAML", "fomaml": "FOMAML", "reptile": "Reptile", "lslr": "LSLR", "anil": "ANIL", "boil": "BOIL",
     "metacurvature": "Meta-Curvature", "maml_enhanced": "MAML Enhanced", "sparse_maml": "Sparse-MAML",
     "sparse_relu_maml": "sparse-ReLU-MAML", "memory_reduced": "memory-reduced", "itd_bio": "ITD-BiO",
+    "meta_sgd": "Meta-SGD",
 }  # fmt: skip
 """How legends name each algorithm (``algorithm.name`` itself for any other)."""
 MAX_LABEL_FIELDS = 4

@@ -169,3 +169,11 @@ def test_plot_writes_the_labelled_figures(tmp_path: Path) -> None:
     ]
     svg = (tmp_path / "out" / "meta_train.svg").read_text()
     assert "ANIL" in svg and "MAML" in svg and "algorithm=" not in svg
+
+
+def test_every_algorithm_has_a_legend_name() -> None:
+    """Catches an algorithm added to the spec (Meta-SGD was) whose legend falls back to its YAML name."""
+    from metacli.labels import METHOD_NAMES
+    from metacli.spec import section_names
+
+    assert sorted(set(section_names("algorithm")) - set(METHOD_NAMES)) == []
