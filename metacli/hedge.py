@@ -510,13 +510,13 @@ def render_table(report: HedgeReport, console: Console) -> None:
     """One rich table per metric: each expert's final running average and weight, Hedge, the regret."""
     for m, s in report.summaries.items():
         quirk = " [red](reference quirks: look-ahead)[/red]" if report.reference_quirks else ""
-        table = Table(
-            title=f"Hedge on {m.upper()} accuracy, {report.rounds} rounds, eta = {report.eta:.3g}{quirk}",
-            caption=(
-                f"best in hindsight: {escape(s.best_expert)} ({100 * s.best_final:.2f}%); regret of Hedge: "
-                f"{s.regret_total:.3g} over {report.rounds} rounds = {s.regret_per_round:.3g} per round"
-            ),
+        # Title and summary as lines of their own: as a table's title or caption they wrap at the table's
+        # width, which splits the numbers of a narrow table across lines.
+        console.print(
+            f"Hedge on {m.upper()} accuracy, {report.rounds} rounds, eta = {report.eta:.3g}{quirk}",
+            soft_wrap=True,
         )
+        table = Table()
         table.add_column("run", overflow="fold")  # fold, never cut: names differ at the end
         table.add_column(f"final {m.upper()} avg (%)", justify="right")
         table.add_column("final weight", justify="right")
@@ -529,4 +529,9 @@ def render_table(report: HedgeReport, console: Console) -> None:
         table.add_section()
         table.add_row("Hedge", f"{100 * s.hedged_final:.2f}", "", style="bold")
         console.print(table)
+        console.print(
+            f"best in hindsight: {escape(s.best_expert)} ({100 * s.best_final:.2f}%); regret of Hedge: "
+            f"{s.regret_total:.3g} over {report.rounds} rounds = {s.regret_per_round:.3g} per round",
+            soft_wrap=True,
+        )
     console.print(f"Wrote {report.json_path} and {report.run_dir}/")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -427,3 +428,19 @@ def test_piped_table_keeps_every_run_name_whole(runs_folder: Path) -> None:
     lines = proc.stdout.splitlines()
     assert any(f"{long_name} (best)" in line and "74.00" in line for line in lines), proc.stdout
     assert max(len(line) for line in lines) > 80  # the table is wider than a default terminal
+
+
+def test_piped_summary_of_a_narrow_table_stays_on_one_line(runs_folder: Path) -> None:
+    """Catches the title and the regret summary set as the table's title and caption, which rich wraps at
+    the table's width: with short run names the summary split as ``regret of Hedge:`` / ``0.335 over ...``."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "metacli", "hedge", str(runs_folder), "--metric", "ctm"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("Hedge on CTM accuracy") and "eta =" in line for line in lines), proc.stdout
+    assert any(re.match(r"best in hindsight: .*regret of Hedge: .* per round$", line) for line in lines), (
+        proc.stdout
+    )
