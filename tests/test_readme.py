@@ -76,3 +76,20 @@ def test_every_readme_command_parses_and_its_spec_validates(command: str) -> Non
     if spec_file is not None and str(spec_file) in copies():  # a copy the README made with metacli cp
         spec_path = copies()[str(spec_file)]
     load_spec(spec_path, list(params["overrides"] or []), algo=params["algo"], dataset=params["dataset"])
+
+
+def test_the_readme_shows_what_metacli_ls_prints() -> None:
+    """Catches a config added or changed (Meta-SGD's was missing) without the README's ``ls`` listing."""
+    from typer.testing import CliRunner
+
+    from metacli.cli import app
+
+    shown = re.search(r"```text\n(name +algorithm .*?)```", README.read_text(), flags=re.S)
+    assert shown is not None, "the README has no `metacli ls` listing"
+    result = CliRunner().invoke(app, ["ls"])
+    assert result.exit_code == 0, result.output
+
+    def lines(text: str) -> list[str]:
+        return [line.rstrip() for line in text.strip().splitlines()]
+
+    assert lines(shown.group(1)) == lines(result.output)
