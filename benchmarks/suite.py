@@ -15,6 +15,9 @@ steps and outer Adam:
   :func:`metacli.engine.executor_choice.measure_executors` on the case's parts when the contender is made
   (outside the clock, as a run measures once before it trains), then stepped like the two above; its row
   names the choice and the times it measured;
+- ``metacli remat``: ``algorithm.remat: true`` (:mod:`metacli.engine.remat`) on the loop executor: the same
+  meta-gradient as ``metacli loop`` with memory flat in the inner steps; its time against the loop's row is
+  the cost of recomputing every inner step in the backward pass;
 - the peers of :mod:`benchmarks.peers`: a plain per-task ``torch.autograd.grad(create_graph=True)`` loop,
   ``higher.innerloop_ctx`` and ``torchopt.MetaSGD``, on a copy of metacli's network whose batch norm is
   ``nn.BatchNorm2d(track_running_stats=False)`` (PyTorch's fused kernel) and whose blocks run activation ->
@@ -135,7 +138,10 @@ ONLINE_CASES = ("moml", "ltm")
 CASES = MAML_CASES + ONLINE_CASES
 REFERENCE = "metacli loop"
 AUTO = "metacli auto"
-METACLI = (*(f"metacli {ex}" for ex in EXECUTORS), AUTO)
+REMAT = "metacli remat"
+"""MAML with ``algorithm.remat: true`` on the loop executor: the exact meta-gradient at memory flat in the
+inner steps, whose cost against ``metacli loop`` (the same step unrolled) is its recomputation."""
+METACLI = (*(f"metacli {ex}" for ex in EXECUTORS), AUTO, REMAT)
 RESNET_WIDTHS = (64, 160, 320, 640)
 QUICK_RESNET_WIDTHS = (4, 8, 8, 8)
 QUICK_SIDE = 32
@@ -293,6 +299,14 @@ class AutoContender(MetacliContender):
         super().__init__(parts, tasks, self.choice.chosen)
 
 
+class RematContender(MetacliContender):
+    """``algorithm.remat: true``: the loop executor with each inner step recomputed in the backward pass."""
+
+    def __init__(self, parts: EpisodicParts, tasks: Task) -> None:
+        cfg = parts.algorithm.cfg.model_copy(update={"remat": True})
+        super().__init__(parts._replace(algorithm=type(parts.algorithm)(cfg, parts.learner)), tasks, "loop")
+
+
 def cast_case(case: MAMLCase, dtype: torch.dtype) -> tuple[EpisodicParts, Task]:
     """The case's parts and tasks in ``dtype`` (a copy of the network; labels stay integers)."""
     if dtype == case.parts.dtype:
@@ -312,6 +326,8 @@ def make_contender(name: str, parts: EpisodicParts, tasks: Task) -> Contender:
     """A fresh contender from the initial parameters of ``parts``."""
     if name == AUTO:
         return AutoContender(parts, tasks)
+    if name == REMAT:
+        return RematContender(parts, tasks)
     if name in METACLI:
         return MetacliContender(parts, tasks, name.removeprefix("metacli "))
     cfg = parts.algorithm.cfg
