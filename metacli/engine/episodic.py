@@ -107,12 +107,7 @@ def check_update(state: TrainState, step: int) -> None:
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> list[Tensor]:
     """The floating-point tensors of ``optimizer``'s per-parameter state (Adam's moments, SGD's momentum)."""
-    return [
-        v
-        for s in optimizer.state.values()
-        for v in s.values()
-        if torch.is_tensor(v) and v.is_floating_point()
-    ]
+    return [v for v in memory.optimizer_state(optimizer) if v.is_floating_point()]
 
 
 def outer_update(state: TrainState, grads: Params) -> None:

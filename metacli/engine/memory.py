@@ -96,7 +96,12 @@ def _stderr_without(noise: tuple[str, ...]) -> Iterator[None]:
                 os.write(2, kept)
 
 
+def optimizer_state(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The tensors of ``optimizer``'s per-parameter state (Adam's moments and step, SGD's momentum)."""
+    return [v for s in optimizer.state.values() for v in s.values() if isinstance(v, Tensor)]
+
+
 def state_bytes(tensors: Iterable[Tensor], optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> int:
     """Bytes of the resident state: meta-parameters, optimiser state and the algorithm's own tensors."""
-    held = [*tensors, *(v for s in optimizer.state.values() for v in s.values() if isinstance(v, Tensor))]
+    held = [*tensors, *optimizer_state(optimizer)]
     return tensor_bytes([*held, *(v for v in extra.values() if isinstance(v, Tensor))])
