@@ -32,10 +32,11 @@ the primitive kernel: ``algorithm.remat``'s backward pass (:mod:`metacli.engine.
 reverse-over-reverse Hessian-vector product of the support loss. There the fused kernel's double backward
 (``NativeBatchNormBackwardBackward0``) holds about seven activation-sized tensors at once; the primitive ops'
 hold fewer: 85.9 MB instead of 101.2 for one CIFAR-FS-shaped Conv4-64 task of 25 images, 292.7 instead of
-345.7 for a miniImageNet-shaped Conv4-32 one (CPU, float32, measured for issue 25), and no slower there. The
-preference can only trade the fused kernel for the primitive one, which is exact under every transform, so
-a scope wider or narrower than meant costs speed or memory, never correctness (the reason a flag is not
-used above to pick the fused kernel).
+345.7 for a miniImageNet-shaped Conv4-32 one (CPU, float32, measured for issue 25), and not slower there
+in two timings each on shared cores (the unrolled MAML's step, where the fused kernel was 1.5x faster,
+keeps it). The preference can only trade the fused kernel for the primitive one, which is exact under every
+transform, so a scope wider or narrower than meant costs speed or memory, never correctness (the reason a
+flag is not used above to pick the fused kernel).
 
 :func:`pool_then_act` is the other exact rewrite: max-pool before the activation, as both models use it.
 """
