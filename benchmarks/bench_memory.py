@@ -49,6 +49,7 @@ from metacli.engine.build import BuildSettings, episodic_parts
 from metacli.engine.data.images import ClassImages, FewShotImages
 from metacli.engine.episodic import TrainState, meta_train_step
 from metacli.engine.executors import task_at
+from metacli.engine.models.layers import primitive_batch_norm
 from metacli.runlayer.parts import loop_settings
 from metacli.spec import RunSpec, deep_update, preset, validate
 
@@ -122,7 +123,10 @@ def support_floor(shape: str, device: torch.device) -> dict[str, int]:
     """Peak bytes of a plain gradient and of one Hessian-vector product of one task's support loss.
 
     The HVP is reverse-over-reverse, what every exact second-order step computes (remat's backward once per
-    step): the least memory an exact meta-gradient can peak at, whatever it keeps across steps.
+    step): the least memory an exact meta-gradient can peak at, whatever it keeps across steps. ``hvp`` is
+    computed as remat's backward computes it, with the batch norm's primitive kernel
+    (:func:`~metacli.engine.models.layers.primitive_batch_norm`); ``hvp_fused`` with the fused kernel that
+    the unrolled MAML's double backward runs.
     """
     spec = spec_for("maml", shape, 1, 1)
     data = synthetic(spec, SHAPES[shape][0], device)
@@ -142,9 +146,14 @@ def support_floor(shape: str, device: torch.device) -> dict[str, int]:
         grads, leaves = gradient(create_graph=True)
         return torch.autograd.grad(grads, leaves, direction)
 
+    def hvp_primitive() -> tuple[Tensor, ...]:
+        with primitive_batch_norm():
+            return hvp()
+
     return {
         "gradient": memory.peak_bytes(lambda: gradient(False), device),
-        "hvp": memory.peak_bytes(hvp, device),
+        "hvp": memory.peak_bytes(hvp_primitive, device),
+        "hvp_fused": memory.peak_bytes(hvp, device),
     }
 
 
@@ -249,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         out["support_floor_bytes"] = floor = {str(d): support_floor(args.shape, d) for d in devices}
         text += "\n".join(
             f"One task's support loss on {d}: gradient {f['gradient'] / memory.BYTES_PER_MB:.1f} MB, "
-            f"Hessian-vector product {f['hvp'] / memory.BYTES_PER_MB:.1f} MB (remat's floor)"
+            f"Hessian-vector product {f['hvp'] / memory.BYTES_PER_MB:.1f} MB (remat's floor; "
+            f"{f['hvp_fused'] / memory.BYTES_PER_MB:.1f} MB with the fused batch norm)"
             for d, f in floor.items()
         )
     print(f"Peak memory of one meta-step (MB), {args.shape} shape, 5w5s, B={args.meta_batch}, loop executor")

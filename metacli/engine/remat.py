@@ -15,8 +15,22 @@ where e are the rule's extras (learned rates, curvature factors, masks) and thet
 do not adapt (batch norm under ``adapt_norm: false``, ANIL's body) but enter every support loss. The vjp of
 step k is exactly what the unrolled graph's backward does at that step, so the meta-gradient is the same up
 to the order of floating-point sums (1e-12 in float64, tests/engine/test_remat.py). Peak memory is one step's
-double-backward graph plus the K stored fast weights; each step's forward and gradient run twice (first
-order in the forward pass, differentiable in the backward pass) instead of once.
+double-backward graph (a reverse-over-reverse Hessian-vector product of the support loss) plus the K stored
+fast weights; each step's forward and gradient run twice (first order in the forward pass, differentiable in
+the backward pass) instead of once.
+
+The backward pass recomputes the steps under :func:`~metacli.engine.models.layers.primitive_batch_norm`:
+batch norm from primitive ops, whose double backward holds fewer activation-sized tensors than the fused
+kernel's (one CIFAR-FS-shaped Conv4-64 support set: 85.9 MB instead of 101.2 per Hessian-vector product; the
+forward pass, first order, keeps the fused kernel). Tried for issue 25 and not kept, measured on the same
+support set (CPU, torch 2.13): forward-over-reverse, ``H u`` as the jvp of the gradient with the tangent
+``u = (d rule / d g)^T v``, which in principle keeps only tangents of the saved activations. torch's
+forward-mode formulas keep more than that: 119.1 MB with ``torch.autograd.forward_ad`` dual tensors (110.4
+with the primitive batch norm), 136.0 with ``torch.func.jvp(torch.func.grad(...))``, against 101.2 / 85.9
+reverse over reverse; it would also need ``g^k`` before the jvp (one more gradient per step, or K more stored
+tensors) for a rule not linear in g. Splitting the product per Conv4 block (block inputs and their tangents
+kept, each block's product recomputed locally) reached 80.2 MB: the first block's own product dominates,
+and that did not pay for a model-specific chain of stages.
 
 It is an :class:`torch.autograd.Function`, so it serves the loop executor; torch.func's vmap would need a
 batching rule for it, and the run spec refuses ``remat`` with vmap.
@@ -33,6 +47,7 @@ from torch import Tensor
 
 from metacli.engine.functional import grad_and_loss
 from metacli.engine.inner import StepRule
+from metacli.engine.models.layers import primitive_batch_norm
 from metacli.engine.types import Params
 
 
@@ -101,7 +116,8 @@ class _RecomputedSteps(torch.autograd.Function):
             for n, c in zip(loop.adapted, cotangents, strict=False)
         ]
         totals = [torch.zeros_like(t) for t in (*fixed.values(), *extras.values())]
-        with torch.enable_grad():
+        # the primitive batch norm: its double backward, this loop's peak, holds less (see the module)
+        with torch.enable_grad(), primitive_batch_norm():
             rule = loop.rule_of(extras)
             for k in reversed(range(loop.steps)):
                 phi = {n: t.detach().requires_grad_(True) for n, t in ctx.stored[k].items()}

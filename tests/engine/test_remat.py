@@ -6,11 +6,15 @@
 - remat really recomputes: each inner step's support loss runs twice per task (first order in the
   forward pass, differentiable in the backward pass), and once without remat or at first order, so a
   remat that silently kept the unrolled graph fails;
+- remat's backward pass recomputes the steps with the batch norm's primitive kernel (less memory at second
+  order), its forward pass and every other path with the fused one;
 - the executors: vmap cannot batch its autograd.Function, so a spec asking for both is refused,
   ``meta_step`` refuses it too, and ``executor: auto`` picks the loop.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import torch
@@ -18,7 +22,7 @@ import torch
 from metacli.engine.algorithms.maml import MAML
 from metacli.engine.config.algorithms import MAML_VARIANTS, MAMLConfig
 from metacli.engine.functional import Learner
-from metacli.engine.models import build_model
+from metacli.engine.models import build_model, layers
 from metacli.engine.models.conv4 import Conv4Config
 from metacli.engine.models.mlp import MLPConfig
 from metacli.engine.types import Batch, Params, Task
@@ -129,6 +133,26 @@ def test_remat_recomputes_each_inner_step() -> None:
     assert support_losses_run("maml", 3, False) == N_TASKS * 3
     assert support_losses_run("maml", 3, True) == N_TASKS * 3 * 2
     assert support_losses_run("fomaml", 3, True) == N_TASKS * 3  # first order: nothing to recompute
+
+
+@pytest.mark.parametrize("remat", [True, False])
+def test_remat_recomputes_with_the_primitive_batch_norm(monkeypatch: pytest.MonkeyPatch, remat: bool) -> None:
+    """remat's backward pass (and only it) takes the primitive batch norm, the leaner at second order."""
+    calls = {"fused": 0, "primitive": 0}
+    for kind in calls:
+        original = getattr(layers, f"batch_norm_{kind}")
+
+        def spy(*args: Any, kind: str = kind, original: Any = original) -> torch.Tensor:
+            calls[kind] += 1
+            return original(*args)  # type: ignore[no-any-return]
+
+        monkeypatch.setattr(layers, f"batch_norm_{kind}", spy)
+    learner, tasks = conv4_with_norm()
+    algo = MAML(config("maml", 3, remat), learner)
+    algo.meta_step(algo.init_meta(learner.init_params()), tasks, executor="loop")
+    blocks = 4  # a batch norm per Conv4 block
+    assert calls["primitive"] == (N_TASKS * 3 * blocks if remat else 0)
+    assert calls["fused"] == N_TASKS * (3 + 1) * blocks  # the inner steps' forward and the query loss
 
 
 def test_remat_is_refused_with_the_vmap_executor() -> None:

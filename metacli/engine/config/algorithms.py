@@ -98,9 +98,10 @@ class MAMLConfig(Named):
     """Exact second-order meta-gradient at memory flat in ``inner_steps``: keep only each inner step's fast
     weights and recompute the step, with its differentiable inner gradient, when the backward pass reaches
     it (a hand-written reverse pass, :mod:`metacli.engine.remat`). The same meta-gradient as the unrolled
-    graph; peak memory grows with the steps by one copy of the adapted parameters each; each inner step's
-    forward and gradient run twice instead of once. Only with the loop executor (``auto`` picks it). No
-    effect with ``first_order``, which keeps no inner graph."""
+    graph; peak memory is one Hessian-vector product of the support loss (batch norm there from primitive
+    ops, which hold less at second order than the fused kernel) and grows with the steps by one copy of the
+    adapted parameters each; each inner step's forward and gradient run twice instead of once. Only with the
+    loop executor (``auto`` picks it). No effect with ``first_order``, which keeps no inner graph."""
 
     def adapted(self, among: Callable[[str], bool]) -> Callable[[str], bool]:
         """The parameters of ``among`` (the variant's set) that adapt: all, or all but the batch norm's."""
