@@ -413,19 +413,24 @@ def test_two_hedges_never_write_one_folder_at_once(runs_folder: Path) -> None:
         assert _result_set(runs_folder) == before
 
 
+def piped_hedge(runs_folder: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """``metacli hedge`` on the CTM accuracy with stdout a pipe and no COLUMNS (as a shell pipes it)."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "metacli", "hedge", str(runs_folder), "--metric", "ctm"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc, proc.stdout.splitlines()
+
+
 def test_piped_table_keeps_every_run_name_whole(runs_folder: Path) -> None:
     """Catches piped output laid out for 80 columns: a long grid-point name must stay on one line, whole.
 
     Rich would fold the run column at 80 columns (``alpha=1.`` / ``0``) when stdout is a pipe."""
     long_name = "algorithm=moml_alpha=1.0_lr_ft=0.01_buffer=64_seed=0_rounds=5_ltm=true"
     (runs_folder / "moml_a").rename(runs_folder / long_name)
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # no width asked for: as a shell pipes
-    proc = subprocess.run(
-        [sys.executable, "-m", "metacli", "hedge", str(runs_folder), "--metric", "ctm"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    proc, lines = piped_hedge(runs_folder)
     assert any(f"{long_name} (best)" in line and "74.00" in line for line in lines), proc.stdout
     assert max(len(line) for line in lines) > 80  # the table is wider than a default terminal
 
@@ -433,13 +438,7 @@ def test_piped_table_keeps_every_run_name_whole(runs_folder: Path) -> None:
 def test_piped_summary_of_a_narrow_table_stays_on_one_line(runs_folder: Path) -> None:
     """Catches the title and the regret summary set as the table's title and caption, which rich wraps at
     the table's width: with short run names the summary split as ``regret of Hedge:`` / ``0.335 over ...``."""
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "metacli", "hedge", str(runs_folder), "--metric", "ctm"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    proc, lines = piped_hedge(runs_folder)
     assert any(line.startswith("Hedge on CTM accuracy") and "eta =" in line for line in lines), proc.stdout
     assert any(re.match(r"best in hindsight: .*regret of Hedge: .* per round$", line) for line in lines), (
         proc.stdout
