@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -117,25 +118,35 @@ def outer_at_solution(learner: Learner, algo: BilevelHead, meta: Params, tasks: 
     return total / N_TASKS
 
 
+def along_a_body_direction(
+    meta: Params, grads: Params, outer: Callable[[Params], float], eps: float
+) -> tuple[float, float]:
+    """The meta-gradient's and a central difference's slope of ``outer`` along one random direction in the
+    body's parameters (the head is not meta-learned by these methods): (analytic, finite)."""
+    gen = torch.Generator().manual_seed(9)
+    direction = {
+        k: torch.randn(v.shape, generator=gen, dtype=F64) if k.startswith("body.") else torch.zeros_like(v)
+        for k, v in meta.items()
+    }
+
+    def at(sign: float) -> float:
+        return outer({k: (v + sign * eps * direction[k]).detach() for k, v in meta.items()})
+
+    finite = (at(1.0) - at(-1.0)) / (2 * eps)
+    return float(sum((grads[k] * direction[k]).sum() for k in meta)), finite
+
+
 @pytest.mark.parametrize("executor", ["loop", "vmap"])
 def test_implicit_hypergradient_against_finite_differences(executor: str) -> None:
     learner, tasks = problem()
     algo = BilevelHead(EXACT, learner)
     meta = algo.init_meta(learner.init_params())
     grads = algo.meta_step(meta, tasks, executor).grads
-    gen = torch.Generator().manual_seed(9)
-    direction = {
-        k: torch.randn(v.shape, generator=gen, dtype=F64) if k.startswith("body.") else torch.zeros_like(v)
-        for k, v in meta.items()
-    }
-    eps = 1e-5
 
-    def at(sign: float) -> float:
-        shifted = {k: (v + sign * eps * direction[k]).detach() for k, v in meta.items()}
-        return float(outer_at_solution(learner, algo, shifted, tasks))
+    def outer(at: Params) -> float:
+        return float(outer_at_solution(learner, algo, at, tasks))
 
-    finite = (at(1.0) - at(-1.0)) / (2 * eps)
-    analytic = float(sum((grads[k] * direction[k]).sum() for k in meta))
+    analytic, finite = along_a_body_direction(meta, grads, outer, eps=1e-5)
     assert analytic == pytest.approx(finite, rel=1e-6)
     assert all(float(grads[k].abs().max()) == 0 for k in ("head.weight", "head.bias"))  # not meta-learned
 
@@ -342,15 +353,8 @@ def test_itd_bio_with_the_norm_term_against_finite_differences(executor: str) ->
     algo = BilevelHead(NORM_ITD, learner)
     meta = algo.init_meta(learner.init_params())
     grads = algo.meta_step(meta, tasks, executor).grads
-    gen = torch.Generator().manual_seed(9)
-    direction = {
-        k: torch.randn(v.shape, generator=gen, dtype=F64) if k.startswith("body.") else torch.zeros_like(v)
-        for k, v in meta.items()
-    }
-    eps = 1e-6
 
-    def unrolled(sign: float) -> float:
-        at = {k: (v + sign * eps * direction[k]).detach() for k, v in meta.items()}
+    def unrolled(at: Params) -> float:
         total = 0.0
         for i in range(N_TASKS):
             task = task_at(tasks, i)
@@ -359,8 +363,7 @@ def test_itd_bio_with_the_norm_term_against_finite_differences(executor: str) ->
             total += float(algo.upper(phi, zq, task.query.y)) / N_TASKS
         return total
 
-    finite = (unrolled(1.0) - unrolled(-1.0)) / (2 * eps)
-    analytic = float(sum((grads[k] * direction[k]).sum() for k in meta))
+    analytic, finite = along_a_body_direction(meta, grads, unrolled, eps=1e-6)
     assert analytic == pytest.approx(finite, rel=1e-7)
     squared = BilevelHead(NORM_ITD.model_copy(update={"reg_form": "half_squared"}), learner)
     other = squared.meta_step(meta, tasks, executor).grads
