@@ -132,3 +132,17 @@ def test_every_sinusoid_preset_takes_the_maml_codes_initialisation() -> None:
     files = sorted((ROOT / "configs" / "sinusoid").glob("*.yaml"))
     assert len(files) >= 10
     assert {p.name: read_yaml(p)["model"].get("init") for p in files} == {p.name: "maml" for p in files}
+
+
+@pytest.mark.parametrize(
+    "path", sorted(PRESETS_DIR.rglob("*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}"
+)
+def test_a_published_number_for_n_shots_is_shown_only_beside_n_shot_runs(path: Path) -> None:
+    """Catches a published entry whose source names its shot count (``sinusoid 5-shot``) without a ``when``
+    on ``data.shots``: `evaluate` printed Meta-SGD's 5-shot 0.90 beside a ``--set data.shots=10`` run."""
+    import re
+
+    for entry in read_yaml(path).get("published") or []:
+        stated = re.search(r"(\d+)-shot", str(entry.get("source", "")))
+        if stated is not None:
+            assert (entry.get("when") or {}).get("data.shots") == int(stated.group(1)), (path.name, entry)
