@@ -69,12 +69,17 @@ def build_run(
     choice = None
     if spec.train.executor == "auto" and getattr(spec.algorithm, "remat", False):
         # remat's reverse pass does not run under vmap (RunSpec refuses an explicit vmap with remat)
-        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"executor": "loop"})})
+        spec = with_executor(spec, "loop")
     if isinstance(parts, EpisodicParts) and spec.train.executor == "auto":
         # after the threads are set: the executors are timed as the run will run them
         choice = measure_executors(parts, spec.train.meta_batch)
-        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"executor": choice.chosen})})
+        spec = with_executor(spec, choice.chosen)
     return Built(parts, spec, choice)
+
+
+def with_executor(spec: RunSpec, executor: str) -> RunSpec:
+    """``spec`` with ``train.executor`` set to ``executor`` (an ``auto`` resolved)."""
+    return spec.model_copy(update={"train": spec.train.model_copy(update={"executor": executor})})
 
 
 def build_episodic_run(spec: RunSpec, device: str | None = None) -> EpisodicParts:
@@ -94,11 +99,11 @@ def resolve_auto(spec: RunSpec, parts: EpisodicParts | OnlineParts) -> RunSpec:
         update["device"] = parts.device.type if parts.parallel is not None else str(parts.device)
     if spec.threads == "auto":
         update["threads"] = choose_threads(sum(p.numel() for p in parts.learner.init_params().values()))
+    spec = spec.model_copy(update=update) if update else spec
     if spec.train.executor == "auto" and isinstance(parts, OnlineParts):
         in_shape = tuple(parts.stream.train.x.shape[2:])
-        executor = choose_executor(parts.device, in_shape, spec.train.meta_batch)
-        update["train"] = spec.train.model_copy(update={"executor": executor})
-    return spec.model_copy(update=update) if update else spec
+        spec = with_executor(spec, choose_executor(parts.device, in_shape, spec.train.meta_batch))
+    return spec
 
 
 def loop_settings(spec: RunSpec) -> LoopSettings:
