@@ -21,7 +21,9 @@ temporary folder, so a smoke run writes nothing into the repository).
 ``maml_remat`` is MAML with ``algorithm.remat: true`` (issue 25): the same exact meta-gradient, each inner
 step recomputed in the backward pass. Below the table: its peak over the memory-reduced method's at the
 largest K (target 1.5x) and its time over plain MAML's at every K (target 2x), then what one exact inner
-step needs on one task's support set (a gradient, and a Hessian-vector product: remat's floor).
+step needs on one task's support set: a gradient; the gradient and Hessian-vector product stage by stage,
+as remat's backward computes them (:mod:`metacli.engine.hvp`); the whole network's product, as the unrolled
+graph computes it at every step.
 
 The paper measured 32 tasks per iteration on a GPU with its own code, whose ANIL and ITD-BiO re-run the
 backbone with a graph at every inner step (yangxiaolin9527/RM-MetaL). metacli's ITD-BiO computes the
@@ -49,7 +51,7 @@ from metacli.engine.build import BuildSettings, episodic_parts
 from metacli.engine.data.images import ClassImages, FewShotImages
 from metacli.engine.episodic import TrainState, meta_train_step
 from metacli.engine.executors import task_at
-from metacli.engine.models.layers import primitive_batch_norm
+from metacli.engine.hvp import gradient_and_hvp
 from metacli.runlayer.parts import loop_settings
 from metacli.spec import RunSpec, deep_update, preset, validate
 
@@ -122,11 +124,10 @@ def measure(
 def support_floor(shape: str, device: torch.device) -> dict[str, int]:
     """Peak bytes of a plain gradient and of one Hessian-vector product of one task's support loss.
 
-    The HVP is reverse-over-reverse, what every exact second-order step computes (remat's backward once per
-    step): the least memory an exact meta-gradient can peak at, whatever it keeps across steps. ``hvp`` is
-    computed as remat's backward computes it, with the batch norm's primitive kernel
-    (:func:`~metacli.engine.models.layers.primitive_batch_norm`); ``hvp_fused`` with the fused kernel that
-    the unrolled MAML's double backward runs.
+    What one exact second-order inner step needs at least: ``hvp`` is the product as remat's backward computes
+    it, stage by stage (:func:`metacli.engine.hvp.gradient_and_hvp`, which also returns the gradient);
+    ``hvp_whole`` the whole network's reverse-over-reverse product, what the unrolled MAML's double backward
+    computes at each step.
     """
     spec = spec_for("maml", shape, 1, 1)
     data = synthetic(spec, SHAPES[shape][0], device)
@@ -135,25 +136,22 @@ def support_floor(shape: str, device: torch.device) -> dict[str, int]:
     )
     support = task_at(data.sample("train", 1, parts.generator, device), 0).support
     theta = {k: v.detach() for k, v in parts.learner.init_params().items()}
-    direction = [torch.ones_like(v) for v in theta.values()]
+    direction = {k: torch.ones_like(v) for k, v in theta.items()}
 
     def gradient(create_graph: bool) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
         leaves = [v.clone().requires_grad_(True) for v in theta.values()]
         loss = parts.learner.loss(dict(zip(theta, leaves, strict=True)), support)
         return torch.autograd.grad(loss, leaves, create_graph=create_graph), tuple(leaves)
 
-    def hvp() -> tuple[Tensor, ...]:
+    def hvp_whole() -> tuple[Tensor, ...]:
         grads, leaves = gradient(create_graph=True)
-        return torch.autograd.grad(grads, leaves, direction)
+        return torch.autograd.grad(grads, leaves, list(direction.values()))
 
-    def hvp_primitive() -> tuple[Tensor, ...]:
-        with primitive_batch_norm():
-            return hvp()
-
+    chain = parts.learner.chain(support)
     return {
         "gradient": memory.peak_bytes(lambda: gradient(False), device),
-        "hvp": memory.peak_bytes(hvp_primitive, device),
-        "hvp_fused": memory.peak_bytes(hvp, device),
+        "hvp": memory.peak_bytes(lambda: gradient_and_hvp(chain, theta, direction), device),
+        "hvp_whole": memory.peak_bytes(hvp_whole, device),
     }
 
 
@@ -258,8 +256,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         out["support_floor_bytes"] = floor = {str(d): support_floor(args.shape, d) for d in devices}
         text += "\n".join(
             f"One task's support loss on {d}: gradient {f['gradient'] / memory.BYTES_PER_MB:.1f} MB, "
-            f"Hessian-vector product {f['hvp'] / memory.BYTES_PER_MB:.1f} MB (remat's floor; "
-            f"{f['hvp_fused'] / memory.BYTES_PER_MB:.1f} MB with the fused batch norm)"
+            f"gradient and Hessian-vector product stage by stage {f['hvp'] / memory.BYTES_PER_MB:.1f} MB "
+            f"(remat's backward, per step), the whole network's product "
+            f"{f['hvp_whole'] / memory.BYTES_PER_MB:.1f} MB (the unrolled graph's, per step)"
             for d, f in floor.items()
         )
     print(f"Peak memory of one meta-step (MB), {args.shape} shape, 5w5s, B={args.meta_batch}, loop executor")

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metacli.engine.hvp import Chain, Stage
 from metacli.engine.types import Batch, Criterion, Params
 
 __all__ = ["Criterion", "Learner", "accuracy", "grad_and_loss"]
@@ -48,6 +49,15 @@ class Learner:
     def loss(self, params: Params, batch: Batch) -> Tensor:
         """Mean loss of ``f_params`` on ``batch``."""
         return self.loss_of_output(self.forward(params, batch.x), batch.y)
+
+    def chain(self, batch: Batch) -> Chain:
+        """The loss on ``batch`` as a chain of the model's stages (``model.stages()``; the whole model as one
+        stage for a model without them), for :func:`metacli.engine.hvp.gradient_and_hvp`."""
+        staged = getattr(self.model, "stages", None)
+        whole = Stage("", self.model)
+        if not callable(staged):
+            return Chain((whole,), batch.x, lambda out: self.loss_of_output(out, batch.y))
+        return Chain(tuple(staged()), batch.x, lambda out: self.loss_of_output(out, batch.y), whole)
 
     def loss_of_output(self, out: Tensor, y: Tensor) -> Tensor:
         """Mean loss of given outputs (MSE or cross-entropy)."""

@@ -14,23 +14,20 @@ step's double-backward graph alive until the outer backward, so memory grows by 
 where e are the rule's extras (learned rates, curvature factors, masks) and theta_fixed the parameters that
 do not adapt (batch norm under ``adapt_norm: false``, ANIL's body) but enter every support loss. The vjp of
 step k is exactly what the unrolled graph's backward does at that step, so the meta-gradient is the same up
-to the order of floating-point sums (1e-12 in float64, tests/engine/test_remat.py). Peak memory is one step's
-double-backward graph (a reverse-over-reverse Hessian-vector product of the support loss) plus the K stored
-fast weights; each step's forward and gradient run twice (first order in the forward pass, differentiable in
-the backward pass) instead of once.
+to the order of floating-point sums (1e-12 in float64, tests/engine/test_remat.py).
 
-The backward pass recomputes the steps under :func:`~metacli.engine.models.layers.primitive_batch_norm`:
-batch norm from primitive ops, whose double backward holds fewer activation-sized tensors than the fused
-kernel's (one CIFAR-FS-shaped Conv4-64 support set: 85.9 MB instead of 101.2 per Hessian-vector product; the
-forward pass, first order, keeps the fused kernel). Tried for issue 25 and not kept, measured on the same
-support set (CPU, torch 2.13): forward-over-reverse, ``H u`` as the jvp of the gradient with the tangent
-``u = (d rule / d g)^T v``, which in principle keeps only tangents of the saved activations. torch's
-forward-mode formulas keep more than that: 119.1 MB with ``torch.autograd.forward_ad`` dual tensors (110.4
-with the primitive batch norm), 136.0 with ``torch.func.jvp(torch.func.grad(...))``, against 101.2 / 85.9
-reverse over reverse; it would also need ``g^k`` before the jvp (one more gradient per step, or K more stored
-tensors) for a rule not linear in g. Splitting the product per Conv4 block (block inputs and their tangents
-kept, each block's product recomputed locally) reached 80.2 MB: the first block's own product dominates,
-and that did not pay for a model-specific chain of stages.
+Step k's vjp needs ``H_k u`` with ``u = (d rule / d g)^T v`` (the same at every g: every rule is affine in g),
+so the backward pass calls :func:`metacli.engine.hvp.gradient_and_hvp`, which returns ``g^k`` and ``H_k u``
+computed one stage of the network at a time and, in a conv block, a group of output channels at a time.
+Peak memory is then that staged product plus the K stored fast weights, not one whole-network
+double-backward graph; each step's forward and gradient run once first order in the forward pass, and each
+block twice more (a tangent sweep and a backward sweep) in the backward pass.
+
+Tried for issue 25 and not kept, on one CIFAR-FS-shaped Conv4-64 support set (CPU, torch 2.13): the whole
+network's reverse-over-reverse product (101.2 MB with the fused batch norm, 85.9 with batch norm from
+primitive ops, against 34.4 staged); forward-over-reverse on the whole network (119.1 MB with
+``torch.autograd.forward_ad``, 136.0 with ``torch.func.jvp(torch.func.grad(...))``); per-block products
+without channel groups (80.2 MB: the first block's own product dominates, hence the groups).
 
 It is an :class:`torch.autograd.Function`, so it serves the loop executor; torch.func's vmap would need a
 batching rule for it, and the run spec refuses ``remat`` with vmap.
@@ -46,16 +43,16 @@ import torch
 from torch import Tensor
 
 from metacli.engine.functional import grad_and_loss
+from metacli.engine.hvp import Chain, gradient_and_hvp
 from metacli.engine.inner import StepRule
-from metacli.engine.models.layers import primitive_batch_norm
 from metacli.engine.types import Params
 
 
 @dataclass(frozen=True)
 class _Loop:
-    """What the reverse pass needs besides tensors: the losses, the rule, and the order of the inputs."""
+    """What the reverse pass needs besides tensors: the support loss, the rule and the order of the inputs."""
 
-    loss_at: Callable[[int, Params], Tensor]
+    chain: Chain
     rule_of: Callable[[Params], StepRule]
     steps: int
     adapted: tuple[str, ...]
@@ -72,16 +69,38 @@ class _Loop:
             dict(zip(self.extras, leaves[f:], strict=True)),
         )
 
-    def step(
-        self, k: int, phi: Params, fixed: Params, rule: StepRule, create_graph: bool
-    ) -> tuple[Params, Tensor]:
-        """``phi^{k+1}`` of the adapted keys and ``L_k(phi^k)``."""
+    def step(self, k: int, phi: Params, fixed: Params, rule: StepRule) -> tuple[Params, Tensor]:
+        """``phi^{k+1}`` of the adapted keys (first order) and ``L(phi^k)``."""
 
         def loss_of_adapted(p: Params) -> Tensor:
-            return self.loss_at(k, {**fixed, **p})
+            return self.chain.loss({**fixed, **p})
 
-        grads, loss = grad_and_loss(loss_of_adapted, phi, create_graph)
+        grads, loss = grad_and_loss(loss_of_adapted, phi, create_graph=False)
         return rule(k, phi, grads), loss
+
+    def step_vjp(
+        self, k: int, phi: Params, fixed: Params, rule: StepRule, extras: Params, v: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """``v^T d phi^{k+1} / d(phi^k, theta_fixed, e)``: (the adapted keys', then the fixed keys' and the
+        extras'), with ``H u`` from :func:`~metacli.engine.hvp.gradient_and_hvp` (see the module)."""
+        # u = (d rule / d g)^T v, the same at every g for a rule affine in g: taken at g = 0
+        zeros = {n: torch.zeros_like(p).requires_grad_(True) for n, p in phi.items()}
+        u = torch.autograd.grad(
+            list(rule(k, phi, zeros).values()), list(zeros.values()), v, materialize_grads=True
+        )
+        along = {**{n: torch.zeros_like(p) for n, p in fixed.items()}, **dict(zip(phi, u, strict=True))}
+        g, hu = gradient_and_hvp(self.chain, {**fixed, **phi}, along)
+        # the rule's own derivatives at the true g: d phi^{k+1} / d phi^k (the identity) and / d e
+        new = rule(k, phi, {n: g[n] for n in phi})
+        direct = torch.autograd.grad(
+            list(new.values()),
+            [*phi.values(), *extras.values()],
+            v,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        adapted = [d + hu[n] for n, d in zip(phi, direct, strict=False)]
+        return adapted, [*(hu[n] for n in fixed), *direct[len(phi) :]]
 
 
 class _RecomputedSteps(torch.autograd.Function):
@@ -95,7 +114,7 @@ class _RecomputedSteps(torch.autograd.Function):
         with torch.enable_grad():  # autograd.Function runs its forward without grad mode
             for k in range(loop.steps):
                 stored.append(phi)
-                new, loss = loop.step(k, phi, fixed, rule, create_graph=False)
+                new, loss = loop.step(k, phi, fixed, rule)
                 phi = {n: v.detach() for n, v in new.items()}
                 first = loss.detach() if first is None else first
         ctx.loop, ctx.stored = loop, stored
@@ -116,23 +135,17 @@ class _RecomputedSteps(torch.autograd.Function):
             for n, c in zip(loop.adapted, cotangents, strict=False)
         ]
         totals = [torch.zeros_like(t) for t in (*fixed.values(), *extras.values())]
-        # the primitive batch norm: its double backward, this loop's peak, holds less (see the module)
-        with torch.enable_grad(), primitive_batch_norm():
+        with torch.enable_grad():
             rule = loop.rule_of(extras)
             for k in reversed(range(loop.steps)):
                 phi = {n: t.detach().requires_grad_(True) for n, t in ctx.stored[k].items()}
-                new, _ = loop.step(k, phi, fixed, rule, create_graph=True)
-                inputs = [*phi.values(), *fixed.values(), *extras.values()]
-                grads = torch.autograd.grad(
-                    list(new.values()), inputs, v, allow_unused=True, materialize_grads=True
-                )
-                v = list(grads[: len(phi)])
-                totals = [t + g for t, g in zip(totals, grads[len(phi) :], strict=True)]
+                v, others = loop.step_vjp(k, phi, fixed, rule, extras, v)
+                totals = [t + g for t, g in zip(totals, others, strict=True)]
         return (None, *v, *totals)
 
 
 def descend_recomputed(
-    loss_at: Callable[[int, Params], Tensor],
+    chain: Chain,
     theta: Params,
     extras: Params,
     rule_of: Callable[[Params], StepRule],
@@ -142,10 +155,12 @@ def descend_recomputed(
     """:func:`metacli.engine.inner.descend` at second order, its graph replaced by the reverse pass above.
 
     Args:
-        loss_at: ``(k, phi) -> L_k(phi)`` on the full parameter dict.
+        chain: the support loss, every step's (:meth:`metacli.engine.functional.Learner.chain`).
         theta: the network's meta-parameters (leaves of the outer graph).
         extras: the rule's meta-parameters.
-        rule_of: the step rule made from given extras (the reverse pass makes it from its own leaves).
+        rule_of: the step rule made from given extras (the reverse pass makes it from its own leaves); it must
+            be affine in the gradient, as every :class:`~metacli.engine.inner.InnerRule` is
+            (``phi - r * P(g)``, P linear).
         steps: K.
         adapted: which keys move.
 
@@ -156,7 +171,7 @@ def descend_recomputed(
         return dict(theta), None
     names = tuple(n for n in theta if adapted(n))
     fixed = tuple(n for n in theta if n not in names)
-    loop = _Loop(loss_at, rule_of, steps, names, fixed, tuple(extras))
+    loop = _Loop(chain, rule_of, steps, names, fixed, tuple(extras))
     inputs = [*(theta[n] for n in names), *(theta[n] for n in fixed), *extras.values()]
     *moved, first = _RecomputedSteps.apply(loop, *inputs)  # type: ignore[no-untyped-call]
     return {**theta, **dict(zip(names, moved, strict=True))}, first

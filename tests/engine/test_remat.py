@@ -6,8 +6,10 @@
 - remat really recomputes: each inner step's support loss runs twice per task (first order in the
   forward pass, differentiable in the backward pass), and once without remat or at first order, so a
   remat that silently kept the unrolled graph fails;
-- remat's backward pass recomputes the steps with the batch norm's primitive kernel (less memory at second
-  order), its forward pass and every other path with the fused one;
+- remat's backward pass recomputes every block twice per step, in channel groups (:mod:`metacli.engine.hvp`);
+  Conv4 runs its staged product here, not the whole network's that so small a task would take
+  (``hvp.WHOLE_BELOW`` set to 0), so the equalities above hold for the staged reverse pass; the MLP, one
+  stage, checks the whole network's;
 - the executors: vmap cannot batch its autograd.Function, so a spec asking for both is refused,
   ``meta_step`` refuses it too, and ``executor: auto`` picks the loop.
 """
@@ -19,6 +21,7 @@ from typing import Any
 import pytest
 import torch
 
+from metacli.engine import hvp
 from metacli.engine.algorithms.maml import MAML
 from metacli.engine.config.algorithms import MAML_VARIANTS, MAMLConfig
 from metacli.engine.functional import Learner
@@ -36,6 +39,12 @@ N_TASKS, WAYS, SHOTS, QUERIES = 2, 3, 1, 2
 VARIANTS = {cfg.model_fields["name"].default: cfg for cfg in MAML_VARIANTS}
 REQUIRED = ("maml", "lslr", "metacurvature", "sparse_maml")
 """The variants checked at every K on both models; the others at one K on Conv4."""
+
+
+@pytest.fixture(autouse=True)
+def staged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Conv4's Hessian-vector products stage by stage, however small the task."""
+    monkeypatch.setattr(hvp, "WHOLE_BELOW", 0)
 
 
 def conv4_with_norm() -> tuple[Learner, Task]:
@@ -113,17 +122,16 @@ def test_the_equality_is_not_the_first_order_one() -> None:
 
 
 def support_losses_run(name: str, steps: int, remat: bool) -> int:
-    """How many times one meta-step evaluates a support loss (an inner step's forward)."""
+    """How many times one meta-step evaluates a support loss (an inner step's forward): the head's calls on
+    a support set, whichever path (the whole model, or remat's chain of stages) runs it."""
     learner, tasks = conv4_with_norm()
     calls = 0
-    loss = learner.loss
 
-    def counted(params: Params, batch: Batch) -> torch.Tensor:
+    def count(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal calls
-        calls += batch.x.shape[0] == WAYS * SHOTS  # the query loss is not an inner step
-        return loss(params, batch)
+        calls += inputs[0].shape[0] == WAYS * SHOTS  # the query loss is not an inner step
 
-    learner.loss = counted  # type: ignore[method-assign]
+    learner.model.head.register_forward_hook(count)  # type: ignore[union-attr]
     algo = MAML(config(name, steps, remat), learner)
     algo.meta_step(algo.init_meta(learner.init_params()), tasks, executor="loop")
     return calls
@@ -136,8 +144,14 @@ def test_remat_recomputes_each_inner_step() -> None:
 
 
 @pytest.mark.parametrize("remat", [True, False])
-def test_remat_recomputes_with_the_primitive_batch_norm(monkeypatch: pytest.MonkeyPatch, remat: bool) -> None:
-    """remat's backward pass (and only it) takes the primitive batch norm, the leaner at second order."""
+def test_remat_recomputes_every_block_twice_in_channel_groups(
+    monkeypatch: pytest.MonkeyPatch, remat: bool
+) -> None:
+    """remat's backward runs every Conv4 block twice per inner step (the tangent sweep and the backward
+    sweep of :mod:`metacli.engine.hvp`) in channel groups: 4 + 1 + 1 + 1 for 4 filters on 28x28 inputs (the
+    first block, largest, in four groups of one channel; the second, a quarter its size, in one). No pass
+    runs under a functorch transform (the tangents are dual tensors), so every one takes the fused batch
+    norm."""
     calls = {"fused": 0, "primitive": 0}
     for kind in calls:
         original = getattr(layers, f"batch_norm_{kind}")
@@ -150,9 +164,11 @@ def test_remat_recomputes_with_the_primitive_batch_norm(monkeypatch: pytest.Monk
     learner, tasks = conv4_with_norm()
     algo = MAML(config("maml", 3, remat), learner)
     algo.meta_step(algo.init_meta(learner.init_params()), tasks, executor="loop")
-    blocks = 4  # a batch norm per Conv4 block
-    assert calls["primitive"] == (N_TASKS * 3 * blocks if remat else 0)
-    assert calls["fused"] == N_TASKS * (3 + 1) * blocks  # the inner steps' forward and the query loss
+    blocks, groups = 4, 4 + 1 + 1 + 1  # a batch norm per Conv4 block (per channel group)
+    recomputed = N_TASKS * 3 * 2 * groups if remat else 0  # 3 steps, 2 sweeps
+    assert calls["primitive"] == 0
+    forwards = N_TASKS * (3 + 1) * blocks  # the inner steps' and the query's
+    assert calls["fused"] == forwards + recomputed
 
 
 def test_remat_is_refused_with_the_vmap_executor() -> None:

@@ -132,9 +132,10 @@ class MAML:
         (:mod:`metacli.engine.remat`); the meta-gradient is the unrolled graph's.
         """
         theta, extras = split_meta(meta)
-        loss_at = functools.partial(_support_loss, self.learner, support)
         if self.cfg.remat and create_graph:
-            return descend_recomputed(loss_at, theta, extras, self.rule.step_rule, steps, self.rule.adapted)
+            chain = self.learner.chain(support)
+            return descend_recomputed(chain, theta, extras, self.rule.step_rule, steps, self.rule.adapted)
+        loss_at = functools.partial(_support_loss, self.learner, support)
         rule = self.rule.step_rule(extras)
         return descend(loss_at, theta, steps, rule, create_graph, self.rule.adapted)
 

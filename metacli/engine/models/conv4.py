@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from metacli.engine.config.models import Conv4Config, Pool
+from metacli.engine.hvp import Stage
 from metacli.engine.models.layers import BatchNorm, pool_then_act
 from metacli.errors import SpecError
 
@@ -91,6 +92,13 @@ class Conv4(nn.Module):
         """Logits, or with ``features_only`` the flattened body output the head reads."""
         z = self.body(x).flatten(1)
         return z if features_only else self.head(z)  # type: ignore[no-any-return]
+
+    def stages(self) -> list[Stage]:
+        """The forward pass as a chain (:mod:`metacli.engine.hvp`): the four blocks, each separable by
+        output channel (convolution, per-channel batch norm, pooling and ReLU), then the head on the flattened
+        maps."""
+        blocks = [Stage(f"body.{i}", block, separable=True) for i, block in enumerate(self.body)]
+        return [*blocks, Stage("head", self.head, flatten=True)]
 
 
 def build(cfg: Conv4Config, in_shape: tuple[int, ...], out_features: int) -> Conv4:

@@ -27,25 +27,12 @@ price is one private API, ``torch._C._functorch.get_interpreter_stack`` (torch 2
 ``tests/engine/test_fused.py`` fails if the API goes or stops reporting a ``vmap``. Not seen: a backward
 batched after the forward, ``torch.autograd.grad(..., is_grads_batched=True)``; metacli does not use it.
 
-Where memory matters more than the fused kernel's speed, :func:`primitive_batch_norm` scopes a preference for
-the primitive kernel: ``algorithm.remat``'s backward pass (:mod:`metacli.engine.remat`), whose peak is one
-reverse-over-reverse Hessian-vector product of the support loss. There the fused kernel's double backward
-(``NativeBatchNormBackwardBackward0``) holds about seven activation-sized tensors at once; the primitive ops'
-hold fewer: 85.9 MB instead of 101.2 for one CIFAR-FS-shaped Conv4-64 task of 25 images, 292.7 instead of
-345.7 for a miniImageNet-shaped Conv4-32 one (CPU, float32, measured for issue 25), and not slower there
-in two timings each on shared cores (the unrolled MAML's step, where the fused kernel was 1.5x faster,
-keeps it). The preference can only trade the fused kernel for the primitive one, which is exact under every
-transform, so a scope wider or narrower than meant costs speed or memory, never correctness (the reason a
-flag is not used above to pick the fused kernel).
-
 :func:`pool_then_act` is the other exact rewrite: max-pool before the activation, as both models use it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +51,6 @@ __all__ = [
     "batch_norm_primitive",
     "fused_is_exact",
     "pool_then_act",
-    "primitive_batch_norm",
 ]
 
 BatchNormKernel = Callable[[Tensor, Tensor, Tensor, float], Tensor]
@@ -110,27 +96,9 @@ def batch_norm_primitive(x: Tensor, weight: Tensor, bias: Tensor, eps: float) ->
     return torch.addcmul(bias.view(shape), centred, scale)
 
 
-_PREFER_PRIMITIVE: ContextVar[bool] = ContextVar("prefer_primitive_batch_norm", default=False)
-"""Set by :func:`primitive_batch_norm` for the calls in its scope."""
-
-
-@contextmanager
-def primitive_batch_norm() -> Iterator[None]:
-    """Every :class:`BatchNorm` called in this scope takes the primitive kernel (less memory at second order).
-
-    Exact everywhere (see the module); for a Hessian-vector product, whose peak it lowers by about 15 %.
-    """
-    token = _PREFER_PRIMITIVE.set(True)
-    try:
-        yield
-    finally:
-        _PREFER_PRIMITIVE.reset(token)
-
-
 def batch_norm_kernel() -> BatchNormKernel:
-    """The fastest kernel exact under the transforms active now (:func:`fused_is_exact`), unless a
-    :func:`primitive_batch_norm` scope asks for the primitive one."""
-    return batch_norm_fused if fused_is_exact() and not _PREFER_PRIMITIVE.get() else batch_norm_primitive
+    """The fastest kernel exact under the transforms active now (:func:`fused_is_exact`)."""
+    return batch_norm_fused if fused_is_exact() else batch_norm_primitive
 
 
 class BatchNorm(nn.Module):
