@@ -66,8 +66,8 @@ WHOLE_BELOW = 2**19
 """A chain whose first, separable stage holds fewer estimated activation elements than this (2 MiB in
 float32) is taken as one stage, the whole network's product: its peak is then a few tens of MB at most, and
 each stage's own autograd calls cost more than the split saves. On one Omniglot support set of 5 images
-(Conv4-64, 250,880 elements in the first block) the staged product took 1.9 times the whole network's time,
-on a CIFAR-FS-shaped one of 25 (1,638,400 elements) 1.1 times (issue 25, CPU, one thread)."""
+(Conv4-64, 250,880 elements in the first block) the staged product took about twice the whole network's
+time, on a CIFAR-FS-shaped one of 25 (1,638,400 elements) 0.96-1.27 times (issue 25, CPU, one thread)."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def channel_slices(stage: Stage, local: Params, a: Tensor, budget: int) -> list[
     """The output-channel groups a stage runs in, and nothing to split for a stage that is not separable.
 
     A separable stage's activations are estimated as ``batch x out-channels x input spatial size`` (a
-    convolution before its pooling or stride); it runs in groups of about ``budget`` such elements, at most
+    convolution before its pooling or stride); it runs in groups of about ``budget`` such elements, at least
     one channel each.
     """
     if not stage.separable:
