@@ -189,19 +189,23 @@ def gradient_and_hvp(chain: Chain, params: Params, u: Params) -> tuple[Params, P
     return grad, hvp
 
 
-Scalars = Callable[[Tensor, slice], tuple[Tensor, Tensor | None]]
-"""``(output rows, rows) -> (q, r)``: the scalar differentiated once (``q``) and the extra term of the
-product (``r``, the pairing with ``d'`` at the output), as the module docstring writes them."""
+Seeded = tuple[Tensor, Tensor | None]
+"""A tensor and the cotangent it is differentiated with (None: a scalar, seeded with one)."""
+Seeds = Callable[[Tensor, slice], tuple[Seeded, Seeded | None]]
+"""``(output rows, rows) -> (q, r)``: what is differentiated once (``q``) and the extra term of the product
+(``r``, the pairing with ``d'`` at the output), as the module docstring writes them, each as a tensor with
+its seed: ``<d_i, s_i>`` is ``s_i`` seeded with ``d_i``, which saves forming the product and its
+derivative."""
 
 
-def _loss_of(chain: Chain) -> Scalars:
-    """The last stage's scalars: the loss, nothing more (``d'_n = 0``)."""
-    return lambda out, rows: (chain.loss_of_output(out), None)
+def _loss_of(chain: Chain) -> Seeds:
+    """The last stage's: the loss, nothing more (``d'_n = 0``)."""
+    return lambda out, rows: ((chain.loss_of_output(out), None), None)
 
 
-def _paired(d: Tensor, d_dot: Tensor) -> Scalars:
-    """A body stage's scalars: ``<d_i, s_i>`` and ``<d'_i, s_i>`` over the group's output channels."""
-    return lambda out, rows: ((out * d[:, rows]).sum(), (out * d_dot[:, rows]).sum())
+def _paired(d: Tensor, d_dot: Tensor) -> Seeds:
+    """A body stage's: ``<d_i, s_i>`` and ``<d'_i, s_i>`` over the group's output channels."""
+    return lambda out, rows: ((out, d[:, rows]), (out, d_dot[:, rows]))
 
 
 def _rows(local: Params, rows: slice) -> Params:
@@ -234,7 +238,7 @@ def _sweep(
     groups: list[slice],
     grad: Params,
     hvp: Params,
-    scalars: Scalars,
+    seeds: Seeds,
 ) -> tuple[Tensor | None, Tensor | None]:
     """One stage of the backward sweep, group by group; fills ``grad`` and ``hvp`` for its parameters and
     returns ``(d, d')`` at its input. ``at``: the input ``a``, its tangent and whether the input's derivatives
@@ -249,14 +253,17 @@ def _sweep(
         leaves = {n: p[rows].detach().requires_grad_(True) for n, p in local.items()}
         inputs = [*leaves.values(), *([x] if with_input else [])]
         directions = [*_rows(along, rows).values(), *([a_dot] if with_input else [])]
-        q, r = scalars(stage(leaves, x), rows)
-        g = torch.autograd.grad(q, inputs, create_graph=True, materialize_grads=True)
-        # H u = grad <g, u> (+ grad r): seeded by u instead of summed (fewer ops); a zero g (a conv bias
-        # before batch norm) has no graph and adds nothing
+        (q, q_seed), r = seeds(stage(leaves, x), rows)
+        g = torch.autograd.grad(q, inputs, q_seed, create_graph=True, materialize_grads=True)
+        # H u = grad <g, u> (+ grad r): g seeded by u, not summed with it; a zero g (a conv bias before
+        # batch norm) has no graph and adds nothing
         terms = [(gi, di) for gi, di in zip(g, directions, strict=True) if gi.requires_grad]
-        if r is not None:
-            terms.append((r, torch.ones_like(r)))
-        h = torch.autograd.grad([t for t, _ in terms], inputs, [s for _, s in terms], materialize_grads=True)
+        h = torch.autograd.grad(
+            [t for t, _ in terms] + ([r[0]] if r else []),
+            inputs,
+            [s for _, s in terms] + ([r[1]] if r else []),
+            materialize_grads=True,
+        )
         for n, gn, hn in zip(leaves, g, h, strict=False):
             pieces[n][0].append(gn.detach())
             pieces[n][1].append(hn)
