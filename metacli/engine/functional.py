@@ -55,9 +55,8 @@ class Learner:
         stage for a model without them), for :func:`metacli.engine.hvp.gradient_and_hvp`."""
         staged = getattr(self.model, "stages", None)
         whole = Stage("", self.model)
-        if not callable(staged):
-            return Chain((whole,), batch.x, lambda out: self.loss_of_output(out, batch.y))
-        return Chain(tuple(staged()), batch.x, lambda out: self.loss_of_output(out, batch.y), whole)
+        stages = tuple(staged()) if callable(staged) else (whole,)
+        return Chain(stages, batch.x, lambda out: self.loss_of_output(out, batch.y), whole)
 
     def loss_of_output(self, out: Tensor, y: Tensor) -> Tensor:
         """Mean loss of given outputs (MSE or cross-entropy)."""

@@ -158,9 +158,9 @@ def gradient_and_hvp(chain: Chain, params: Params, u: Params) -> tuple[Params, P
     if chain.whole is not None and activations(first, first.local(params), chain.x) < WHOLE_BELOW:
         chain = Chain((chain.whole,), chain.x, chain.loss_of_output)  # too small to pay for the stages
     *body, last = chain.stages
-    # forward sweep: every boundary a_i with its tangent a'_i (the input's tangent is zero)
+    # forward sweep: every boundary a_i with its tangent a'_i (None at the input: zero, and not needed)
     a: list[Tensor] = [chain.x]
-    tangent: list[Tensor] = [torch.zeros_like(chain.x)]
+    tangent: list[Tensor | None] = [None]
     groups: list[list[slice]] = []
     budget = 0
     for stage in body:
@@ -168,8 +168,7 @@ def gradient_and_hvp(chain: Chain, params: Params, u: Params) -> tuple[Params, P
         budget = max(budget, group_budget(stage, local, a[-1]))
         groups.append(channel_slices(stage, local, a[-1], budget))
         outs = [
-            _jvp(stage, _rows(local, rows), _rows(along, rows), a[-1], tangent[-1] if len(a) > 1 else None)
-            for rows in groups[-1]
+            _jvp(stage, _rows(local, rows), _rows(along, rows), a[-1], tangent[-1]) for rows in groups[-1]
         ]
         a.append(torch.cat([o for o, _ in outs], 1))
         tangent.append(torch.cat([t for _, t in outs], 1))
@@ -177,15 +176,11 @@ def gradient_and_hvp(chain: Chain, params: Params, u: Params) -> tuple[Params, P
     # backward sweep: the last stage ends in the loss; then each stage, fed (d_i, d'_i) from its output side
     grad: Params = {}
     hvp: Params = {}
-    d, d_dot = _sweep(
-        last, params, u, (a[-1], tangent[-1], bool(body)), [slice(None)], grad, hvp, _loss_of(chain)
-    )
+    d, d_dot = _sweep(last, params, u, (a[-1], tangent[-1]), [slice(None)], grad, hvp, _loss_of(chain))
     for i in reversed(range(len(body))):
         a.pop(), tangent.pop()  # stage i's output is spent
         assert d is not None and d_dot is not None  # stage i + 1 had an input that needed them
-        d, d_dot = _sweep(
-            body[i], params, u, (a[i], tangent[i], i > 0), groups[i], grad, hvp, _paired(d, d_dot)
-        )
+        d, d_dot = _sweep(body[i], params, u, (a[i], tangent[i]), groups[i], grad, hvp, _paired(d, d_dot))
     return grad, hvp
 
 
@@ -217,8 +212,7 @@ def _jvp(
     stage: Stage, local: Params, along: Params, a: Tensor, a_dot: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """The stage's output and its directional derivative along (parameters ``along``, input ``a_dot``; None
-    for the network's input, whose tangent is zero: the first block's largest convolution is then not run
-    a second time on zeros)."""
+    at the network's input, whose tangent is zero: the first block's convolution is not run on zeros)."""
     # dual tensors, not torch.func.jvp: no functorch transform to enter per call (the four Conv4 blocks on
     # an Omniglot support set: 3.6 ms against 10.1), and the fused batch norm stays exact there
     with forward_ad.dual_level():
@@ -234,25 +228,25 @@ def _sweep(
     stage: Stage,
     params: Params,
     u: Params,
-    at: tuple[Tensor, Tensor, bool],
+    at: tuple[Tensor, Tensor | None],
     groups: list[slice],
     grad: Params,
     hvp: Params,
     seeds: Seeds,
 ) -> tuple[Tensor | None, Tensor | None]:
     """One stage of the backward sweep, group by group; fills ``grad`` and ``hvp`` for its parameters and
-    returns ``(d, d')`` at its input. ``at``: the input ``a``, its tangent and whether the input's derivatives
-    are needed (not at the network's input: None there)."""
+    returns ``(d, d')`` at its input. ``at``: the input ``a`` and its tangent, None at the network's input,
+    whose derivatives are not needed (and come back None)."""
     local, along = stage.local(params), stage.local(u)
-    a, a_dot, with_input = at
-    x = a.detach().requires_grad_(with_input)
-    d_in = torch.zeros_like(a) if with_input else None
-    d_dot_in = torch.zeros_like(a) if with_input else None
+    a, a_dot = at
+    x = a.detach().requires_grad_(a_dot is not None)
+    d_in = None if a_dot is None else torch.zeros_like(a)
+    d_dot_in = None if a_dot is None else torch.zeros_like(a)
     pieces: dict[str, tuple[list[Tensor], list[Tensor]]] = {n: ([], []) for n in local}
     for rows in groups:
         leaves = {n: p[rows].detach().requires_grad_(True) for n, p in local.items()}
-        inputs = [*leaves.values(), *([x] if with_input else [])]
-        directions = [*_rows(along, rows).values(), *([a_dot] if with_input else [])]
+        inputs = [*leaves.values(), *([] if a_dot is None else [x])]
+        directions = [*_rows(along, rows).values(), *([] if a_dot is None else [a_dot])]
         (q, q_seed), r = seeds(stage(leaves, x), rows)
         g = torch.autograd.grad(q, inputs, q_seed, create_graph=True, materialize_grads=True)
         # H u = grad <g, u> (+ grad r): g seeded by u, not summed with it; a zero g (a conv bias before

@@ -89,7 +89,7 @@ def test_staged_gradient_and_product_equal_the_whole_networks(name: str) -> None
         assert not g[n].requires_grad and not hu[n].requires_grad, n
 
 
-def test_the_product_is_not_the_gauss_newton_part_alone() -> None:
+def test_a_partial_direction_gives_a_different_product() -> None:
     """The check above can fail: the product differs from a wrong one (``u`` in the first stage only)."""
     learner, batch = conv4_support("max")
     params = perturbed(learner)
